@@ -1,0 +1,114 @@
+import * as fs from 'node:fs';
+import { basename, join } from 'node:path';
+import { fail } from '../errors.js';
+import { readConfig, type DeepSeekConfig } from './config.js';
+import { closeFile, openSafetensors, type SafetensorsFile, type TensorEntry } from './safetensors.js';
+
+export interface Checkpoint {
+  dir: string;
+  config: DeepSeekConfig;
+  tensors: Map<string, TensorEntry>;
+  /** Sum of all tensors' stored bytes: what a full load reads. */
+  totalBytes: number;
+  get(name: string): TensorEntry;
+  has(name: string): boolean;
+  /** Closes the descriptors that reads from this checkpoint's shards left open. */
+  close(): void;
+}
+
+const INDEX = 'model.safetensors.index.json';
+/** The fixtures keep reference outputs next to the weights; they are not part of the model. */
+const NOT_WEIGHTS = new Set(['expected.safetensors']);
+
+function readJson(path: string): unknown {
+  let text: string;
+  try {
+    text = fs.readFileSync(path, 'utf8');
+  } catch (e) {
+    fail(`${path}: cannot read (${(e as Error).message})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    fail(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/** weight_map: tensor name -> shard file name, as Hugging Face writes for sharded checkpoints. */
+function readWeightMap(indexPath: string): Map<string, string> {
+  const index = readJson(indexPath) as { weight_map?: unknown } | null;
+  const wm = index?.weight_map;
+  if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) fail(`${indexPath}: missing "weight_map" object`);
+  const map = new Map<string, string>();
+  for (const [name, shard] of Object.entries(wm)) {
+    if (typeof shard !== 'string') fail(`${indexPath}: "weight_map.${name}" must be a shard file name, got ${JSON.stringify(shard)}`);
+    map.set(name, shard);
+  }
+  return map;
+}
+
+function shardsWithoutIndex(dir: string): string[] {
+  const names = fs.readdirSync(dir).filter((n) => n.endsWith('.safetensors') && !NOT_WEIGHTS.has(n)).sort();
+  if (names.length === 0) fail(`checkpoint ${dir} has no ${INDEX} and no *.safetensors files`);
+  return names;
+}
+
+export function openCheckpoint(dir: string): Checkpoint {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(dir);
+  } catch (e) {
+    fail(`checkpoint ${dir}: cannot open (${(e as Error).message})`);
+  }
+  if (!stat.isDirectory()) fail(`checkpoint ${dir} is not a directory (expected a folder with config.json and *.safetensors)`);
+  const config = readConfig(dir);
+
+  const indexPath = join(dir, INDEX);
+  const weightMap = fs.existsSync(indexPath) ? readWeightMap(indexPath) : null;
+  const shardNames = weightMap ? [...new Set(weightMap.values())].sort() : shardsWithoutIndex(dir);
+
+  const shards = new Map<string, SafetensorsFile>();
+  for (const shard of shardNames) {
+    const path = join(dir, shard);
+    if (weightMap && !fs.existsSync(path)) fail(`${indexPath}: shard ${shard} named in weight_map does not exist in ${dir}`);
+    shards.set(shard, openSafetensors(path));
+  }
+
+  const tensors = new Map<string, TensorEntry>();
+  let totalBytes = 0;
+  for (const [shard, file] of shards) {
+    for (const [name, entry] of file.tensors) {
+      const prev = tensors.get(name);
+      if (prev) fail(`checkpoint ${dir}: tensor "${name}" appears in both ${basename(prev.path)} and ${shard}`);
+      tensors.set(name, entry);
+      totalBytes += entry.nbytes;
+    }
+  }
+  if (weightMap) {
+    for (const [name, shard] of weightMap) {
+      if (!shards.get(shard)!.tensors.has(name)) fail(`${indexPath}: tensor "${name}" is mapped to ${shard}, which does not contain it`);
+    }
+  }
+
+  return {
+    dir,
+    config,
+    tensors,
+    totalBytes,
+    get(name) {
+      const entry = tensors.get(name);
+      if (!entry) fail(`checkpoint ${dir} has no tensor ${name}`);
+      return entry;
+    },
+    has: (name) => tensors.has(name),
+    close() {
+      for (const file of shards.values()) closeFile(file.path);
+    },
+  };
+}
+
+/** `what` says where the expected shape comes from, e.g. "num_attention_heads * (qk_nope_head_dim + qk_rope_head_dim) x q_lora_rank". */
+export function expectShape(entry: TensorEntry, shape: readonly number[], what: string): void {
+  if (entry.shape.length === shape.length && entry.shape.every((d, i) => d === shape[i])) return;
+  fail(`${basename(entry.path)}: tensor "${entry.name}" has shape [${entry.shape.join(', ')}], which does not match config.json (expected [${shape.join(', ')}] from ${what})`);
+}
