@@ -1,0 +1,32 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fail } from '../errors.js';
+import { Tokenizer } from './tokenizer.js';
+
+/**
+ * Node-only loader: `dir/tokenizer.json` (required) and `dir/tokenizer_config.json` (optional; without it there is no
+ * chat template and BOS comes from the tokenizer.json post-processor).
+ */
+export function loadTokenizer(dir: string): Tokenizer {
+  const tokenizerFile = join(dir, 'tokenizer.json');
+  const configFile = join(dir, 'tokenizer_config.json');
+  if (!existsSync(tokenizerFile)) {
+    fail(`${dir} has no tokenizer.json (expected a Hugging Face tokenizer file next to config.json)`);
+  }
+  const config = existsSync(configFile) ? readJson(configFile) : undefined;
+  return Tokenizer.fromJSON(readJson(tokenizerFile), config, { tokenizer: tokenizerFile, config: configFile });
+}
+
+function readJson(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    return fail(`${file} could not be read: ${(e as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    return fail(`${file} is not valid JSON: ${(e as Error).message}`);
+  }
+}
