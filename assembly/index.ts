@@ -1,0 +1,15 @@
+// The module's exports: the pool, the kernels and the blocks. Everything takes pointers into the one
+// shared memory that the host owns; nothing here allocates.
+export { pool_init, pool_stop, worker_loop, BOARD_BYTES } from './pool';
+export { matmul } from './kernels/matmul';
+export { rmsnorm } from './kernels/norm';
+export { rope } from './kernels/rope';
+export { softmax, silu_mul } from './kernels/activation';
+export { add, scale, embed, gather_rows, scatter_add, copy_rows } from './kernels/elementwise';
+export { route } from './kernels/route';
+export { mla_attention, mla_scratch_floats } from './blocks/mla';
+
+/** First byte the host may use: everything below belongs to the module's static data. */
+export function heap_base(): usize {
+  return __heap_base;
+}

@@ -1,0 +1,3 @@
+// Numbers of the parallel steps, shared by the publishing side (the kernels) and tasks.ts.
+export const OP_MATMUL: i32 = 0;
+export const OP_MLA: i32 = 1;

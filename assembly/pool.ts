@@ -1,0 +1,112 @@
+// The thread pool lives in wasm: every thread runs this module over one shared memory. The calling
+// thread publishes a step (operation, item count, arguments) on a job board in that memory, wakes the
+// workers through memory.atomic.notify, takes its own share and waits for a counter to reach zero.
+// Work is split by output items (rows, heads), each item computed by the same code whatever the
+// thread count, so results are bit-identical for 1 and N threads.
+
+// Job board layout (bytes from the board's base; the host allocates BOARD_BYTES, 64-byte aligned).
+const GEN: usize = 0; // generation: bumped once per step; workers wait on it
+const PENDING: usize = 64; // workers still busy with the current step (own cache line)
+const THREADS: usize = 128;
+const STOP: usize = 132;
+const OP: usize = 136;
+const ITEMS: usize = 140;
+const ARGS: usize = 192; // MAX_ARGS i32 slots, then MAX_ARGS f32 slots
+export const MAX_ARGS: i32 = 24;
+export const BOARD_BYTES: i32 = 192 + MAX_ARGS * 8;
+
+// Spinning before parking saves the 3-9 µs wake-up latency of atomic.wait between steps.
+const SPINS: i32 = 4000;
+
+import { runTask } from './tasks';
+
+// Per-instance: each thread's instance knows where the board is.
+let board: usize = 0;
+
+@inline export function argI(k: i32): i32 {
+  return load<i32>(board + ARGS + (<usize>k << 2));
+}
+
+@inline export function argP(k: i32): usize {
+  return <usize>load<u32>(board + ARGS + (<usize>k << 2));
+}
+
+@inline export function argF(k: i32): f32 {
+  return load<f32>(board + ARGS + (<usize>(MAX_ARGS + k) << 2));
+}
+
+@inline export function setI(k: i32, v: i32): void {
+  store<i32>(board + ARGS + (<usize>k << 2), v);
+}
+
+@inline export function setP(k: i32, v: usize): void {
+  store<u32>(board + ARGS + (<usize>k << 2), <u32>v);
+}
+
+@inline export function setF(k: i32, v: f32): void {
+  store<f32>(board + ARGS + (<usize>(MAX_ARGS + k) << 2), v);
+}
+
+function runShare(tid: i32): void {
+  const n = load<i32>(board + ITEMS);
+  const threads = load<i32>(board + THREADS);
+  const begin = <i32>((<i64>n * tid) / threads);
+  const end = <i32>((<i64>n * (tid + 1)) / threads);
+  if (begin < end) runTask(load<i32>(board + OP), begin, end, tid);
+}
+
+export function pool_init(boardPtr: usize, threads: i32): void {
+  board = boardPtr;
+  store<i32>(board + THREADS, threads);
+}
+
+export function pool_attach(boardPtr: usize): void {
+  board = boardPtr;
+}
+
+/** Runs `op` over `items` work items on all threads; returns when every share is done. */
+export function parallel(op: i32, items: i32): void {
+  const threads = load<i32>(board + THREADS);
+  store<i32>(board + OP, op);
+  store<i32>(board + ITEMS, items);
+  if (threads == 1 || items == 1) {
+    runTask(op, 0, items, 0);
+    return;
+  }
+  atomic.store<i32>(board + PENDING, threads - 1);
+  atomic.add<i32>(board + GEN, 1); // seq-cst: publishes OP, ITEMS and the arguments
+  atomic.notify(board + GEN, threads - 1);
+  runShare(0);
+  let spins = 0;
+  let left = atomic.load<i32>(board + PENDING);
+  while (left != 0) {
+    if (++spins > SPINS) memory.atomic.wait32(board + PENDING, left, -1);
+    left = atomic.load<i32>(board + PENDING);
+  }
+}
+
+/** A worker thread's whole life: wait for a step, run its share, report, until told to stop.
+ * seenGeneration is the generation when the pool was made, so a worker that starts late still takes
+ * the step published before it arrived (the caller waits for every share before the next step). */
+export function worker_loop(boardPtr: usize, tid: i32, seenGeneration: i32): void {
+  board = boardPtr;
+  let seen = seenGeneration;
+  while (true) {
+    let spins = 0;
+    let gen = atomic.load<i32>(board + GEN);
+    while (gen == seen) {
+      if (++spins > SPINS) memory.atomic.wait32(board + GEN, seen, -1);
+      gen = atomic.load<i32>(board + GEN);
+    }
+    seen = gen;
+    if (atomic.load<i32>(board + STOP) != 0) return;
+    runShare(tid);
+    if (atomic.sub<i32>(board + PENDING, 1) == 1) atomic.notify(board + PENDING, 1);
+  }
+}
+
+export function pool_stop(): void {
+  atomic.store<i32>(board + STOP, 1);
+  atomic.add<i32>(board + GEN, 1);
+  atomic.notify(board + GEN, -1);
+}

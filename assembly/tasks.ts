@@ -1,0 +1,16 @@
+// The worker side of every parallel step: a plain switch (no function table, so no allocation and
+// nothing for a worker's start-up to initialise).
+import { OP_MATMUL, OP_MLA } from './ops';
+import { matmulTask } from './kernels/matmul';
+import { mlaTask } from './blocks/mla';
+
+export function runTask(op: i32, begin: i32, end: i32, tid: i32): void {
+  switch (op) {
+    case OP_MATMUL:
+      matmulTask(begin, end);
+      break;
+    case OP_MLA:
+      mlaTask(begin, end, tid);
+      break;
+  }
+}

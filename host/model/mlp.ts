@@ -1,0 +1,36 @@
+import type { Runtime } from '../runtime/runtime.js';
+import type { Matrix, WeightReader } from './weights.js';
+
+/** SwiGLU feed-forward: down(silu(gate x) * up x). Gate and up are stacked into one matrix so one
+ * pass over x produces both. Used for dense layers, each routed expert and the shared experts. */
+export class Mlp {
+  constructor(
+    readonly gateUp: Matrix,
+    readonly down: Matrix,
+    readonly inter: number,
+  ) {}
+
+  static load(w: WeightReader, prefix: string, hidden: number, inter: number, why: string): Mlp {
+    const gateUp = w.matrix(
+      [
+        { name: `${prefix}.gate_proj.weight`, rows: inter, why: `${why} x hidden_size` },
+        { name: `${prefix}.up_proj.weight`, rows: inter, why: `${why} x hidden_size` },
+      ],
+      hidden,
+    );
+    const down = w.matrix([{ name: `${prefix}.down_proj.weight`, rows: hidden, why: `hidden_size x ${why}` }], inter);
+    return new Mlp(gateUp, down, inter);
+  }
+
+  /** out[T, hidden] = mlp(x[T, hidden]). */
+  forward(rt: Runtime, x: number, tokens: number, out: number): void {
+    const k = rt.kernels;
+    const mark = rt.arena.mark();
+    const gu = rt.arena.allocF32(tokens * 2 * this.inter, 'gate/up activations');
+    const act = rt.arena.allocF32(tokens * this.inter, 'mlp activations');
+    k.matmul(this.gateUp.fmt, gu, this.gateUp.ptr, x, this.gateUp.rows, this.gateUp.cols, tokens);
+    k.silu_mul(act, gu, this.inter, tokens);
+    k.matmul(this.down.fmt, out, this.down.ptr, act, this.down.rows, this.down.cols, tokens);
+    rt.arena.release(mark);
+  }
+}

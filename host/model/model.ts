@@ -1,0 +1,184 @@
+import { openCheckpoint } from '../checkpoint/checkpoint.js';
+import { isMoeLayer, type DeepSeekConfig } from '../checkpoint/config.js';
+import { fail } from '../errors.js';
+import { Runtime } from '../runtime/runtime.js';
+import { Attention, type RopeInMemory } from './attention.js';
+import { Mlp } from './mlp.js';
+import { Moe } from './moe.js';
+import { ropeTables, softmaxScale } from './rope.js';
+import { WeightReader, type Matrix } from './weights.js';
+
+/** One transformer block: x += attn(norm(x)); x += ffn(norm(x)), the ffn being MoE or a dense MLP. */
+class Block {
+  constructor(
+    readonly attnNorm: number,
+    readonly attn: Attention,
+    readonly ffnNorm: number,
+    readonly ffn: Mlp | Moe,
+  ) {}
+}
+
+export interface LoadOptions {
+  /** Threads taking part in each kernel, this one included (default: all cores). */
+  threads?: number;
+  /** Most tokens a sequence may hold (prompt and generated); default min(max_position_embeddings, 4096). */
+  contextLength?: number;
+  /** Called as weight bytes are read, with the total to read. */
+  onProgress?: (bytesRead: number, totalBytes: number) => void;
+}
+
+export interface ForwardOptions {
+  /** Logits for every position (the prompt's, as the reference fixtures hold) instead of the last. */
+  allLogits?: boolean;
+}
+
+/**
+ * A DeepSeek-V2/V3 model in wasm memory with its latent KV cache. forward() appends tokens to the
+ * sequence (prefill when given many, decode when given one) and returns next-token logits; the
+ * returned array is a view of wasm memory, valid until the next call.
+ */
+export class Model {
+  /** Tokens already in the cache: the position of the next token. */
+  position = 0;
+
+  private constructor(
+    readonly config: DeepSeekConfig,
+    readonly rt: Runtime,
+    readonly contextLength: number,
+    private readonly embed: Matrix,
+    private readonly blocks: Block[],
+    private readonly norm: number,
+    private readonly head: Matrix,
+    private readonly cache: number[],
+    private readonly rope: RopeInMemory,
+    private readonly logits: number,
+  ) {}
+
+  static async load(dir: string, opts: LoadOptions = {}): Promise<Model> {
+    const ckpt = openCheckpoint(dir);
+    const cfg = ckpt.config;
+    const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
+    if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
+      fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
+    }
+    const rt = await Runtime.create(opts.threads);
+    try {
+      let read = 0;
+      const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), ckpt.totalBytes));
+      const hidden = cfg.hiddenSize;
+      const embed = w.matrix([{ name: 'model.embed_tokens.weight', rows: cfg.vocabSize, why: 'vocab_size x hidden_size' }], hidden);
+      const blocks: Block[] = [];
+      for (let i = 0; i < cfg.numHiddenLayers; i++) {
+        const p = `model.layers.${i}`;
+        blocks.push(
+          new Block(
+            w.vector(`${p}.input_layernorm.weight`, hidden, 'hidden_size'),
+            Attention.load(w, cfg, `${p}.self_attn`),
+            w.vector(`${p}.post_attention_layernorm.weight`, hidden, 'hidden_size'),
+            isMoeLayer(cfg, i) ? Moe.load(w, cfg, `${p}.mlp`) : Mlp.load(w, `${p}.mlp`, hidden, cfg.intermediateSize, 'intermediate_size'),
+          ),
+        );
+      }
+      const norm = w.vector('model.norm.weight', hidden, 'hidden_size');
+      const head =
+        cfg.tieWordEmbeddings && !w.has('lm_head.weight')
+          ? embed
+          : w.matrix([{ name: 'lm_head.weight', rows: cfg.vocabSize, why: 'vocab_size x hidden_size' }], hidden);
+
+      const latent = cfg.kvLoraRank + cfg.qkRopeHeadDim;
+      const cache = blocks.map((_, i) => rt.arena.allocF32(contextLength * latent, `KV cache of layer ${i}`));
+      const tables = ropeTables(cfg, contextLength);
+      const rope = {
+        cos: rt.arena.allocF32(tables.cos.length, 'rope cos'),
+        sin: rt.arena.allocF32(tables.sin.length, 'rope sin'),
+        half: tables.half,
+      };
+      rt.f32(rope.cos, tables.cos.length).set(tables.cos);
+      rt.f32(rope.sin, tables.sin.length).set(tables.sin);
+      const logits = rt.arena.allocF32(cfg.vocabSize, 'logits');
+      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, rope, logits);
+    } catch (e) {
+      await rt.close();
+      throw e;
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  get threads(): number {
+    return this.rt.threads;
+  }
+
+  /** Forgets the sequence; the cache is overwritten from position 0. */
+  reset(): void {
+    this.position = 0;
+  }
+
+  /** Runs ids through the model after the tokens already cached; returns [1 or T, vocab] logits. */
+  forward(ids: ArrayLike<number>, opts: ForwardOptions = {}): Float32Array {
+    const cfg = this.config;
+    const { rt } = this;
+    const k = rt.kernels;
+    const tokens = ids.length;
+    const pos0 = this.position;
+    this.check(ids);
+    const hidden = cfg.hiddenSize;
+    const vocab = cfg.vocabSize;
+    const mark = rt.arena.mark();
+
+    const idPtr = rt.arena.alloc(tokens * 4, 'token ids');
+    rt.i32(idPtr, tokens).set(ids);
+    const x = rt.arena.allocF32(tokens * hidden, 'hidden states');
+    const h = rt.arena.allocF32(tokens * hidden, 'normed hidden states');
+    const y = rt.arena.allocF32(tokens * hidden, 'block outputs');
+    k.embed(this.embed.fmt, x, this.embed.ptr, idPtr, tokens, hidden);
+    const scale = softmaxScale(cfg);
+    for (let i = 0; i < this.blocks.length; i++) {
+      const b = this.blocks[i];
+      k.rmsnorm(h, hidden, x, hidden, b.attnNorm, hidden, tokens, cfg.rmsNormEps);
+      b.attn.forward(rt, h, tokens, pos0, this.cache[i], this.rope, scale, y);
+      k.add(x, y, tokens * hidden);
+      k.rmsnorm(h, hidden, x, hidden, b.ffnNorm, hidden, tokens, cfg.rmsNormEps);
+      b.ffn.forward(rt, h, tokens, y);
+      k.add(x, y, tokens * hidden);
+    }
+
+    const rows = opts.allLogits ? tokens : 1;
+    const last = x + (tokens - rows) * hidden * 4;
+    k.rmsnorm(h, hidden, last, hidden, this.norm, hidden, rows, cfg.rmsNormEps);
+    let result: Float32Array;
+    if (rows === 1) {
+      k.matmul(this.head.fmt, this.logits, this.head.ptr, h, vocab, hidden, 1);
+      result = rt.f32(this.logits, vocab);
+    } else {
+      const all = rt.arena.allocF32(rows * vocab, 'logits');
+      k.matmul(this.head.fmt, all, this.head.ptr, h, vocab, hidden, rows);
+      result = rt.f32(all, rows * vocab).slice();
+    }
+    rt.arena.release(mark);
+    this.position += tokens;
+    return result;
+  }
+
+  private check(ids: ArrayLike<number>): void {
+    const vocab = this.config.vocabSize;
+    if (ids.length === 0) fail('no tokens to run: the prompt is empty');
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) {
+        fail(`token id ${id} at index ${i} is outside the vocabulary (expected 0 to ${vocab - 1}, vocab_size in config.json)`);
+      }
+    }
+    const end = this.position + ids.length;
+    if (end > this.config.maxPositionEmbeddings) {
+      fail(`${end} tokens exceed max_position_embeddings (${this.config.maxPositionEmbeddings}) in config.json`);
+    }
+    if (end > this.contextLength) {
+      fail(`${end} tokens exceed the context length (${this.contextLength}); load the model with a larger context (--context)`);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.rt.close();
+  }
+}
