@@ -1,0 +1,17 @@
+import type { FlagSpec, Flags } from '../args.js';
+
+/** A CLI subcommand: its flags, one-line summary and what it does. */
+export interface Command {
+  name: string;
+  /** One line for the command list. */
+  summary: string;
+  /** What --help says about the command, when there is more to say than the summary. */
+  description?: string;
+  flags: FlagSpec[];
+  run(flags: Flags): Promise<void>;
+}
+
+/** Flags that several commands share. */
+export const MODEL_FLAG: FlagSpec = { name: 'model', kind: 'string', value: 'DIR', help: 'Hugging Face checkpoint folder (config.json + *.safetensors)' };
+export const THREADS_FLAG: FlagSpec = { name: 'threads', kind: 'int', value: 'N', min: 1, max: 256, help: 'threads per kernel (default: all cores)' };
+export const CONTEXT_FLAG: FlagSpec = { name: 'context', kind: 'int', value: 'N', min: 1, help: 'most tokens per sequence (default: min(max_position_embeddings, 4096))' };

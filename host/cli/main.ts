@@ -1,0 +1,53 @@
+#!/usr/bin/env node
+import { DeepWasmError } from '../errors.js';
+import { commandHelp, parseFlags } from './args.js';
+import type { Command } from './commands/command.js';
+import { logitsCommand } from './commands/logits.js';
+
+const COMMANDS: Command[] = [logitsCommand];
+
+function usage(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  return [
+    'Usage: deepwasm <command> [flags]',
+    '',
+    'DeepSeek-V2/V3 inference on a WebAssembly SIMD core.',
+    '',
+    'Commands:',
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    '',
+    'Run "deepwasm <command> --help" for its flags. Add --debug to any command for stack traces.',
+  ].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage() + '\n');
+    return name === undefined ? 1 : 0;
+  }
+  const command = COMMANDS.find((c) => c.name === name);
+  if (!command) {
+    process.stderr.write(`error: unknown command "${name}"\n\n${usage()}\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(commandHelp(command.name, command.description ?? command.summary, command.flags) + '\n');
+    return 0;
+  }
+  await command.run(parseFlags(rest.filter((a) => a !== '--debug'), command.flags, command.name));
+  return 0;
+}
+
+const debug = process.argv.includes('--debug');
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    if (e instanceof DeepWasmError && !debug) process.stderr.write(`error: ${e.message}\n`);
+    else if (debug) process.stderr.write(`${(e as Error)?.stack ?? String(e)}\n`);
+    else process.stderr.write(`internal error: ${(e as Error)?.message ?? String(e)} (run with --debug for details)\n`);
+    process.exitCode = e instanceof DeepWasmError ? 1 : 70;
+  },
+);
