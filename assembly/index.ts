@@ -8,6 +8,7 @@ export { softmax, silu_mul } from './kernels/activation';
 export { add, scale, embed, gather_rows, scatter_add, copy_rows } from './kernels/elementwise';
 export { route } from './kernels/route';
 export { mla_attention, mla_scratch_floats } from './blocks/mla';
+export { read_probe } from './kernels/probe';
 
 /** First byte the host may use: everything below belongs to the module's static data. */
 export function heap_base(): usize {

@@ -1,8 +1,9 @@
 // The worker side of every parallel step: a plain switch (no function table, so no allocation and
 // nothing for a worker's start-up to initialise).
-import { OP_MATMUL, OP_MLA } from './ops';
+import { OP_MATMUL, OP_MLA, OP_READ_PROBE } from './ops';
 import { matmulTask } from './kernels/matmul';
 import { mlaTask } from './blocks/mla';
+import { readProbeTask } from './kernels/probe';
 
 export function runTask(op: i32, begin: i32, end: i32, tid: i32): void {
   switch (op) {
@@ -11,6 +12,9 @@ export function runTask(op: i32, begin: i32, end: i32, tid: i32): void {
       break;
     case OP_MLA:
       mlaTask(begin, end, tid);
+      break;
+    case OP_READ_PROBE:
+      readProbeTask(begin, end, tid);
       break;
   }
 }

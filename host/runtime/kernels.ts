@@ -39,6 +39,7 @@ export interface Kernels {
     tokens: number, heads: number, nope: number, ropeDim: number, vDim: number, rank: number, pos0: number, softmaxScale: number,
   ): void;
   mla_scratch_floats(rank: number, ropeDim: number, positions: number): number;
+  read_probe(src: number, bytes: number, out: number): void;
 }
 
 export function instantiate(module: WebAssembly.Module, memory: WebAssembly.Memory): Kernels {
