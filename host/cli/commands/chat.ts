@@ -1,0 +1,94 @@
+import { createInterface } from 'node:readline';
+import { DeepWasmError } from '../../errors.js';
+import type { ChatMessage } from '../../tokenizer/index.js';
+import { CONTEXT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
+import { guardStdout } from './stdio.js';
+
+export const chatCommand: Command = {
+  name: 'chat',
+  summary: 'chat with a model: multi-turn, streaming replies, using its chat template',
+  description:
+    'An interactive chat using the chat template of tokenizer_config.json; replies stream as they are generated. ' +
+    'Type /reset to forget the conversation and /exit (or Ctrl-D) to quit; Ctrl-C stops the current reply, and ' +
+    'Ctrl-C twice at the prompt quits. When stdin is not a terminal, each line is one user message and each reply ' +
+    'is printed followed by a newline. The whole conversation is re-read every turn, so it must fit in --context.',
+  flags: [
+    TEXT_MODEL_FLAG,
+    { name: 'system', kind: 'string', value: 'TEXT', help: 'system prompt at the start of the conversation' },
+    ...SAMPLING_FLAGS,
+    THREADS_FLAG,
+    CONTEXT_FLAG,
+  ],
+  async run(flags) {
+    const opts = generateOptions(flags);
+    const system = flags['system'] as string | undefined;
+    const model = await loadTextModel(flags);
+    const interactive = process.stdin.isTTY === true;
+    const rl = createInterface({ input: process.stdin, output: interactive ? process.stdout : undefined, terminal: interactive, crlfDelay: Infinity });
+    const history: ChatMessage[] = [];
+    const reset = (): void => {
+      history.length = 0;
+      if (system !== undefined) history.push({ role: 'system', content: system });
+    };
+    const prompt = (): void => {
+      if (interactive) rl.prompt();
+    };
+    let reply: AbortController | undefined;
+    let interruptedAtPrompt = false;
+    const stdout = guardStdout(() => {
+      reply?.abort();
+      rl.close();
+    });
+    const interrupt = (): void => {
+      if (reply !== undefined) reply.abort();
+      else if (interruptedAtPrompt) rl.close();
+      else {
+        interruptedAtPrompt = true;
+        process.stderr.write('\n(Ctrl-C again or /exit to quit)\n');
+        prompt();
+      }
+    };
+    // A terminal's Ctrl-C reaches readline as a key; piped stdin leaves it a signal.
+    rl.on('SIGINT', interrupt);
+    if (!interactive) process.on('SIGINT', interrupt);
+    reset();
+    try {
+      if (interactive) process.stderr.write('/reset forgets the conversation, /exit quits, Ctrl-C stops a reply.\n');
+      prompt();
+      for await (const line of rl) {
+        // Lines read before stdout failed are still queued.
+        if (stdout.failed) break;
+        interruptedAtPrompt = false;
+        const command = line.trim();
+        if (command === '/exit') break;
+        if (command === '/reset') {
+          reset();
+          if (interactive) process.stderr.write('(conversation forgotten)\n');
+        } else if (command !== '') {
+          history.push({ role: 'user', content: line });
+          reply = new AbortController();
+          try {
+            const result = await model.chatText(history, { ...opts, signal: reply.signal, onToken: (text) => process.stdout.write(text) });
+            history.push({ role: 'assistant', content: result.text });
+            process.stdout.write('\n');
+            if (result.finishReason === 'abort') process.stderr.write('(stopped)\n');
+          } catch (e) {
+            // At a terminal a failed turn (say, a conversation longer than the context) leaves the chat usable.
+            if (!interactive || !(e instanceof DeepWasmError)) throw e;
+            history.pop();
+            process.stderr.write(`error: ${e.message}\n`);
+          } finally {
+            reply = undefined;
+          }
+        }
+        prompt();
+      }
+      stdout.check();
+    } finally {
+      rl.close();
+      process.off('SIGINT', interrupt);
+      await model.close();
+    }
+  },
+};

@@ -1,0 +1,105 @@
+import { existsSync } from 'node:fs';
+import { readConfig, type DeepSeekConfig } from '../checkpoint/config.js';
+import { fail } from '../errors.js';
+import { Model, type LoadOptions } from '../model/model.js';
+import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
+import { loadTokenizer } from '../tokenizer/load.js';
+import { TokenLoop, type TokenResult } from './generate.js';
+import { checkMessages } from './messages.js';
+import { resolveGenerateOptions, type GenerateOptions } from './options.js';
+import { streamText } from './text-stream.js';
+
+/** A finished generation: its text (without any stop string) and how it went. */
+export interface GenerateResult extends TokenResult {
+  text: string;
+}
+
+/**
+ * A model with its tokenizer: text in, text out. Each call starts from an empty cache, so calls are independent; one
+ * generation runs at a time per model.
+ */
+export class TextModel {
+  private constructor(
+    /** The model itself, for token-level work (see generateIds). */
+    readonly model: Model,
+    readonly tokenizer: Tokenizer,
+    /** config.json's eos_token_id and the tokenizer's eos_token both end generation. */
+    private readonly eos: ReadonlySet<number>,
+  ) {}
+
+  /**
+   * Loads `dir`: tokenizer.json (and tokenizer_config.json for BOS and the chat template), config.json and the
+   * safetensors weights. The tokenizer is read first, so a folder without one fails before any weight is read.
+   */
+  static async load(dir: string, opts: LoadOptions = {}): Promise<TextModel> {
+    if (!existsSync(dir)) fail(`model folder ${dir} does not exist`);
+    const tokenizer = loadTokenizer(dir);
+    const config = readConfig(dir);
+    if (tokenizer.vocabSize > config.vocabSize) {
+      fail(`${dir}: tokenizer.json has ids up to ${tokenizer.vocabSize - 1} but config.json vocab_size is ${config.vocabSize}; the tokenizer does not belong to this model`);
+    }
+    const model = await Model.load(dir, opts);
+    const eos = new Set(config.eosTokenIds);
+    if (tokenizer.eosTokenId !== undefined) eos.add(tokenizer.eosTokenId);
+    return new TextModel(model, tokenizer, eos);
+  }
+
+  get config(): DeepSeekConfig {
+    return this.model.config;
+  }
+
+  /**
+   * Streams the continuation of `prompt`, which is encoded with the tokenizer's special tokens (BOS for DeepSeek).
+   * Options are checked here, so a bad one throws before iteration starts.
+   */
+  generate(prompt: string, opts: GenerateOptions = {}): AsyncIterable<string> {
+    return this.stream(this.encodePrompt(prompt), opts).text;
+  }
+
+  /** Generates the continuation of `prompt` and returns it whole with the token ids, finish reason and timings. */
+  async generateText(prompt: string, opts: GenerateOptions = {}): Promise<GenerateResult> {
+    return this.complete(this.encodePrompt(prompt), opts);
+  }
+
+  /**
+   * Streams the assistant's reply to `messages`, rendered with the chat template and the assistant prefix (the
+   * template writes BOS itself).
+   */
+  chat(messages: readonly ChatMessage[], opts: GenerateOptions = {}): AsyncIterable<string> {
+    return this.stream(this.encodeChat(messages), opts).text;
+  }
+
+  /** The assistant's reply to `messages`, whole, with the token ids, finish reason and timings. */
+  async chatText(messages: readonly ChatMessage[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+    return this.complete(this.encodeChat(messages), opts);
+  }
+
+  /** Stops the model's worker threads; the model cannot be used afterwards. */
+  async close(): Promise<void> {
+    await this.model.close();
+  }
+
+  private encodePrompt(prompt: string): number[] {
+    if (typeof prompt !== 'string') fail(`the prompt must be a string, got ${typeof prompt}`);
+    if (prompt === '') fail('the prompt is empty: give some text to continue');
+    return this.tokenizer.encode(prompt, { addSpecialTokens: true });
+  }
+
+  private encodeChat(messages: readonly ChatMessage[]): number[] {
+    const text = this.tokenizer.applyChatTemplate(checkMessages(messages, 'chat messages'), { addGenerationPrompt: true });
+    return this.tokenizer.encode(text);
+  }
+
+  private stream(ids: number[], opts: GenerateOptions): { loop: TokenLoop; text: AsyncGenerator<string> } {
+    const settings = resolveGenerateOptions(opts);
+    const loop = new TokenLoop(this.model, ids, settings, this.eos);
+    return { loop, text: streamText(loop, this.tokenizer, settings.stop, settings.onToken) };
+  }
+
+  private async complete(ids: number[], opts: GenerateOptions): Promise<GenerateResult> {
+    const { loop, text } = this.stream(ids, opts);
+    let all = '';
+    for await (const piece of text) all += piece;
+    return { text: all, ...loop.result() };
+  }
+}

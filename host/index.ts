@@ -1,0 +1,40 @@
+/**
+ * DeepWasm: DeepSeek-V2/V3 inference on a threaded WebAssembly SIMD core.
+ *
+ * ```ts
+ * import { loadModel } from 'deepwasm';
+ * const model = await loadModel();            // the embedded tiny model, or loadModel('/path/to/checkpoint')
+ * for await (const text of model.generate('Once upon a time', { maxTokens: 50 })) process.stdout.write(text);
+ * const reply = await model.chatText([{ role: 'user', content: 'Hi' }], { temperature: 0.7, seed: 1 });
+ * await model.close();
+ * ```
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { fail } from './errors.js';
+import type { LoadOptions } from './model/model.js';
+import { TextModel } from './generate/text-model.js';
+
+export { TextModel, type GenerateResult } from './generate/text-model.js';
+export { generateIds, type FinishReason, type GenerateIdsOptions, type TokenResult } from './generate/generate.js';
+export { DEFAULT_MAX_TOKENS, type GenerateOptions, type SamplingOptions } from './generate/options.js';
+export { Model, type ForwardOptions, type LoadOptions } from './model/model.js';
+export { Tokenizer, StreamDecoder } from './tokenizer/index.js';
+export type { ChatMessage, ChatTemplateOptions, ChatToolCall, DecodeOptions, EncodeOptions } from './tokenizer/index.js';
+export { loadTokenizer } from './tokenizer/load.js';
+export { DeepWasmError } from './errors.js';
+export type { DeepSeekConfig } from './checkpoint/config.js';
+
+/** The model that ships with the package, at models/tiny in the package root (this file runs from dist/host). */
+export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/tiny', import.meta.url));
+
+/**
+ * Loads a model folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json) for text generation;
+ * without `dir`, the embedded model. Errors are DeepWasmErrors naming the file and what was wrong.
+ */
+export async function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions = {}): Promise<TextModel> {
+  if (dir === DEFAULT_MODEL_DIR && !existsSync(dir)) {
+    fail(`the embedded model is not installed (${dir} does not exist); pass the folder of a model to load (--model DIR on the command line)`);
+  }
+  return TextModel.load(dir, opts);
+}
