@@ -2,13 +2,15 @@
 import { DeepWasmError } from '../errors.js';
 import { commandHelp, parseFlags } from './args.js';
 import type { Command } from './commands/command.js';
+import { benchCommand } from './commands/bench.js';
 import { chatCommand } from './commands/chat.js';
 import { logitsCommand } from './commands/logits.js';
 import { runCommand } from './commands/run.js';
+import { synthCommand } from './commands/synth.js';
 import { templateCommand } from './commands/template.js';
 import { tokenizeCommand } from './commands/tokenize.js';
 
-const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand];
+const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, benchCommand];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

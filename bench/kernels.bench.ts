@@ -1,0 +1,200 @@
+// Kernel micro-benchmarks (npm run bench): the machine's read bandwidth, measured with the same
+// threads the kernels use, next to matmul in every weight format the runtime defines, in one run, so
+// that each kernel reads as a fraction of what the memory can deliver.
+//
+//   node dist/bench/kernels.bench.js [--threads 1,2] [--time MS] [--json FILE]
+//
+// Bandwidth: read_probe (wasm SIMD, all threads) streams a 1 GiB buffer; two single-thread references
+// read the same bytes from JavaScript: a plain typed-array loop and Buffer.indexOf (native memchr).
+// Matmul: decode is out[M] = W[M, K] x[K] with M = K = 4096, cycling through enough copies of W
+// (>= 256 MiB) that every call streams its weights from DRAM, not from the 32 MiB L3; reported as
+// GB/s of weights read and GFLOP/s. Prefill is the same with 64 tokens per call (arithmetic-bound).
+import { writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { Bench } from 'tinybench';
+import * as K from '../host/runtime/kernels.js';
+import { Runtime } from '../host/runtime/runtime.js';
+
+/** How the bench lays out a [rows, cols] matrix of one weight format from f32 values. */
+interface FormatEntry {
+  bytes(rows: number, cols: number): number;
+  encode(src: Float32Array, rows: number, cols: number, dst: Uint8Array): void;
+}
+
+function bf16Encode(src: Float32Array, _rows: number, _cols: number, dst: Uint8Array): void {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  const out = new Uint16Array(dst.buffer, dst.byteOffset, src.length);
+  for (let i = 0; i < bits.length; i++) out[i] = (bits[i] + 0x7fff + ((bits[i] >>> 16) & 1)) >>> 16;
+}
+
+/**
+ * One line per format, keyed by the name after FMT_ in host/runtime/kernels.ts. Every FMT_* the
+ * runtime exports is benchmarked; one without an entry here is reported, not skipped silently.
+ */
+const FORMATS: Record<string, FormatEntry> = {
+  F32: { bytes: (r, c) => r * c * 4, encode: (src, _r, _c, dst) => dst.set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength)) },
+  BF16: { bytes: (r, c) => r * c * 2, encode: bf16Encode },
+  // Q8: { bytes: ..., encode: ... },   <- quantized formats go here
+};
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const PROBE_BYTES = GiB;
+const ROTATION_BYTES = 256 * MiB;
+const M = 4096;
+const KDIM = 4096;
+const PREFILL_TOKENS = 64;
+
+function parseArgs(argv: string[]): { threads: number[]; time: number; json?: string } {
+  const cores = availableParallelism();
+  let threads = [...new Set([1, cores])];
+  let time = 2000;
+  let json: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const v = argv[i + 1];
+    if (a === '--threads' && v) (threads = v.split(',').map(Number)), i++;
+    else if (a === '--time' && v) (time = Number(v)), i++;
+    else if (a === '--json' && v) (json = v), i++;
+    else throw new Error(`unknown argument ${a}; usage: kernels.bench.js [--threads 1,2] [--time MS] [--json FILE]`);
+  }
+  if (threads.some((t) => !Number.isInteger(t) || t < 1)) throw new Error(`--threads wants whole numbers, got ${threads}`);
+  return { threads, time, json };
+}
+
+/** Deterministic values in [-1, 1): the numbers do not matter, only that they are ordinary floats. */
+function randomF32(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = (s >>> 0) / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+interface Row {
+  benchmark: string;
+  threads: number;
+  /** Median time per call in ms. */
+  ms: number;
+  bytes: number;
+  flops: number;
+}
+
+const { threads: threadCounts, time, json } = parseArgs(process.argv.slice(2));
+const formats = Object.entries(K)
+  .filter(([name, v]) => name.startsWith('FMT_') && typeof v === 'number')
+  .map(([name, code]) => ({ name: name.slice(4), code: code as number }))
+  .sort((a, b) => a.code - b.code);
+const missing = formats.filter((f) => !FORMATS[f.name]);
+const weightsF32 = randomF32(M * KDIM, 1);
+const rows: Row[] = [];
+
+async function measure(bench: Bench, cases: { name: string; threads: number; bytes: number; flops: number; fn: () => void }[]): Promise<void> {
+  for (const c of cases) bench.add(c.name, c.fn);
+  await bench.run();
+  for (const [i, task] of bench.tasks.entries()) {
+    const r = task.result;
+    if (r.state !== 'completed') throw new Error(`${task.name}: ${r.state}${'error' in r ? ` (${String(r.error)})` : ''}`);
+    const c = cases[i];
+    rows.push({ benchmark: c.name, threads: c.threads, ms: r.latency.p50 ?? r.latency.mean, bytes: c.bytes, flops: c.flops });
+  }
+}
+
+for (const threads of threadCounts) {
+  const rt = await Runtime.create(threads);
+  const arena = rt.arena;
+  const bench = new Bench({ name: `kernels, ${threads} thread(s)`, time, warmupTime: 200 });
+  const cases: Parameters<typeof measure>[1] = [];
+
+  // Bandwidth: the pages are written first, so the probe reads real memory rather than the zero page.
+  const probe = arena.alloc(PROBE_BYTES, 'bandwidth probe buffer');
+  const probeOut = arena.alloc(4 * threads, 'probe sums');
+  rt.bytes(probe, PROBE_BYTES).fill(0x55);
+  cases.push({ name: 'read_probe 1 GiB (wasm SIMD)', threads, bytes: PROBE_BYTES, flops: 0, fn: () => rt.kernels.read_probe(probe, PROBE_BYTES, probeOut) });
+  if (threads === 1) {
+    const words = new Int32Array(rt.memory.buffer, probe, PROBE_BYTES / 4);
+    let sink = 0;
+    cases.push({
+      name: 'JS typed-array loop 1 GiB',
+      threads: 1,
+      bytes: PROBE_BYTES,
+      flops: 0,
+      fn: () => {
+        let a = 0;
+        let b = 0;
+        let c = 0;
+        let d = 0;
+        for (let i = 0; i < words.length; i += 4) {
+          a = (a + words[i]) | 0;
+          b = (b + words[i + 1]) | 0;
+          c = (c + words[i + 2]) | 0;
+          d = (d + words[i + 3]) | 0;
+        }
+        sink ^= a ^ b ^ c ^ d;
+      },
+    });
+    const buf = Buffer.from(rt.memory.buffer, probe, PROBE_BYTES);
+    cases.push({ name: 'Buffer.indexOf 1 GiB (native memchr)', threads: 1, bytes: PROBE_BYTES, flops: 0, fn: () => void (sink ^= buf.indexOf(0xaa)) });
+  }
+  await measure(bench, cases);
+  arena.release(probe);
+
+  // Matmul in every format the runtime knows.
+  const mmBench = new Bench({ name: `matmul, ${threads} thread(s)`, time, warmupTime: 200 });
+  const mmCases: Parameters<typeof measure>[1] = [];
+  const x = arena.allocF32(PREFILL_TOKENS * KDIM, 'activations');
+  rt.f32(x, PREFILL_TOKENS * KDIM).set(randomF32(PREFILL_TOKENS * KDIM, 2));
+  const out = arena.allocF32(PREFILL_TOKENS * M, 'outputs');
+  for (const f of formats) {
+    const entry = FORMATS[f.name];
+    if (!entry) continue;
+    const bytes = entry.bytes(M, KDIM);
+    const copies = Math.max(2, Math.ceil(ROTATION_BYTES / bytes));
+    const encoded = new Uint8Array(bytes);
+    entry.encode(weightsF32, M, KDIM, encoded);
+    const ws: number[] = [];
+    for (let c = 0; c < copies; c++) {
+      const w = arena.alloc(bytes, `${f.name} weights copy ${c}`);
+      rt.bytes(w, bytes).set(encoded);
+      ws.push(w);
+    }
+    let next = 0;
+    const decode = (): void => {
+      rt.kernels.matmul(f.code, out, ws[next], x, M, KDIM, 1);
+      next = (next + 1) % copies;
+    };
+    const prefill = (): void => {
+      rt.kernels.matmul(f.code, out, ws[next], x, M, KDIM, PREFILL_TOKENS);
+      next = (next + 1) % copies;
+    };
+    mmCases.push({ name: `matmul ${f.name} ${M}x${KDIM} decode (1 token)`, threads, bytes, flops: 2 * M * KDIM, fn: decode });
+    mmCases.push({ name: `matmul ${f.name} ${M}x${KDIM} prefill (${PREFILL_TOKENS} tokens)`, threads, bytes, flops: 2 * M * KDIM * PREFILL_TOKENS, fn: prefill });
+  }
+  await measure(mmBench, mmCases);
+  await rt.close();
+}
+
+const probeGbs = new Map(rows.filter((r) => r.benchmark.startsWith('read_probe')).map((r) => [r.threads, r.bytes / r.ms / 1e6]));
+console.log(`kernels on ${availableParallelism()} cores, Node ${process.version}; medians of ${time} ms per benchmark`);
+console.table(
+  rows.map((r) => {
+    const gbs = r.bytes / r.ms / 1e6;
+    return {
+      benchmark: r.benchmark,
+      threads: r.threads,
+      'ms/call': r.ms.toFixed(3),
+      'GB/s': gbs.toFixed(2),
+      'GFLOP/s': r.flops ? (r.flops / r.ms / 1e6).toFixed(2) : '',
+      'of probe': `${((100 * gbs) / probeGbs.get(r.threads)!).toFixed(0)}%`,
+    };
+  }),
+);
+for (const f of missing) console.log(`FMT_${f.name} (code ${f.code}) has no entry in FORMATS in bench/kernels.bench.ts: add one line to benchmark it`);
+if (json) {
+  writeFileSync(json, JSON.stringify(rows.map((r) => ({ ...r, gb_s: r.bytes / r.ms / 1e6, gflop_s: r.flops / r.ms / 1e6 })), null, 2) + '\n');
+  console.log(`wrote ${json}`);
+}

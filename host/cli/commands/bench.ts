@@ -1,0 +1,144 @@
+import { isMoeLayer, type DeepSeekConfig } from '../../checkpoint/config.js';
+import { fail } from '../../errors.js';
+import { Model, type LoadOptions } from '../../model/model.js';
+import { createProgress } from '../progress.js';
+import { MODEL_FLAG, THREADS_FLAG, type Command } from './command.js';
+
+/** Weights of one layer's attention: what decode reads from it per token. */
+function attentionParams(c: DeepSeekConfig): number {
+  const h = c.hiddenSize;
+  const qRows = c.numAttentionHeads * (c.qkNopeHeadDim + c.qkRopeHeadDim);
+  const q = c.qLoraRank === null ? qRows * h : c.qLoraRank * h + qRows * c.qLoraRank;
+  const kv = (c.kvLoraRank + c.qkRopeHeadDim) * h + c.numAttentionHeads * (c.qkNopeHeadDim + c.vHeadDim) * c.kvLoraRank;
+  return q + kv + h * c.numAttentionHeads * c.vHeadDim;
+}
+
+/** Matrix parameters in the model and those one decoded token reads (its k routed experts, not all E). */
+export function modelParams(c: DeepSeekConfig): { total: number; active: number } {
+  const h = c.hiddenSize;
+  const mlp = (inter: number): number => 3 * h * inter;
+  let total = 2 * c.vocabSize * h;
+  // The embedding is a row lookup; the head is read whole every token.
+  let active = c.vocabSize * h;
+  for (let i = 0; i < c.numHiddenLayers; i++) {
+    const attn = attentionParams(c);
+    total += attn;
+    active += attn;
+    if (isMoeLayer(c, i)) {
+      const shared = c.nSharedExperts > 0 ? mlp(c.moeIntermediateSize * c.nSharedExperts) : 0;
+      total += c.nRoutedExperts * h + c.nRoutedExperts * mlp(c.moeIntermediateSize) + shared;
+      active += c.nRoutedExperts * h + c.numExpertsPerTok * mlp(c.moeIntermediateSize) + shared;
+    } else {
+      total += mlp(c.intermediateSize);
+      active += mlp(c.intermediateSize);
+    }
+  }
+  return { total, active };
+}
+
+/**
+ * A deterministic prompt of n ids: BOS (when the config names one), then ids spread over the vocabulary by a
+ * multiplicative hash, so that every run routes the same tokens to the same experts.
+ */
+export function benchPrompt(c: DeepSeekConfig, n: number): number[] {
+  const ids: number[] = [];
+  if (c.bosTokenId !== null && c.bosTokenId < c.vocabSize) ids.push(c.bosTokenId);
+  for (let i = ids.length; i < n; i++) ids.push(Number((BigInt(i) * 2654435761n + 12345n) % BigInt(c.vocabSize)));
+  return ids.slice(0, n);
+}
+
+function argmax(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  return best;
+}
+
+const MB = 1024 * 1024;
+
+export const benchCommand: Command = {
+  name: 'bench',
+  summary: 'measure prefill and decode speed and peak memory on a checkpoint',
+  description:
+    'Loads the model, runs a deterministic prompt of --prompt-tokens ids as one prefill pass, then decodes --gen-tokens ' +
+    'greedy tokens, and prints prefill tok/s, decode tok/s (with the GB/s of weights that implies) and peak memory. ' +
+    'One warm-up token runs first and is forgotten. With --json the last stdout line is ' +
+    '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..}.',
+  flags: [
+    { ...MODEL_FLAG, required: true },
+    { name: 'prompt-tokens', kind: 'int', value: 'N', min: 1, help: 'prompt length for the prefill pass (default 64)' },
+    { name: 'gen-tokens', kind: 'int', value: 'N', min: 1, help: 'tokens to decode (default 32)' },
+    THREADS_FLAG,
+    { name: 'json', kind: 'boolean', help: 'end with one JSON line of the results' },
+  ],
+  async run(flags) {
+    const dir = flags.model as string;
+    const promptTokens = (flags['prompt-tokens'] as number | undefined) ?? 64;
+    const genTokens = (flags['gen-tokens'] as number | undefined) ?? 32;
+    const context = promptTokens + genTokens;
+
+    let progress: ReturnType<typeof createProgress> | undefined;
+    let seen = 0;
+    const loadStart = performance.now();
+    const opts: LoadOptions = {
+      threads: flags.threads as number | undefined,
+      contextLength: context,
+      onProgress: (read, total) => {
+        progress ??= createProgress(`loading ${dir}`, total);
+        progress.advance(read - seen);
+        seen = read;
+      },
+    };
+    let model: Model;
+    try {
+      model = await Model.load(dir, opts);
+    } catch (e) {
+      // The one limit a benchmark hits first: say which numbers to change.
+      if (e instanceof Error && /exceed max_position_embeddings|context length must be/.test(e.message)) {
+        fail(`--prompt-tokens + --gen-tokens (${context}) is more than this model's context: ${e.message}`);
+      }
+      throw e;
+    }
+    progress?.done();
+    const loadSecs = (performance.now() - loadStart) / 1000;
+    try {
+      const cfg = model.config;
+      const weightBytes = model.rt.arena.used;
+      const params = modelParams(cfg);
+      const prompt = benchPrompt(cfg, promptTokens);
+
+      // Warm-up: one token through every layer (JIT, first touch of scratch memory), then forgotten.
+      model.forward(prompt.slice(0, 1));
+      model.reset();
+
+      let t = performance.now();
+      let logits = model.forward(prompt);
+      const prefillMs = performance.now() - t;
+      t = performance.now();
+      for (let k = 0; k < genTokens; k++) logits = model.forward([argmax(logits)]);
+      const decodeMs = performance.now() - t;
+
+      const prefillTokS = (promptTokens * 1000) / prefillMs;
+      const decodeTokS = (genTokens * 1000) / decodeMs;
+      // Arena bytes per parameter (the weights dominate it) times the parameters one token reads.
+      const activeBytes = (params.active * weightBytes) / params.total;
+      const peakRssMb = process.resourceUsage().maxRSS / 1024;
+      const arenaMb = model.rt.arena.highWater / MB;
+      const lines = [
+        `model    ${dir}: ${cfg.modelType}, ${cfg.numHiddenLayers} layers, ${(params.total / 1e9).toFixed(2)} B parameters ` +
+          `(${(params.active / 1e9).toFixed(2)} B read per token), ${model.threads} thread${model.threads === 1 ? '' : 's'}`,
+        `load     ${loadSecs.toFixed(1)} s`,
+        `prefill  ${promptTokens} tokens in ${(prefillMs / 1000).toFixed(2)} s: ${prefillTokS.toFixed(2)} tok/s`,
+        `decode   ${genTokens} tokens in ${(decodeMs / 1000).toFixed(2)} s: ${decodeTokS.toFixed(2)} tok/s ` +
+          `(${(decodeMs / genTokens).toFixed(1)} ms/token, ~${(activeBytes / 1e6).toFixed(0)} MB of weights each: ${((activeBytes * decodeTokS) / 1e9).toFixed(1)} GB/s)`,
+        `memory   peak RSS ${peakRssMb.toFixed(0)} MB, wasm arena ${arenaMb.toFixed(0)} MiB`,
+      ];
+      process.stdout.write(lines.join('\n') + '\n');
+      if (flags.json === true) {
+        const round = (x: number): number => Math.round(x * 100) / 100;
+        process.stdout.write(JSON.stringify({ prefill_tok_s: round(prefillTokS), decode_tok_s: round(decodeTokS), peak_rss_mb: round(peakRssMb) }) + '\n');
+      }
+    } finally {
+      await model.close();
+    }
+  },
+};
