@@ -13,6 +13,13 @@ function parseIds(text: string): number[] {
   });
 }
 
+/** What this command needs of a model; the CPU Model and the CUDA backend both provide it. */
+interface LogitsModel {
+  readonly config: { vocabSize: number };
+  forward(ids: ArrayLike<number>, opts?: { allLogits?: boolean }): Float32Array;
+  close(): Promise<void>;
+}
+
 export const logitsCommand: Command = {
   name: 'logits',
   summary: 'write the logits of token ids (prefill, then optional greedy decode) to a safetensors file',
@@ -27,11 +34,17 @@ export const logitsCommand: Command = {
     { name: 'out', kind: 'string', value: 'FILE', required: true, help: 'output .safetensors file' },
     THREADS_FLAG,
     CONTEXT_FLAG,
+    { name: 'backend', kind: 'string', value: 'cpu|cuda', help: 'where to run: the WebAssembly CPU core (default) or an NVIDIA GPU' },
   ],
   async run(flags) {
     const ids = parseIds(flags.ids as string);
     const gen = (flags.gen as number | undefined) ?? 0;
-    const model = await loadWithProgress(flags.model as string, flags.threads as number | undefined, flags.context as number | undefined);
+    const backend = (flags.backend as string | undefined) ?? 'cpu';
+    if (backend !== 'cpu' && backend !== 'cuda') fail(`--backend is "${backend}": expected cpu or cuda`);
+    const model: LogitsModel =
+      backend === 'cuda'
+        ? await (await import('../../backends/cuda.js')).CudaModel.load(flags.model as string, { contextLength: flags.context as number | undefined })
+        : await loadWithProgress(flags.model as string, flags.threads as number | undefined, flags.context as number | undefined);
     try {
       const vocab = model.config.vocabSize;
       const logits = model.forward(ids, { allLogits: true });

@@ -1,0 +1,222 @@
+// Benchmark of the CUDA backend on the 16B preset (DeepSeek-V2-Lite's shape: 27 layers, 64 experts
+// top-6, 2 shared, no q_lora) with random bf16 weights made on the device, batch 1.
+//
+//   node dist/host/backends/cuda-bench.js [--out results.json] [--prompt 128] [--gen 128]
+//
+// Prints a table and writes every number (and the method) as JSON.
+import { writeFileSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { parseConfig } from '../checkpoint/config.js';
+import { CudaModel } from './cuda.js';
+import { openLibrary } from './cuda-ffi.js';
+
+/** DeepSeek-V2-Lite's config.json (inference/configs/config_16B.json), weights made up. */
+export const PRESET_16B = {
+  model_type: 'deepseek_v2',
+  vocab_size: 102400,
+  hidden_size: 2048,
+  intermediate_size: 10944,
+  moe_intermediate_size: 1408,
+  num_hidden_layers: 27,
+  first_k_dense_replace: 1,
+  num_attention_heads: 16,
+  q_lora_rank: null,
+  kv_lora_rank: 512,
+  qk_nope_head_dim: 128,
+  qk_rope_head_dim: 64,
+  v_head_dim: 128,
+  n_routed_experts: 64,
+  n_shared_experts: 2,
+  num_experts_per_tok: 6,
+  n_group: 1,
+  topk_group: 1,
+  topk_method: 'greedy',
+  scoring_func: 'softmax',
+  norm_topk_prob: false,
+  routed_scaling_factor: 1.0,
+  moe_layer_freq: 1,
+  rms_norm_eps: 1e-6,
+  rope_theta: 10000,
+  max_position_embeddings: 163840,
+  rope_scaling: {
+    type: 'yarn', factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 0.707, mscale_all_dim: 0.707,
+  },
+};
+
+export interface BenchOptions {
+  prompt?: number;
+  gen?: number;
+  repeats?: number;
+  seed?: number;
+  /** Longer prompts timed once each (prefill throughput at size). */
+  longPrompts?: number[];
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+function promptIds(n: number, vocab: number, seed: number): Int32Array {
+  const ids = new Int32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    ids[i] = s % vocab;
+  }
+  return ids;
+}
+
+export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string, unknown>> {
+  const prompt = opts.prompt ?? 128;
+  const gen = opts.gen ?? 128;
+  const repeats = opts.repeats ?? 5;
+  const longPrompts = opts.longPrompts ?? [512, 2048];
+  const cfg = parseConfig(PRESET_16B, 'preset 16B');
+  const lib = openLibrary();
+  const copyGBs = lib.bandwidthProbe(2 ** 31, 21);
+
+  const say = (line: string) => console.log(`  ${line}`);
+  say(`copy bandwidth ${copyGBs.toFixed(0)} GB/s (bytes read + written)`);
+  const t0 = performance.now();
+  const model = await CudaModel.random(cfg, opts.seed ?? 1234, { contextLength: 4096, maxPrefill: 512 });
+  const setupMs = performance.now() - t0;
+  try {
+    const vocab = cfg.vocabSize;
+    const ids = promptIds(prompt, vocab, 7);
+
+    // Warm-up: cuBLAS heuristics, the decode graph's capture, every kernel once.
+    model.reset();
+    let next = model.prefill(ids);
+    for (let i = 0; i < 4; i++) next = model.step(next);
+    model.generate(next, 8);
+    say(`model ready in ${(setupMs / 1000).toFixed(1)} s: ${(model.weightBytes / 1e9).toFixed(2)} GB of weights, ${(model.activeBytes / 1e9).toFixed(3)} GB read per decode step`);
+
+    // Where a step's time goes (events between stages of one uncaptured step).
+    model.reset();
+    next = model.prefill(ids);
+    const profile = model.profileDecode(next);
+    for (const l of profile.split('\n')) if (l.trim()) say(`profile: ${l}`);
+
+    const prefillMs: number[] = [];
+    for (let r = 0; r < repeats; r++) {
+      model.reset();
+      const t = performance.now();
+      model.prefill(ids);
+      prefillMs.push(performance.now() - t);
+    }
+    say(`prefill ${prompt}: ${prefillMs.map((x) => x.toFixed(2)).join(' ')} ms`);
+    const long: { tokens: number; ms: number; tokPerS: number }[] = [];
+    for (const n of longPrompts) {
+      const lid = promptIds(n, vocab, 11);
+      model.reset();
+      model.prefill(lid); // warm
+      const runs: number[] = [];
+      for (let r = 0; r < 3; r++) {
+        model.reset();
+        const t = performance.now();
+        model.prefill(lid);
+        runs.push(performance.now() - t);
+      }
+      const ms = median(runs);
+      long.push({ tokens: n, ms, tokPerS: (n / ms) * 1000 });
+      say(`prefill ${n}: ${ms.toFixed(1)} ms`);
+    }
+
+    // Decode driven from TypeScript: one FFI call (graph replay + argmax id back) per token.
+    const hostRuns: { tokPerS: number; medianStepMs: number }[] = [];
+    for (let r = 0; r < 3; r++) {
+      model.reset();
+      next = model.prefill(ids);
+      const steps: number[] = [];
+      const t = performance.now();
+      for (let i = 0; i < gen; i++) {
+        const s = performance.now();
+        next = model.step(next);
+        steps.push(performance.now() - s);
+      }
+      const total = performance.now() - t;
+      hostRuns.push({ tokPerS: (gen / total) * 1000, medianStepMs: median(steps) });
+      say(`decode (host loop): ${((gen / total) * 1000).toFixed(1)} tok/s`);
+    }
+    // Decode with the token fed back on the device: graph replays back to back.
+    const devRuns: number[] = [];
+    for (let r = 0; r < 3; r++) {
+      model.reset();
+      next = model.prefill(ids);
+      const t = performance.now();
+      model.generate(next, gen);
+      devRuns.push(((performance.now() - t) / gen));
+      say(`decode (device loop): ${(1000 / devRuns[devRuns.length - 1]).toFixed(1)} tok/s`);
+    }
+    // The same after a long prompt: attention over 2K positions.
+    model.reset();
+    next = model.prefill(promptIds(2048, vocab, 13));
+    const tl = performance.now();
+    model.generate(next, gen);
+    const longCtxStepMs = (performance.now() - tl) / gen;
+
+    const active = model.activeBytes;
+    const rooflineMeasured = (copyGBs * 1e9) / active;
+    const roofline427 = 4.27e12 / active;
+    const decodeHost = median(hostRuns.map((r) => r.tokPerS));
+    const decodeDevice = 1000 / median(devRuns);
+    const prefill = (prompt / median(prefillMs)) * 1000;
+    const result = {
+      preset: '16B (DeepSeek-V2-Lite shape), random bf16 weights generated on the device',
+      switches: { DW_PDL: process.env.DW_PDL ?? '1', DW_ABSORB: process.env.DW_ABSORB ?? '1' },
+      device: model.device,
+      promptTokens: prompt,
+      generatedTokens: gen,
+      weightBytes: model.weightBytes,
+      activeBytesPerToken: active,
+      copyBandwidthGBs: copyGBs,
+      rooflineTokPerS: { atMeasuredCopy: rooflineMeasured, at4_27TBs: roofline427 },
+      setupSeconds: setupMs / 1000,
+      prefill: { tokens: prompt, medianMs: median(prefillMs), tokPerS: prefill, runsMs: prefillMs },
+      prefillLong: long,
+      decode: {
+        hostLoopTokPerS: decodeHost,
+        hostLoopMedianStepMs: median(hostRuns.map((r) => r.medianStepMs)),
+        deviceLoopTokPerS: decodeDevice,
+        deviceLoopStepMs: median(devRuns),
+        percentOfRooflineHost: (100 * decodeHost) / roofline427,
+        percentOfRooflineDevice: (100 * decodeDevice) / roofline427,
+        after2kPromptStepMs: longCtxStepMs,
+      },
+      decodeProfile: profile.split('\n').filter((l) => l.trim() !== ''),
+    };
+    return result;
+  } finally {
+    await model.close();
+  }
+}
+
+function printTable(r: Record<string, any>): void {
+  const f = (x: number, d = 1) => x.toFixed(d);
+  console.log(`\nCUDA bridge, 16B preset, batch 1 on ${r.device}`);
+  console.log(`  weights ${f(r.weightBytes / 1e9, 2)} GB, read per decode step ${f(r.activeBytesPerToken / 1e9, 3)} GB`);
+  console.log(`  copy bandwidth ${f(r.copyBandwidthGBs, 0)} GB/s -> roofline ${f(r.rooflineTokPerS.atMeasuredCopy, 0)} tok/s (at 4.27 TB/s: ${f(r.rooflineTokPerS.at4_27TBs, 0)})`);
+  console.log(`  prefill ${r.prefill.tokens} tokens: ${f(r.prefill.medianMs, 2)} ms = ${f(r.prefill.tokPerS, 0)} tok/s`);
+  for (const l of r.prefillLong) console.log(`  prefill ${l.tokens} tokens: ${f(l.ms, 1)} ms = ${f(l.tokPerS, 0)} tok/s`);
+  console.log(`  decode (TS loop, one FFI call per token): ${f(r.decode.hostLoopTokPerS, 1)} tok/s (${f(r.decode.percentOfRooflineHost)}% of roofline), median step ${f(r.decode.hostLoopMedianStepMs, 3)} ms`);
+  console.log(`  decode (device loop, graph replays):       ${f(r.decode.deviceLoopTokPerS, 1)} tok/s (${f(r.decode.percentOfRooflineDevice)}% of roofline), ${f(r.decode.deviceLoopStepMs, 3)} ms/step`);
+  console.log(`  decode step after a 2048-token prompt: ${f(r.decode.after2kPromptStepMs, 3)} ms`);
+  console.log('  one decode step by stage (uncaptured, events between stages):');
+  for (const l of r.decodeProfile) console.log(`    ${l}`);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const get = (name: string) => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const r = await benchCuda({ prompt: Number(get('prompt') ?? 128), gen: Number(get('gen') ?? 128) });
+  printTable(r);
+  const out = get('out');
+  if (out) writeFileSync(out, JSON.stringify(r, null, 2) + '\n');
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main(process.argv.slice(2)).catch((e) => {
+    console.error(`error: ${(e as Error).message}`);
+    process.exit(1);
+  });
+}

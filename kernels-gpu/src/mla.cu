@@ -1,0 +1,294 @@
+// Multi-head latent attention in the absorbed form over a latent cache [c (rank) | k_rope (rope)]
+// per position (assembly/blocks/mla.ts is the CPU twin). For head h with W_UK, W_UV its rows of
+// kv_b_proj:
+//   qabs_h = [W_UK^T q_nope_h | rope(q_rope_h)]          (mla_prep, with the cache row write)
+//   s_t    = scale * qabs_h . cache_t,  p = softmax(s)   (attn: flash-decoding splits of positions)
+//   o_h    = W_UV (sum_t p_t c_t)                         (uv: merges the splits, then W_UV)
+// The same kernels serve decode (tokens = 1, positions split over nsplit blocks) and prefill
+// (tokens = T, nsplit = 1); the position of token 0 is read from device memory, so a captured
+// decode graph replays at any position.
+#include "kernels.cuh"
+#include "dot.cuh"
+#include <cstdlib>
+
+namespace {
+
+constexpr int MAXJ = 20;  // latent = rank + rope <= 640 (DeepSeek: 512 + 64)
+constexpr int ATT_WARPS = 4;
+
+// The cache row of token t: the normalised latent, then the roped shared key. Any block size that
+// is a multiple of 32 (at most 1024).
+__device__ void write_cache_row(const MlaParams &p, int t, int pos) {
+  __shared__ float red[32];
+  __shared__ float inv_s;
+  const int half = p.rope / 2;
+  const float *cs = p.cos + (int64_t)pos * half;
+  const float *sn = p.sin + (int64_t)pos * half;
+  const float *kv = p.kv + (int64_t)t * p.kv_ld;
+  float *row = p.cache + (int64_t)pos * (p.rank + p.rope);
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < p.rank; i += blockDim.x) ss += kv[i] * kv[i];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float tot = 0.f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) tot += red[w];
+    inv_s = 1.0f / sqrtf(tot / (float)p.rank + p.eps);
+  }
+  __syncthreads();
+  const float inv = inv_s;
+  for (int i = threadIdx.x; i < p.rank; i += blockDim.x) row[i] = kv[i] * inv * p.kv_norm[i];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = kv[p.rank + 2 * i], b = kv[p.rank + 2 * i + 1];
+    row[p.rank + 2 * i] = a * cs[i] - b * sn[i];
+    row[p.rank + 2 * i + 1] = a * sn[i] + b * cs[i];
+  }
+}
+
+// The roped query part of head h (qabs[rank + j]), j < rope.
+__device__ __forceinline__ float rope_q(const MlaParams &p, const float *qh, int j, int pos) {
+  const int half = p.rope / 2, i = j >> 1;
+  const float c = p.cos[(int64_t)pos * half + i], s = p.sin[(int64_t)pos * half + i];
+  const float a = qh[p.nope + 2 * i], b = qh[p.nope + 2 * i + 1];
+  return (j & 1) ? a * s + b * c : a * c - b * s;
+}
+
+// Simple form (DW_ABSORB=0): one thread per latent column, a loop over the head's nope rows.
+__global__ void __launch_bounds__(128) mla_prep_kernel(const __grid_constant__ MlaParams p, int qblocks) {
+  pdl_wait();
+  pdl_trigger();
+  const int t = blockIdx.z;
+  const int pos = *p.pos + t;
+  const int latent = p.rank + p.rope;
+  if ((int)blockIdx.x == p.heads * qblocks) {
+    write_cache_row(p, t, pos);
+    return;
+  }
+  const int h = blockIdx.x / qblocks;
+  const int r = (blockIdx.x % qblocks) * blockDim.x + threadIdx.x;
+  const float *qh = p.q + (int64_t)t * p.q_ld + h * (p.nope + p.rope);
+  float *out = p.qabs + ((int64_t)t * p.heads + h) * latent;
+  if (r < p.rank) {
+    const int64_t row0 = (int64_t)h * (p.nope + p.v);
+    float acc = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < p.nope; i++) {
+      const int64_t row = row0 + i;
+      const float *srow = p.kvb.s ? p.kvb.s + row * p.kvb.sld : nullptr;
+      acc += load1(p.kvb_fmt, p.kvb.w + row * p.kvb.ldb, srow, r, p.kvb.sblk) * qh[i];
+    }
+    out[r] = acc;
+  } else if (r < latent) {
+    out[r] = rope_q(p, qh, r - p.rank, pos);
+  }
+}
+
+// Absorbed query: qabs[h][r] = sum_i W_UK[h][i][r] q_nope[h][i]. A block takes 256 columns of one
+// head: 32 threads x 8 columns (one 16-byte load per row for bf16) x 8 groups of rows, summed in
+// shared memory. Block (heads, 0) writes the token's cache row instead.
+constexpr int ABSORB_MAX_NOPE = 512;
+template <int F>
+__global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ MlaParams p) {
+  __shared__ __align__(16) float red[8][256];
+  __shared__ float qn[ABSORB_MAX_NOPE];
+  const int h = blockIdx.x, t = blockIdx.z;
+  const int cg = threadIdx.x & 31, rg = threadIdx.x >> 5;
+  const int col = blockIdx.y * 256 + cg * 8;
+  const int64_t row0 = (int64_t)h * (p.nope + p.v);
+  constexpr int esz = F == F_F32 ? 4 : F == F_BF16 ? 2 : 1;
+  if (h < p.heads && col < p.rank)
+    for (int i = rg; i < p.nope; i += 8) prefetch_l2(p.kvb.w + (row0 + i) * p.kvb.ldb + (size_t)col * esz);
+  pdl_wait();
+  pdl_trigger();
+  const int pos = *p.pos + t;
+  if (h == p.heads) {
+    if (blockIdx.y == 0) write_cache_row(p, t, pos);
+    return;
+  }
+  const int latent = p.rank + p.rope;
+  const float *qh = p.q + (int64_t)t * p.q_ld + h * (p.nope + p.rope);
+  for (int i = threadIdx.x; i < p.nope; i += blockDim.x) qn[i] = qh[i];
+  __syncthreads();
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (col < p.rank) {
+#pragma unroll 4
+    for (int i = rg; i < p.nope; i += 8) {
+      const int64_t row = row0 + i;
+      float w[8];
+      load8<F>(p.kvb.w + row * p.kvb.ldb, p.kvb.s ? p.kvb.s + row * p.kvb.sld : nullptr, col, p.kvb.sblk, w);
+      const float qi = qn[i];
+#pragma unroll
+      for (int k = 0; k < 8; k++) acc[k] = fmaf(w[k], qi, acc[k]);
+    }
+  }
+  float4 *dst = reinterpret_cast<float4 *>(&red[rg][cg * 8]);
+  dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+  __syncthreads();
+  float *out = p.qabs + ((int64_t)t * p.heads + h) * latent;
+  const int r = blockIdx.y * 256 + threadIdx.x;
+  if (r < p.rank) {
+    float s = 0.f;
+#pragma unroll
+    for (int g = 0; g < 8; g++) s += red[g][threadIdx.x];
+    out[r] = s;
+  }
+  if (blockIdx.y == 0 && threadIdx.x < p.rope) out[p.rank + threadIdx.x] = rope_q(p, qh, threadIdx.x, pos);
+}
+
+__global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_constant__ MlaParams p) {
+  extern __shared__ __align__(16) float sacc[];  // [ATT_WARPS][rank]
+  __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+  pdl_wait();
+  pdl_trigger();
+  const int h = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int latent = p.rank + p.rope;
+  const int n = *p.pos + t + 1;
+  const int chunk = ceil_div(n, p.nsplit);
+  const int s0 = split * chunk, s1 = min(n, s0 + chunk);
+  const float *qa = p.qabs + ((int64_t)t * p.heads + h) * latent;
+  float q[MAXJ], acc[MAXJ];
+#pragma unroll
+  for (int j = 0; j < MAXJ; j++) {
+    const int d = lane + 32 * j;
+    q[j] = d < latent ? qa[d] : 0.f;
+    acc[j] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int s = s0 + warp; s < s1; s += ATT_WARPS) {
+    const float *c = p.cache + (int64_t)s * latent;
+    float cv[MAXJ];
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+      const int d = lane + 32 * j;
+      cv[j] = d < latent ? c[d] : 0.f;
+    }
+    float dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) dot = fmaf(q[j], cv[j], dot);
+    const float score = warp_sum(dot) * p.scale;
+    const float mn = fmaxf(m, score);
+    const float corr = expf(m - mn);
+    const float e = expf(score - mn);
+    l = l * corr + e;
+#pragma unroll
+    for (int j = 0; j < MAXJ; j++) {
+      const int d = lane + 32 * j;
+      if (d < p.rank) acc[j] = fmaf(e, cv[j], acc[j] * corr);
+    }
+    m = mn;
+  }
+#pragma unroll
+  for (int j = 0; j < MAXJ; j++) {
+    const int d = lane + 32 * j;
+    if (d < p.rank) sacc[warp * p.rank + d] = acc[j];
+  }
+  if (lane == 0) {
+    sm[warp] = m;
+    sl[warp] = l;
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < ATT_WARPS; w++)
+    if (sl[w] > 0.f) M = fmaxf(M, sm[w]);
+  float f[ATT_WARPS], L = 0.f;
+#pragma unroll
+  for (int w = 0; w < ATT_WARPS; w++) {
+    f[w] = sl[w] > 0.f ? expf(sm[w] - M) : 0.f;
+    L += f[w] * sl[w];
+  }
+  float *out = p.part + (((int64_t)t * p.heads + h) * p.nsplit + split) * (p.rank + 2);
+  if (threadIdx.x == 0) {
+    out[0] = M;
+    out[1] = L;
+  }
+  for (int r = threadIdx.x; r < p.rank; r += blockDim.x) {
+    float o = 0.f;
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; w++) o += f[w] * sacc[w * p.rank + r];
+    out[2 + r] = o;
+  }
+}
+
+template <int F>
+__global__ void __launch_bounds__(256) uv_kernel(const __grid_constant__ MlaParams p, int rpw) {
+  extern __shared__ __align__(16) float olat[];
+  const int h = blockIdx.x, t = blockIdx.z;
+  {
+    const int j0 = (blockIdx.y * 8 + (threadIdx.x >> 5)) * rpw;
+    if (j0 < p.v) prefetch_row<F>(p.kvb.w + ((int64_t)h * (p.nope + p.v) + p.nope + j0) * p.kvb.ldb, p.rank);
+  }
+  pdl_wait();
+  pdl_trigger();
+  const float *part = p.part + ((int64_t)t * p.heads + h) * p.nsplit * (p.rank + 2);
+  float M = -INFINITY;
+  for (int i = 0; i < p.nsplit; i++) {
+    const float *pi = part + (int64_t)i * (p.rank + 2);
+    if (pi[1] > 0.f) M = fmaxf(M, pi[0]);
+  }
+  float L = 0.f;
+  for (int i = 0; i < p.nsplit; i++) {
+    const float *pi = part + (int64_t)i * (p.rank + 2);
+    if (pi[1] > 0.f) L += expf(pi[0] - M) * pi[1];
+  }
+  const float invL = 1.f / L;
+  const int r8 = round_up(p.rank, 8);
+  for (int r = threadIdx.x; r < r8; r += blockDim.x) {
+    float o = 0.f;
+    if (r < p.rank) {
+      for (int i = 0; i < p.nsplit; i++) {
+        const float *pi = part + (int64_t)i * (p.rank + 2);
+        if (pi[1] > 0.f) o += expf(pi[0] - M) * pi[2 + r];
+      }
+      o *= invL;
+    }
+    olat[r] = o;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int j0 = (blockIdx.y * 8 + warp) * rpw, j1 = min(j0 + rpw, p.v);
+  for (int j = j0; j < j1; j++) {
+    const int64_t row = (int64_t)h * (p.nope + p.v) + p.nope + j;
+    const float *srow = p.kvb.s ? p.kvb.s + row * p.kvb.sld : nullptr;
+    const float d = row_dot<F>(p.kvb.w + row * p.kvb.ldb, srow, p.kvb.sblk, olat, p.rank);
+    if (lane == 0) p.out[((int64_t)t * p.heads + h) * p.v + j] = d;
+  }
+}
+
+}  // namespace
+
+static bool absorb_fast() {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("DW_ABSORB");
+    v = !(e && *e == '0');
+  }
+  return v;
+}
+
+void launch_mla(cudaStream_t st, const MlaParams &p) {
+  const int latent = p.rank + p.rope;
+  if (latent > 32 * MAXJ) dw_fail("kv_lora_rank + qk_rope_head_dim > 640 is not supported by the attention kernel");
+  if (absorb_fast() && p.nope <= ABSORB_MAX_NOPE && p.rope <= 256) {
+    FMT_DISPATCH(p.kvb_fmt, F, {
+      launch_k(absorb_kernel<F>, dim3(p.heads + 1, ceil_div(p.rank, 256), p.tokens), 256, 0, st, p);
+    });
+    LAUNCHED("absorb", st);
+  } else {
+    const int qblocks = ceil_div(latent, 128);
+    launch_k(mla_prep_kernel, dim3(p.heads * qblocks + 1, 1, p.tokens), 128, 0, st, p, qblocks);
+    LAUNCHED("mla_prep", st);
+  }
+  const size_t smem = (size_t)ATT_WARPS * p.rank * 4;
+  dw_smem_limit(reinterpret_cast<const void *>(attn_kernel), smem);
+  launch_k(attn_kernel, dim3(p.heads, p.nsplit, p.tokens), ATT_WARPS * 32, smem, st, p);
+  LAUNCHED("attn", st);
+  const int rpw = 1;
+  const size_t smem2 = (size_t)round_up(p.rank, 8) * 4;
+  FMT_DISPATCH(p.kvb_fmt, F, {
+    launch_k(uv_kernel<F>, dim3(p.heads, ceil_div(p.v, 8 * rpw), p.tokens), 256, smem2, st, p, rpw);
+  });
+  LAUNCHED("uv", st);
+}

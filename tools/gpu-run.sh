@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The CUDA bridge's one command: build libdwcuda.so, run the GPU tests, run the 16B benchmark, and
+# leave logs and results under $OUT (default ./gpu-results).
+#
+#   npm run test:gpu          here: builds TypeScript, then runs this script
+#   bash tools/gpu-run.sh     on the GPU machine (no Node there: a carried one is unpacked)
+#
+# Without a GPU the tests print "skipped: no CUDA device (...)" and the script exits 0.
+# On the GPU machine, Node, node_modules (koffi, uvu, @huggingface/jinja) and dist/ travel in the
+# ignored folder .gpu-carry/ (see kernels-gpu/README.md): node.xz, node_modules/, dist/, build/.
+#
+# Environment: OUT (results folder), DW_SKIP_BENCH=1 (tests only), DW_SKIP_TESTS=1 (bench only),
+# DW_CONFIGS (switch sets to fall back through, see below), DW_BENCH_ALT (a second benchmark),
+# DW_PREBUILT=1 (use kernels-gpu/build/libdwcuda.so as carried instead of rebuilding),
+# DW_SYNC=1 (synchronize and check after every kernel: slow, names a failing kernel).
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+# `bash tools/gpu-run.sh --prepare`: fill .gpu-carry/ here for the device call (carry: [".gpu-carry"]).
+if [ "${1:-}" = --prepare ]; then
+  set -e
+  mkdir -p .gpu-carry/node_modules/@koromix .gpu-carry/node_modules/@huggingface
+  [ -f .gpu-carry/node.xz ] || xz -9 -T0 -c "$(command -v node)" > .gpu-carry/node.xz
+  for m in koffi @koromix/koffi-linux-x64 uvu dequal diff kleur sade mri @huggingface/jinja; do
+    rm -rf ".gpu-carry/node_modules/$m"
+    cp -r "node_modules/$m" ".gpu-carry/node_modules/$m"
+  done
+  rm -rf .gpu-carry/dist .gpu-carry/build
+  cp -r dist .gpu-carry/dist
+  cp -r build .gpu-carry/build
+  if [ -f kernels-gpu/build/libdwcuda.so ]; then cp kernels-gpu/build/libdwcuda.so .gpu-carry/libdwcuda.so; fi
+  du -sh .gpu-carry
+  exit 0
+fi
+
+OUT="${OUT:-$root/gpu-results}"
+mkdir -p "$OUT"
+say() { echo "[gpu-run] $*"; }
+started=$(date +%s)
+
+# --- Node and the JavaScript side --------------------------------------------------------------
+carry=.gpu-carry
+NODE="${NODE:-}"
+if [ -z "$NODE" ]; then
+  if command -v node >/dev/null 2>&1; then
+    NODE=node
+  elif [ -f "$carry/node.xz" ]; then
+    python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('$carry/node.xz'),open('/tmp/node','wb'))" && chmod +x /tmp/node
+    NODE=/tmp/node
+  else
+    say "no node on PATH and no $carry/node.xz"; exit 1
+  fi
+fi
+# node_modules is linked; dist/ and build/ are copied (modules resolve paths from their real location).
+if [ ! -e node_modules ] && [ -e "$carry/node_modules" ]; then ln -s "$carry/node_modules" node_modules; fi
+for d in dist build; do
+  if [ ! -e "$d" ] && [ -e "$carry/$d" ]; then cp -r "$carry/$d" "$d"; fi
+done
+say "node $($NODE --version)"
+
+have_gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  have_gpu=1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+fi
+
+# --- the library ---------------------------------------------------------------------------------
+lib=kernels-gpu/build/libdwcuda.so
+if [ "${DW_PREBUILT:-0}" = 1 ] && [ -f "$lib" ]; then
+  say "using the carried $lib"
+elif command -v nvcc >/dev/null 2>&1; then
+  say "building $lib with $(nvcc --version | tail -1)"
+  if ! make -C kernels-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"
+    if [ -f "$carry/libdwcuda.so" ]; then
+      say "build failed: falling back to the carried library built elsewhere"
+      mkdir -p kernels-gpu/build && cp "$carry/libdwcuda.so" "$lib"
+    else
+      say "build failed"; exit 1
+    fi
+  fi
+else
+  say "nvcc not found: using $lib as it is"
+fi
+export DEEPWASM_CUDA_LIB="$root/$lib"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/cuda-13.0/lib64:${LD_LIBRARY_PATH:-}"
+
+if [ ! -f dist/test/cuda.test.js ]; then
+  say "dist/ is missing: run npm run build:ts first (or carry dist/)"; exit 1
+fi
+
+# --- tests ---------------------------------------------------------------------------------------
+# DW_CONFIGS: switch sets tried in order until the tests pass ("default" = all fast paths on); the
+# benchmark then runs with the first that passed. DW_PDL=0: no programmatic dependent launch;
+# DW_ABSORB=0: the simple query-absorption kernel.
+configs="${DW_CONFIGS:-default}"
+rc=0
+chosen=default
+if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
+  rc=1
+  for cfg in $configs; do
+    envs=""
+    [ "$cfg" != default ] && envs="${cfg//,/ }"
+    say "GPU tests ($cfg)"
+    # DW_SYNC=1 checks every kernel as it ends, so a fault names its kernel (the fixtures are tiny).
+    env $envs DW_SYNC="${DW_SYNC:-1}" DW_RESULTS="$OUT/correctness.json" timeout 240 $NODE dist/test/cuda.test.js 2>&1 | tee -a "$OUT/test.log"
+    rc=${PIPESTATUS[0]}
+    say "tests ($cfg) exit code $rc"
+    if [ $rc = 0 ]; then chosen=$cfg; break; fi
+  done
+  if [ $rc != 0 ] && [ $have_gpu = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
+    say "tests failed: memcheck of one CLI run (v3-tiny) -> $OUT/memcheck.log"
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 20 $NODE dist/host/cli/main.js logits \
+      --model test/fixtures/models/v3-tiny --ids 5,17,300,2 --gen 3 --out /tmp/dw-memcheck.safetensors --backend cuda \
+      >"$OUT/memcheck.log" 2>&1
+    tail -40 "$OUT/memcheck.log"
+  fi
+fi
+
+# --- benchmark --------------------------------------------------------------------------------------
+if [ $have_gpu = 1 ] && [ "${DW_SKIP_BENCH:-0}" != 1 ]; then
+  envs=""
+  [ "$chosen" != default ] && envs="${chosen//,/ }"
+  say "16B benchmark ($chosen)"
+  env $envs timeout 300 $NODE dist/host/backends/cuda-bench.js --out "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"
+  brc=${PIPESTATUS[0]}
+  say "bench exit code $brc"
+  [ $rc = 0 ] && rc=$brc
+  # DW_BENCH_ALT: one more switch set to compare against (e.g. DW_PDL=0), written to bench-alt.json.
+  if [ -n "${DW_BENCH_ALT:-}" ]; then
+    say "16B benchmark (${DW_BENCH_ALT})"
+    env ${DW_BENCH_ALT//,/ } timeout 200 $NODE dist/host/backends/cuda-bench.js --out "$OUT/bench-alt.json" 2>&1 | tee -a "$OUT/bench.log"
+  fi
+elif [ $have_gpu = 0 ]; then
+  say "no GPU: benchmark skipped"
+fi
+say "done in $(( $(date +%s) - started )) s; results in $OUT"
+exit $rc
