@@ -5,7 +5,7 @@
 // stream, seeded by (seed, tensor name): the bytes depend on the seed and the shape only, not on the
 // chunk size, the shard size or the order of writing.
 import * as fs from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fail } from '../errors.js';
 import { isMoeLayer, parseConfig, type DeepSeekConfig } from './config.js';
 import { DTYPE_SIZE, type DType } from './dtypes.js';
@@ -39,6 +39,8 @@ export interface SynthOptions {
   layers?: number;
   /** Shards close before passing this many bytes (default 2 GiB); a larger tensor gets a shard alone. */
   shardBytes?: number;
+  /** Values generated per step (default 16 Mi); the output does not depend on it. */
+  chunkValues?: number;
   /** Replace a checkpoint already in `out` instead of refusing. */
   overwrite?: boolean;
   onProgress?: (bytesWritten: number, totalBytes: number) => void;
@@ -158,11 +160,18 @@ export async function synthCheckpoint(opts: SynthOptions): Promise<SynthResult> 
 
   prepareOut(opts.out, opts.overwrite ?? false);
   const metadata = { format: 'pt', synthetic: `deepwasm synth, seed ${seed}` };
-  const bufs = [new Uint8Array(CHUNK_VALUES * 4), new Uint8Array(CHUNK_VALUES * 4)];
+  const chunk = Math.max(2, Math.floor((opts.chunkValues ?? CHUNK_VALUES) / 2) * 2);
+  const bufs = [new Uint8Array(chunk * 4), new Uint8Array(chunk * 4)];
   let which = 0;
   let written = 0;
   for (let k = 0; k < shards.length; k++) {
-    const fd = fs.openSync(join(opts.out, names[k]), 'w');
+    const path = join(opts.out, names[k]);
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'w');
+    } catch (e) {
+      fail(`cannot create ${path} (${(e as Error).message})`);
+    }
     let pending: Promise<void> = Promise.resolve();
     try {
       const header = safetensorsHeader(shards[k], metadata);
@@ -174,9 +183,9 @@ export async function synthCheckpoint(opts: SynthOptions): Promise<SynthResult> 
           const buf = bufs[which];
           which ^= 1;
           const n = stream.fill(buf);
-          // The previous chunk was written from the other buffer; wait for it before reusing this one next time.
+          // At most one write in flight: the buffer filled next is the one whose write has finished.
           await pending;
-          pending = writeAt(fd, buf, n, position);
+          pending = writeAt(fd, buf, n, position).catch((e: Error) => fail(`writing ${path} failed (${e.message})`));
           position += n;
           written += n;
           opts.onProgress?.(written, totalBytes);
@@ -216,16 +225,25 @@ function writeAt(fd: number, buf: Uint8Array, n: number, position: number): Prom
 
 /** Creates `out`, or checks that it holds no checkpoint (removing the old one when overwrite is set). */
 function prepareOut(out: string, overwrite: boolean): void {
-  try {
-    fs.mkdirSync(out, { recursive: true });
-  } catch (e) {
-    fail(`cannot create output folder ${out} (${(e as Error).message})`);
-  }
+  makeDirs(resolve(out));
   if (!fs.statSync(out).isDirectory()) fail(`${out} is not a folder`);
   const old = fs.readdirSync(out).filter((n) => n === 'config.json' || n === INDEX || /^model.*\.safetensors$/.test(n));
   if (old.length === 0) return;
   if (!overwrite) fail(`${out} already holds a checkpoint (${old.slice(0, 3).join(', ')}${old.length > 3 ? ', ...' : ''}); pass --force to replace it`);
   for (const n of old) fs.rmSync(join(out, n));
+}
+
+/** mkdir -p, one level at a time: Node's recursive mkdir spins forever where mkdir says ENOENT under an
+ * existing parent (as in /proc). */
+function makeDirs(dir: string): void {
+  if (fs.existsSync(dir)) return;
+  const parent = dirname(dir);
+  if (parent !== dir) makeDirs(parent);
+  try {
+    fs.mkdirSync(dir);
+  } catch (e) {
+    fail(`cannot create output folder ${dir} (${(e as Error).message})`);
+  }
 }
 
 function safetensorsHeader(tensors: readonly SynthTensor[], metadata: Record<string, string>): Uint8Array {

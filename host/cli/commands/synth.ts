@@ -22,7 +22,8 @@ function readConfigFile(path: string): Record<string, unknown> {
   return raw as Record<string, unknown>;
 }
 
-const gb = (bytes: number): string => `${(bytes / 1e9).toFixed(2)} GB`;
+const bytesText = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(2)} MB`);
+const paramsText = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(3)} B` : `${(n / 1e6).toFixed(2)} M`);
 
 export const synthCommand: Command = {
   name: 'synth',
@@ -80,8 +81,8 @@ export const synthCommand: Command = {
     progress?.done();
     const secs = (performance.now() - start) / 1000;
     process.stdout.write(
-      `wrote ${out}: ${(result.parameters / 1e9).toFixed(3)} B parameters, ${result.tensors} tensors, ${gb(result.totalBytes)} ` +
-        `in ${result.shards.length} shard${result.shards.length === 1 ? '' : 's'}, ${secs.toFixed(1)} s (${(result.totalBytes / 1e9 / secs).toFixed(2)} GB/s)\n`,
+      `wrote ${out}: ${paramsText(result.parameters)} parameters, ${result.tensors} tensors, ${bytesText(result.totalBytes)} ` +
+        `in ${result.shards.length} shard${result.shards.length === 1 ? '' : 's'}, ${secs.toFixed(1)} s (${bytesText(result.totalBytes / secs)}/s)\n`,
     );
   },
 };
