@@ -1,7 +1,9 @@
 // The module's exports: the pool, the kernels and the blocks. Everything takes pointers into the one
 // shared memory that the host owns; nothing here allocates.
 export { pool_init, pool_stop, worker_loop, BOARD_BYTES } from './pool';
-export { matmul } from './kernels/matmul';
+export { matmul, quant_scratch_bytes } from './kernels/matmul';
+export { set_scratch, quantize_rows, q_pack, q_unpack, fp8_pack } from './kernels/quantize';
+export { weightBytes as weight_bytes } from './kernels/format';
 export { rmsnorm } from './kernels/norm';
 export { rope } from './kernels/rope';
 export { softmax, silu_mul } from './kernels/activation';
@@ -9,6 +11,11 @@ export { add, scale, embed, gather_rows, scatter_add, copy_rows } from './kernel
 export { route } from './kernels/route';
 export { mla_attention, mla_scratch_floats } from './blocks/mla';
 export { read_probe } from './kernels/probe';
+
+/** 1 in the relaxed-SIMD build (build/deepwasm-relaxed.wasm), 0 in the plain SIMD128 build. */
+export function relaxed_simd(): i32 {
+  return ASC_FEATURE_RELAXED_SIMD ? 1 : 0;
+}
 
 /** First byte the host may use: everything below belongs to the module's static data. */
 export function heap_base(): usize {

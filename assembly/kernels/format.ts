@@ -3,8 +3,66 @@
 
 export const F32: i32 = 0;
 export const BF16: i32 = 1;
+/** int8 weights, one f32 scale per group of 32 along the input dimension (docs/quantized-format.md). */
+export const Q8: i32 = 2;
+/** 4-bit weights (stored q + 8), one f32 scale per group of 32 (docs/quantized-format.md). */
+export const Q4: i32 = 3;
+/** e4m3 bytes with DeepSeek's 128x128 block scales, dequantized inside the kernel. */
+export const FP8: i32 = 4;
 
-/** Bytes of one row of `cols` weights. */
+/** Quantization group: weights and activations share one scale per GROUP values along a row. */
+export const GROUP: i32 = 32;
+/** FP8 scale block along a row (DeepSeek's weight_block_size). */
+export const FP8_BLOCK: i32 = 128;
+/**
+ * Quantized matrices are stored in column panels of PANEL columns (the last one narrower): panel by
+ * panel, all rows of the panel. A matvec then streams the weights in order while the panel's slice of
+ * the activations (2 KiB) stays in L1; with whole rows the activations of a wide matrix fall out of
+ * L1 under the weight stream and the kernel runs at half speed (measured: 21 -> 10 GB/s on one core
+ * when the quantized activations grow from 4 to 8 KiB).
+ */
+export const PANEL: i32 = 1024;
+
+/** Is fmt one of the grouped or block-scaled formats that go through quantized activations/panels? */
+@inline export function isQuantized(fmt: i32): bool {
+  return fmt >= Q8;
+}
+
+/** Columns a quantized row is padded to (zeros): whole groups of four, so kernels take 4 groups a step. */
+@inline export function paddedCols(cols: i32): i32 {
+  return (cols + 127) & ~127;
+}
+
+/** Bytes per padded column of a quantized format, in 32nds of a byte (weights and their scales). */
+@inline function panelBytesPer32Cols(fmt: i32): i32 {
+  // q8: 32 bytes + one f32 scale; q4: 16 bytes + one f32 scale; fp8: 32 bytes + 1/4 of an f32 scale.
+  return fmt == Q8 ? 36 : fmt == Q4 ? 20 : 33;
+}
+
+/** Byte offset of the panel starting at column c0 in a blob of `rows` rows. */
+@inline export function panelOffset(fmt: i32, rows: i32, c0: i32): usize {
+  // c0 is a multiple of 128, so c0 / 32 is exact; multiplying last keeps the product below 4 GiB.
+  return <usize>rows * <usize>(c0 >> 5) * <usize>panelBytesPer32Cols(fmt);
+}
+
+/** Bytes one row of a panel `width` columns wide takes for its weights (not its scales). */
+@inline export function panelRowBytes(fmt: i32, width: i32): usize {
+  return fmt == Q4 ? <usize>(width >> 1) : <usize>width;
+}
+
+/** Scales one row of a panel holds: one per group (q8, q4) or one per 128-column block (fp8). */
+@inline export function panelRowScales(fmt: i32, width: i32): i32 {
+  return fmt == FP8 ? (width + FP8_BLOCK - 1) / FP8_BLOCK : width / GROUP;
+}
+
+/** Bytes of a whole matrix in format fmt, as the kernels read it. */
+export function weightBytes(fmt: i32, rows: i32, cols: i32): usize {
+  if (fmt == F32) return <usize>rows * <usize>cols * 4;
+  if (fmt == BF16) return <usize>rows * <usize>cols * 2;
+  return panelOffset(fmt, rows, paddedCols(cols));
+}
+
+/** Bytes of one row of `cols` weights (F32 and BF16 only: the row-major formats). */
 @inline export function rowBytes(fmt: i32, cols: i32): usize {
   return fmt == BF16 ? <usize>cols << 1 : <usize>cols << 2;
 }
@@ -13,6 +71,13 @@ export const BF16: i32 = 1;
   return (
     f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1) + (f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3))
   );
+}
+
+/** [sum of a's lanes, b's, c's, d's] for four i32x4 (a 4x4 transpose folded into adds: 9 ops). */
+@inline export function tsum(a: v128, b: v128, c: v128, d: v128): v128 {
+  const u = i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+  const v = i32x4.add(i32x4.shuffle(c, d, 0, 4, 1, 5), i32x4.shuffle(c, d, 2, 6, 3, 7));
+  return i32x4.add(i32x4.shuffle(u, v, 0, 1, 4, 5), i32x4.shuffle(u, v, 2, 3, 6, 7));
 }
 
 // bf16 is the top half of an f32: widening is a zero-extend and a shift.

@@ -1,10 +1,24 @@
 // out[t, r] = W[r, :] . x[t, :] for T tokens (T = 1 is the decode matvec). Split across threads by
 // weight rows; prefill takes four tokens per pass over a row so the row is read from memory once.
-import { BF16, bf16High, bf16Low, dotRow, hsum, rowBytes } from './format';
+// F32 and BF16 rows are read as stored; the quantized formats (q8, q4, fp8: q8.ts, q4.ts, fp8.ts) first
+// bring the activations into the kernels' layout (quantize.ts) in a scratch area the host registers
+// once with set_scratch, so a decode step allocates nothing.
+import { BF16, FP8, Q4, Q8, bf16High, bf16Low, dotRow, hsum, isQuantized, paddedCols, rowBytes } from './format';
 import { argI, argP, parallel, setI, setP } from '../pool';
-import { OP_MATMUL } from '../ops';
+import { OP_MATMUL, OP_MATMUL_QUANT } from '../ops';
+import {
+  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_SIGNED, MAX_THREADS, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
+  scratchBytes, scratchPtr, threadScratch,
+} from './quantize';
+import { q8Rows } from './q8';
+import { q4Rows } from './q4';
+import { fp8Rows } from './fp8';
 
 export function matmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols: i32, tokens: i32): void {
+  if (isQuantized(fmt)) {
+    quantizedMatmul(fmt, out, w, x, rows, cols, tokens);
+    return;
+  }
   setI(0, fmt);
   setP(1, out);
   setP(2, w);
@@ -13,6 +27,78 @@ export function matmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols
   setI(5, cols);
   setI(6, tokens);
   parallel(OP_MATMUL, rows);
+}
+
+/** Scratch bytes per token of a chunk: the activations in the layout, then a scale and a correction per group. */
+@inline function tokenBytes(groups: i32, layout: i32): usize {
+  return <usize>groups * <usize>(actGroupBytes(layout) + 8);
+}
+
+/** The scratch bytes a quantized matmul over `cols` columns needs for `tokens` tokens at a time. */
+export function quant_scratch_bytes(cols: i32, tokens: i32): usize {
+  return <usize>(MAX_THREADS * THREAD_SCRATCH) + <usize>tokens * tokenBytes(paddedCols(cols) >> 5, ACT_F32);
+}
+
+/** Most tokens a prefill chunk takes: more only re-reads the weights less often, already 1/64 of the time. */
+const MAX_CHUNK: i32 = 256;
+
+function quantizedMatmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols: i32, tokens: i32): void {
+  const cp = paddedCols(cols);
+  const G = cp >> 5;
+  const reserved = <usize>(MAX_THREADS * THREAD_SCRATCH);
+  const widest = tokenBytes(G, ACT_F32);
+  // The host sizes the scratch with quant_scratch_bytes for the widest matrix it loads.
+  const base = scratchPtr();
+  const bytes = scratchBytes();
+  if (base == 0 || bytes < reserved + widest) unreachable();
+  const area = base + reserved;
+  const avail = bytes - reserved;
+  const chunk = min(tokens, min(MAX_CHUNK, <i32>(avail / widest)));
+  const tmp = threadScratch(0) + 64;
+  for (let t0 = 0; t0 < tokens; t0 += chunk) {
+    const tc = min(chunk, tokens - t0);
+    let layout = ACT_F32;
+    if (fmt == Q4) layout = ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
+    else if (fmt == Q8) layout = ASC_FEATURE_RELAXED_SIMD && tc == 1 ? ACT_Q8_SIGNED : ACT_Q8_I16;
+    const xRow = <usize>G * <usize>actGroupBytes(layout);
+    const xq = area;
+    const xs = xq + <usize>tc * xRow;
+    const xc = xs + (<usize>(tc * G) << 2);
+    for (let t = 0; t < tc; t++) {
+      const src = x + (<usize>(t0 + t) * <usize>cols << 2);
+      quantizeActivations(layout, src, cols, cp, xq + <usize>t * xRow, xs + (<usize>(t * G) << 2), xc + (<usize>(t * G) << 2), tmp);
+    }
+    setI(0, fmt);
+    setP(1, out + (<usize>t0 * <usize>rows << 2));
+    setP(2, w);
+    setP(3, xq);
+    setI(4, rows);
+    setI(5, cp);
+    setI(6, tc);
+    setP(7, xs);
+    setP(8, xc);
+    setI(10, layout);
+    setI(11, <i32>xRow);
+    parallel(OP_MATMUL_QUANT, rows);
+  }
+}
+
+export function quantizedMatmulTask(begin: i32, end: i32, tid: i32): void {
+  const fmt = argI(0);
+  const out = argP(1);
+  const w = argP(2);
+  const xq = argP(3);
+  const rows = argI(4);
+  const cp = argI(5);
+  const tc = argI(6);
+  const xs = argP(7);
+  const xc = argP(8);
+  const fence = threadScratch(tid);
+  const layout = argI(10);
+  const xRow = <usize>argI(11);
+  if (fmt == Q8) q8Rows(out, w, xq, xs, rows, cp, tc, xRow, layout == ACT_Q8_SIGNED, begin, end, fence);
+  else if (fmt == Q4) q4Rows(out, w, xq, xs, xc, rows, cp, tc, xRow, begin, end, fence);
+  else if (fmt == FP8) fp8Rows(out, w, xq, rows, cp, tc, xRow, begin, end, fence);
 }
 
 export function matmulTask(begin: i32, end: i32): void {

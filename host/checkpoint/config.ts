@@ -21,6 +21,13 @@ export interface Fp8Quantization {
   blockSize: [number, number];
 }
 
+/** A checkpoint written by `deepwasm convert` (docs/quantized-format.md). */
+export interface DeepwasmQuantization {
+  method: 'deepwasm';
+  format: 'q8' | 'q4';
+  groupSize: number;
+}
+
 export interface DeepSeekConfig {
   modelType: ModelType;
   vocabSize: number;
@@ -56,6 +63,8 @@ export interface DeepSeekConfig {
   eosTokenIds: number[];
   tieWordEmbeddings: boolean;
   quantization: Fp8Quantization | null;
+  /** Present only for checkpoints written by `deepwasm convert`: their matrices are already q8 or q4. */
+  deepwasmQuantization?: DeepwasmQuantization;
 }
 
 const MODEL_TYPES: readonly ModelType[] = ['deepseek_v2', 'deepseek_v3'];
@@ -168,11 +177,20 @@ function parseRope(f: Fields, path: string): { theta: number; scaling: YarnScali
   };
 }
 
+function parseDeepwasmQuantization(f: Fields, path: string): DeepwasmQuantization | null {
+  const q = f.object('quantization_config');
+  if (q === null || q.raw.quant_method !== 'deepwasm') return null;
+  const format = q.oneOf('format', ['q8', 'q4'] as const, 'q8');
+  const groupSize = q.int('group_size', { default: 32 });
+  if (groupSize !== 32) fail(`${path}: "quantization_config.group_size" is ${groupSize}; deepwasm checkpoints use groups of 32`);
+  return { method: 'deepwasm', format, groupSize };
+}
+
 function parseQuantization(f: Fields, path: string): Fp8Quantization | null {
   const q = f.object('quantization_config');
-  if (q === null) return null;
+  if (q === null || q.raw.quant_method === 'deepwasm') return null;
   const method = q.require('quant_method');
-  if (method !== 'fp8') fail(`${path}: "quantization_config.quant_method" is ${JSON.stringify(method)}; only "fp8" (block-scaled e4m3) is supported`);
+  if (method !== 'fp8') fail(`${path}: "quantization_config.quant_method" is ${JSON.stringify(method)}; only "fp8" (block-scaled e4m3) and "deepwasm" (deepwasm convert) are supported`);
   if (q.isSet('fmt') && q.raw.fmt !== 'e4m3') fail(`${path}: "quantization_config.fmt" is ${JSON.stringify(q.raw.fmt)}; only "e4m3" is supported`);
   if (!q.isSet('weight_block_size')) return { method: 'fp8', blockSize: [128, 128] };
   const bs = q.raw.weight_block_size;
@@ -233,6 +251,8 @@ export function parseConfig(raw: unknown, path: string): DeepSeekConfig {
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
     quantization: parseQuantization(f, path),
   };
+  const deepwasm = parseDeepwasmQuantization(f, path);
+  if (deepwasm) cfg.deepwasmQuantization = deepwasm;
   checkConsistency(cfg, path);
   return cfg;
 }

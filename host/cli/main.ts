@@ -4,13 +4,14 @@ import { commandHelp, parseFlags } from './args.js';
 import type { Command } from './commands/command.js';
 import { benchCommand } from './commands/bench.js';
 import { chatCommand } from './commands/chat.js';
+import { convertCommand } from './commands/convert.js';
 import { logitsCommand } from './commands/logits.js';
 import { runCommand } from './commands/run.js';
 import { synthCommand } from './commands/synth.js';
 import { templateCommand } from './commands/template.js';
 import { tokenizeCommand } from './commands/tokenize.js';
 
-const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, benchCommand];
+const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, benchCommand, convertCommand];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -1,12 +1,13 @@
 import { openCheckpoint } from '../checkpoint/checkpoint.js';
 import { isMoeLayer, type DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
+import type { SimdChoice } from '../runtime/features.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Attention, type RopeInMemory } from './attention.js';
 import { Mlp } from './mlp.js';
 import { Moe } from './moe.js';
 import { ropeTables, softmaxScale } from './rope.js';
-import { WeightReader, type Matrix } from './weights.js';
+import { WeightReader, type Matrix, type QuantMode, type QuantName } from './weights.js';
 
 /** One transformer block: x += attn(norm(x)); x += ffn(norm(x)), the ffn being MoE or a dense MLP. */
 class Block {
@@ -25,6 +26,14 @@ export interface LoadOptions {
   contextLength?: number;
   /** Called as weight bytes are read, with the total to read. */
   onProgress?: (bytesRead: number, totalBytes: number) => void;
+  /**
+   * Weight format of the matrices (docs/quantized-format.md). Default: as stored when the checkpoint
+   * is at most 1 GiB, q8 above that for bf16/f32 checkpoints; FP8 checkpoints stay fp8 and
+   * `deepwasm convert` output loads in its own format.
+   */
+  quant?: QuantName;
+  /** 'plain' forces the SIMD128 build, 'relaxed' the relaxed-SIMD one; default DEEPWASM_SIMD or auto-detect. */
+  simd?: SimdChoice;
 }
 
 export interface ForwardOptions {
@@ -52,6 +61,8 @@ export class Model {
     private readonly cache: number[],
     private readonly rope: RopeInMemory,
     private readonly logits: number,
+    /** The weight format the matrices were loaded in ('stored': f32/bf16 as in the checkpoint). */
+    readonly quant: QuantMode,
   ) {}
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<Model> {
@@ -61,10 +72,10 @@ export class Model {
     if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
       fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
     }
-    const rt = await Runtime.create(opts.threads);
+    const rt = await Runtime.create(opts.threads, { simd: opts.simd });
     try {
       let read = 0;
-      const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), ckpt.totalBytes));
+      const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), ckpt.totalBytes), opts.quant);
       const hidden = cfg.hiddenSize;
       const embed = w.matrix([{ name: 'model.embed_tokens.weight', rows: cfg.vocabSize, why: 'vocab_size x hidden_size' }], hidden);
       const blocks: Block[] = [];
@@ -96,7 +107,7 @@ export class Model {
       rt.f32(rope.cos, tables.cos.length).set(tables.cos);
       rt.f32(rope.sin, tables.sin.length).set(tables.sin);
       const logits = rt.arena.allocF32(cfg.vocabSize, 'logits');
-      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, rope, logits);
+      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, rope, logits, w.mode);
     } catch (e) {
       await rt.close();
       throw e;

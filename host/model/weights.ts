@@ -4,7 +4,7 @@ import { bf16ToF32, dequantFp8Blocks, f16ToF32, type DType } from '../checkpoint
 import { readTensorInto, type TensorEntry } from '../checkpoint/safetensors.js';
 import { fail } from '../errors.js';
 import type { Runtime } from '../runtime/runtime.js';
-import { FMT_BF16, FMT_F32, type WeightFormat } from '../runtime/kernels.js';
+import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, type WeightFormat } from '../runtime/kernels.js';
 
 /** A weight matrix [rows, cols] in wasm memory, in the format the kernels read. */
 export interface Matrix {
@@ -24,37 +24,110 @@ export interface Part {
   why: string;
 }
 
+/** The weight formats --quant names (docs/quantized-format.md). */
+export type QuantName = 'f32' | 'bf16' | 'q8' | 'q4' | 'fp8';
+export const QUANT_NAMES: readonly QuantName[] = ['f32', 'bf16', 'q8', 'q4', 'fp8'];
+
 /**
- * Reads checkpoint tensors into the arena. bf16 matrices stay bf16; f16 and block-scaled fp8 are
- * widened to f32 here; vectors (norms, biases) are always f32.
+ * How a whole load treats its matrices: one of the QuantNames, or 'stored' (bf16 stays bf16, other
+ * float dtypes widen to f32).
+ */
+export type QuantMode = QuantName | 'stored';
+
+/** Checkpoints above this many bytes of bf16/f32 weights load as q8 unless --quant says otherwise. */
+export const DEFAULT_Q8_ABOVE_BYTES = 1024 ** 3;
+
+/** The suffix of the scale tensors `deepwasm convert` writes next to each quantized weight. */
+export const SCALE_SUFFIX = '_scale';
+
+export function parseQuant(text: string, where = '--quant'): QuantName {
+  if (!(QUANT_NAMES as readonly string[]).includes(text)) fail(`${where} is "${text}": expected one of ${QUANT_NAMES.join(', ')}`);
+  return text as QuantName;
+}
+
+/**
+ * The mode a load uses: what `requested` says, else the default rule: a deepwasm-converted checkpoint
+ * loads in its format, an FP8 checkpoint stays FP8, a bf16/f32 checkpoint over 1 GiB becomes q8, and
+ * anything else loads as stored.
+ */
+export function resolveQuant(ckpt: Checkpoint, requested?: QuantName): QuantMode {
+  const converted = ckpt.config.deepwasmQuantization?.format;
+  const hasFp8 = [...ckpt.tensors.values()].some((e) => e.dtype === 'F8_E4M3');
+  if (converted) {
+    if (requested !== undefined && requested !== converted) {
+      fail(`${ckpt.dir} was written by "deepwasm convert" in ${converted}; it loads only as ${converted} (leave out --quant, or convert the original checkpoint to ${requested})`);
+    }
+    return converted;
+  }
+  if (requested === 'fp8' && !hasFp8) {
+    fail(`--quant fp8 keeps FP8 weights as they are, but ${ckpt.dir} has no F8_E4M3 tensors; use q8, q4, bf16 or f32`);
+  }
+  if (requested !== undefined) return requested;
+  if (hasFp8) return 'fp8';
+  return ckpt.totalBytes > DEFAULT_Q8_ABOVE_BYTES ? 'q8' : 'stored';
+}
+
+/**
+ * Matrices that stay f32 or bf16 whatever the mode: the embeddings (read a row at a time by the embed
+ * kernel), MLA's kv_b (absorbed per head by the attention block) and the MoE router (its logits stay
+ * float32). Recognised by their checkpoint names.
+ */
+export function keepsFloat(name: string): boolean {
+  return name === 'model.embed_tokens.weight' || name.endsWith('.kv_b_proj.weight') || name.endsWith('.mlp.gate.weight');
+}
+
+/**
+ * Reads checkpoint tensors into the arena in the format the mode asks for: f32 and bf16 as they are
+ * (or converted), q8 and q4 quantized here in wasm (or packed as they are from a converted checkpoint),
+ * fp8 kept as e4m3 with its block scales. Vectors (norms, biases) are always f32.
  */
 export class WeightReader {
+  readonly mode: QuantMode;
+
   constructor(
     private readonly ckpt: Checkpoint,
     private readonly rt: Runtime,
     private readonly onBytes: (bytes: number) => void,
-  ) {}
+    quant?: QuantName,
+  ) {
+    this.mode = resolveQuant(ckpt, quant);
+  }
 
   has(name: string): boolean {
     return this.ckpt.has(name);
   }
 
+  /** The format a matrix made of these tensors loads in. */
+  formatOf(entries: TensorEntry[]): WeightFormat {
+    const floatFmt: WeightFormat = entries.every((e) => e.dtype === 'BF16') ? FMT_BF16 : FMT_F32;
+    const mode = this.mode;
+    if (mode === 'f32') return FMT_F32;
+    if (mode === 'bf16') return FMT_BF16;
+    if (mode === 'stored' || keepsFloat(entries[0].name)) return floatFmt;
+    if (mode === 'fp8') return entries.every((e) => e.dtype === 'F8_E4M3') && this.fp8Block()[1] === 128 ? FMT_FP8 : floatFmt;
+    return mode === 'q8' ? FMT_Q8 : FMT_Q4;
+  }
+
   matrix(parts: Part[], cols: number): Matrix {
     const entries = parts.map((p) => {
       const e = this.ckpt.get(p.name);
-      expectShape(e, [p.rows, cols], p.why);
+      if (!this.isConverted(e)) expectShape(e, [p.rows, cols], p.why);
       return e;
     });
-    const fmt: WeightFormat = entries.every((e) => e.dtype === 'BF16') ? FMT_BF16 : FMT_F32;
-    const bytesPerValue = fmt === FMT_BF16 ? 2 : 4;
+    const fmt = this.formatOf(entries);
     const rows = parts.reduce((n, p) => n + p.rows, 0);
-    const ptr = this.rt.arena.alloc(rows * cols * bytesPerValue, parts[0].name);
-    let at = ptr;
-    for (const e of entries) {
-      const count = e.shape[0] * cols;
-      if (fmt === FMT_BF16) this.read(e, this.rt.bytes(at, e.nbytes));
-      else this.readAsF32(e, at, e.shape[0], cols);
-      at += count * bytesPerValue;
+    const k = this.rt.kernels;
+    const ptr = this.rt.arena.alloc(k.weight_bytes(fmt, rows, cols) >>> 0, parts[0].name);
+    if (fmt === FMT_Q8 || fmt === FMT_Q4 || fmt === FMT_FP8) this.rt.ensureQuantScratch(cols);
+    let row = 0;
+    for (const [i, e] of entries.entries()) {
+      const n = parts[i].rows;
+      if (fmt === FMT_F32) this.readAsF32(e, ptr + row * cols * 4, n, cols);
+      else if (fmt === FMT_BF16) this.readAsBf16(e, ptr + row * cols * 2, n, cols);
+      else if (fmt === FMT_FP8) this.readFp8(e, ptr, rows, row, n, cols);
+      else if (this.isConverted(e)) this.readConverted(fmt, e, parts[i], ptr, rows, row, cols);
+      else this.quantize(fmt, e, ptr, rows, row, n, cols);
+      row += n;
     }
     return { fmt, ptr, rows, cols, stored: entries[0].dtype };
   }
@@ -70,6 +143,91 @@ export class WeightReader {
   private read(e: TensorEntry, dst: Uint8Array): void {
     readTensorInto(e, dst);
     this.onBytes(e.nbytes);
+  }
+
+  /** A tensor `deepwasm convert` wrote: int bytes with a scale tensor beside it. */
+  private isConverted(e: TensorEntry): boolean {
+    return (e.dtype === 'I8' || e.dtype === 'U8') && this.ckpt.config.deepwasmQuantization !== undefined;
+  }
+
+  /** q8 / q4 from any float dtype: bf16 and f32 go to wasm as they are, others through f32. */
+  private quantize(fmt: WeightFormat, e: TensorEntry, blob: number, totalRows: number, rowStart: number, rows: number, cols: number): void {
+    const arena = this.rt.arena;
+    const mark = arena.mark();
+    let src: number;
+    let srcFmt: number;
+    if (e.dtype === 'BF16' || e.dtype === 'F32') {
+      src = arena.alloc(e.nbytes, `${e.name} (staging)`);
+      this.read(e, this.rt.bytes(src, e.nbytes));
+      srcFmt = e.dtype === 'BF16' ? FMT_BF16 : FMT_F32;
+    } else {
+      src = arena.allocF32(rows * cols, `${e.name} (staging)`);
+      this.readAsF32(e, src, rows, cols);
+      srcFmt = FMT_F32;
+    }
+    this.rt.kernels.quantize_rows(fmt, blob, totalRows, srcFmt, src, rows, cols, rowStart);
+    arena.release(mark);
+  }
+
+  /** Weights and scales as `deepwasm convert` stores them (docs/quantized-format.md), packed into panels. */
+  private readConverted(fmt: WeightFormat, e: TensorEntry, part: Part, blob: number, totalRows: number, rowStart: number, cols: number): void {
+    const groups = Math.ceil(cols / 32);
+    const want = fmt === FMT_Q8 ? 'I8' : 'U8';
+    if (e.dtype !== want) fail(`${e.path}: tensor "${e.name}" has dtype ${e.dtype}, but this checkpoint's ${fmt === FMT_Q8 ? 'q8' : 'q4'} weights are ${want}`);
+    expectShape(e, [part.rows, fmt === FMT_Q8 ? groups * 32 : groups * 16], `${part.why}, ${fmt === FMT_Q8 ? 'q8: one byte per weight' : 'q4: two weights per byte'}, padded to whole groups of 32`);
+    const scaleName = e.name + SCALE_SUFFIX;
+    if (!this.ckpt.has(scaleName)) fail(`${e.path}: quantized tensor "${e.name}" has no "${scaleName}" (its per-group scales)`);
+    const s = this.ckpt.get(scaleName);
+    expectShape(s, [part.rows, groups], `${part.why}: one F32 scale per group of 32 columns`);
+    if (s.dtype !== 'F32') fail(`${s.path}: "${scaleName}" has dtype ${s.dtype}; expected F32`);
+    const arena = this.rt.arena;
+    const mark = arena.mark();
+    const q = arena.alloc(e.nbytes, `${e.name} (staging)`);
+    const sc = arena.alloc(s.nbytes, `${scaleName} (staging)`);
+    this.read(e, this.rt.bytes(q, e.nbytes));
+    this.read(s, this.rt.bytes(sc, s.nbytes));
+    this.rt.kernels.q_pack(fmt, blob, totalRows, q, sc, part.rows, cols, rowStart);
+    arena.release(mark);
+  }
+
+  private fp8Block(): [number, number] {
+    return this.ckpt.config.quantization?.blockSize ?? [128, 128];
+  }
+
+  private fp8Scales(e: TensorEntry, rows: number, cols: number): TensorEntry {
+    const scaleName = e.name.replace(/\.weight$/, '.weight_scale_inv');
+    if (!this.ckpt.has(scaleName)) fail(`${e.path}: F8_E4M3 tensor "${e.name}" has no "${scaleName}" (expected its block scales)`);
+    const block = this.fp8Block();
+    const s = this.ckpt.get(scaleName);
+    expectShape(s, [Math.ceil(rows / block[0]), Math.ceil(cols / block[1])], `ceil(rows / ${block[0]}) x ceil(cols / ${block[1]}) block scales`);
+    if (s.dtype !== 'F32') fail(`${s.path}: "${scaleName}" has dtype ${s.dtype}; expected F32`);
+    return s;
+  }
+
+  /** FP8 kept: e4m3 bytes and their block scales into the fp8 panels. */
+  private readFp8(e: TensorEntry, blob: number, totalRows: number, rowStart: number, rows: number, cols: number): void {
+    const s = this.fp8Scales(e, rows, cols);
+    const arena = this.rt.arena;
+    const mark = arena.mark();
+    const q = arena.alloc(e.nbytes, `${e.name} (staging)`);
+    const sc = arena.alloc(s.nbytes, `${s.name} (staging)`);
+    this.read(e, this.rt.bytes(q, e.nbytes));
+    this.read(s, this.rt.bytes(sc, s.nbytes));
+    this.rt.kernels.fp8_pack(blob, totalRows, q, sc, rows, cols, rowStart, this.fp8Block()[0]);
+    arena.release(mark);
+  }
+
+  private readAsBf16(e: TensorEntry, ptr: number, rows: number, cols: number): void {
+    if (e.dtype === 'BF16') {
+      this.read(e, this.rt.bytes(ptr, e.nbytes));
+      return;
+    }
+    const arena = this.rt.arena;
+    const mark = arena.mark();
+    const tmp = arena.allocF32(rows * cols, `${e.name} (staging)`);
+    this.readAsF32(e, tmp, rows, cols);
+    f32ToBf16(this.rt.f32(tmp, rows * cols), new Uint16Array(this.rt.memory.buffer, ptr, rows * cols));
+    arena.release(mark);
   }
 
   /** Reads any floating-point tensor into f32 at ptr, going through a temporary for other dtypes. */
@@ -101,15 +259,20 @@ export class WeightReader {
   }
 
   private dequantFp8(e: TensorEntry, src: Uint8Array, rows: number, cols: number, dst: Float32Array): void {
-    const scaleName = e.name.replace(/\.weight$/, '.weight_scale_inv');
-    if (!this.ckpt.has(scaleName)) fail(`${e.path}: F8_E4M3 tensor "${e.name}" has no "${scaleName}" (expected its block scales)`);
-    const block = this.ckpt.config.quantization?.blockSize ?? [128, 128];
-    const s = this.ckpt.get(scaleName);
-    expectShape(s, [Math.ceil(rows / block[0]), Math.ceil(cols / block[1])], `ceil(rows / ${block[0]}) x ceil(cols / ${block[1]}) block scales`);
-    if (s.dtype !== 'F32') fail(`${s.path}: "${scaleName}" has dtype ${s.dtype}; expected F32`);
+    const s = this.fp8Scales(e, rows, cols);
+    const block = this.fp8Block();
     const scales = new Float32Array(s.shape[0] * s.shape[1]);
     readTensorInto(s, new Uint8Array(scales.buffer));
     this.onBytes(s.nbytes);
     dequantFp8Blocks(src, scales, rows, cols, dst, block[0], block[1]);
+  }
+}
+
+/** f32 -> bf16 with round-to-nearest-even (NaN stays NaN). */
+export function f32ToBf16(src: Float32Array, dst: Uint16Array): void {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < bits.length; i++) {
+    const u = bits[i];
+    dst[i] = (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 0x40 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
   }
 }

@@ -4,7 +4,22 @@
 
 export const FMT_F32 = 0;
 export const FMT_BF16 = 1;
-export type WeightFormat = typeof FMT_F32 | typeof FMT_BF16;
+/** int8 weights, an f32 scale per group of 32 (docs/quantized-format.md). */
+export const FMT_Q8 = 2;
+/** 4-bit weights, an f32 scale per group of 32 (docs/quantized-format.md). */
+export const FMT_Q4 = 3;
+/** e4m3 weights with 128x128 block scales. */
+export const FMT_FP8 = 4;
+export type WeightFormat = typeof FMT_F32 | typeof FMT_BF16 | typeof FMT_Q8 | typeof FMT_Q4 | typeof FMT_FP8;
+
+/** The formats the loader's --quant names. */
+export const FORMAT_NAMES: Record<WeightFormat, 'f32' | 'bf16' | 'q8' | 'q4' | 'fp8'> = {
+  [FMT_F32]: 'f32',
+  [FMT_BF16]: 'bf16',
+  [FMT_Q8]: 'q8',
+  [FMT_Q4]: 'q4',
+  [FMT_FP8]: 'fp8',
+};
 
 export const ROUTE_GREEDY = 0;
 export const ROUTE_GROUP_LIMITED_GREEDY = 1;
@@ -19,6 +34,22 @@ export interface Kernels {
   pool_stop(): void;
   worker_loop(board: number, tid: number, seenGeneration: number): void;
   matmul(fmt: number, out: number, w: number, x: number, rows: number, cols: number, tokens: number): void;
+  /** Bytes of a rows x cols matrix in format fmt as the kernels read it (quantized: column panels). */
+  weight_bytes(fmt: number, rows: number, cols: number): number;
+  /** Scratch bytes quantized matmuls over `cols` columns need to take `tokens` tokens per pass. */
+  quant_scratch_bytes(cols: number, tokens: number): number;
+  /** Registers the quantized kernels' scratch (64-byte aligned) on this thread's instance. */
+  set_scratch(ptr: number, bytes: number): void;
+  /** Quantizes rows x cols values (srcFmt F32 or BF16) into rows [rowStart, rowStart + rows) of a q8/q4 blob. */
+  quantize_rows(fmt: number, blob: number, totalRows: number, srcFmt: number, src: number, rows: number, cols: number, rowStart: number): void;
+  /** Copies checkpoint-layout q8/q4 weights and scales into rows [rowStart, ...) of a blob. */
+  q_pack(fmt: number, blob: number, totalRows: number, q: number, scales: number, rows: number, cols: number, rowStart: number): void;
+  /** The inverse of q_pack. */
+  q_unpack(fmt: number, blob: number, totalRows: number, q: number, scales: number, rows: number, cols: number, rowStart: number): void;
+  /** Copies e4m3 weights and their block scale_inv into rows [rowStart, ...) of an fp8 blob. */
+  fp8_pack(blob: number, totalRows: number, src: number, scaleInv: number, rows: number, cols: number, rowStart: number, blockRows: number): void;
+  /** 1 in the relaxed-SIMD build. */
+  relaxed_simd(): number;
   rmsnorm(out: number, outStride: number, x: number, xStride: number, w: number, n: number, tokens: number, eps: number): void;
   rope(x: number, tokens: number, vecs: number, tokenStride: number, vecStride: number, cos: number, sin: number, pos0: number, half: number): void;
   softmax(x: number, n: number): void;

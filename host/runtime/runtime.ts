@@ -3,25 +3,53 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fail } from '../errors.js';
 import { Arena } from './arena.js';
+import { detectRelaxedSimd, simdChoiceFromEnv, type SimdChoice, type SimdLevel } from './features.js';
 import { instantiate, type Kernels } from './kernels.js';
 
-const WASM_URL = new URL('../../../build/deepwasm.wasm', import.meta.url);
+/** The two builds of the core (asconfig.json): SIMD128 only, and SIMD128 plus relaxed SIMD. */
+const WASM_URL: Record<SimdLevel, URL> = {
+  simd128: new URL('../../../build/deepwasm.wasm', import.meta.url),
+  relaxed: new URL('../../../build/deepwasm-relaxed.wasm', import.meta.url),
+};
 const WORKER_URL = new URL('./worker.js', import.meta.url);
 
-let compiled: WebAssembly.Module | undefined;
+const compiled = new Map<SimdLevel, WebAssembly.Module>();
 
-function wasmModule(): WebAssembly.Module {
-  if (!compiled) {
+function wasmModule(level: SimdLevel): WebAssembly.Module {
+  let module = compiled.get(level);
+  if (!module) {
+    const url = WASM_URL[level];
     let bytes: Buffer;
     try {
-      bytes = readFileSync(WASM_URL);
+      bytes = readFileSync(url);
     } catch {
-      fail(`cannot read ${WASM_URL.pathname}: build the WebAssembly core first with "npm run build"`);
+      fail(`cannot read ${url.pathname}: build the WebAssembly core first with "npm run build"`);
     }
-    compiled = new WebAssembly.Module(new Uint8Array(bytes));
+    module = new WebAssembly.Module(new Uint8Array(bytes));
+    compiled.set(level, module);
   }
-  return compiled;
+  return module;
 }
+
+/** The build this process uses for `choice` (default: DEEPWASM_SIMD, else relaxed when it runs correctly). */
+export function simdLevel(choice: SimdChoice = simdChoiceFromEnv()): SimdLevel {
+  if (choice === 'plain') return 'simd128';
+  const probe = detectRelaxedSimd();
+  if (choice === 'relaxed' && !probe.relaxed) fail(`relaxed SIMD was asked for, but ${probe.reason}; use Node 22 or newer, or DEEPWASM_SIMD=plain`);
+  return probe.relaxed ? 'relaxed' : 'simd128';
+}
+
+export interface RuntimeOptions {
+  /** 'relaxed' or 'plain' forces a build; 'auto' (default, or DEEPWASM_SIMD) uses relaxed SIMD when it runs correctly. */
+  simd?: SimdChoice;
+}
+
+/** Scratch for the quantized matmuls: at least this much, more for matrices wider than ~4000 columns. */
+const MIN_QUANT_SCRATCH = 4 * 1024 * 1024;
+/** Bytes after the job board for the scratch descriptor: BOARD_EXTRA_BYTES in assembly/kernels/quantize.ts. */
+const BOARD_EXTRA_BYTES = 64;
+/** Tokens a quantized prefill takes per pass over the weights, at least. */
+const QUANT_CHUNK_TOKENS = 64;
 
 export function defaultThreads(): number {
   return availableParallelism();
@@ -39,18 +67,25 @@ export class Runtime {
     readonly arena: Arena,
     readonly threads: number,
     private readonly workers: Worker[],
+    /** Which build runs: 'relaxed' (relaxed SIMD) or 'simd128' (plain SIMD). */
+    readonly simd: SimdLevel,
   ) {}
 
-  static async create(threads = defaultThreads()): Promise<Runtime> {
+  private scratchCols = 0;
+
+  static async create(threads = defaultThreads(), opts: RuntimeOptions = {}): Promise<Runtime> {
     if (!Number.isInteger(threads) || threads < 1 || threads > 256) {
       fail(`threads must be a whole number from 1 to 256, got ${threads}`);
     }
-    const module = wasmModule();
+    const simd = simdLevel(opts.simd);
+    const module = wasmModule(simd);
     const memory = new WebAssembly.Memory({ initial: 32, maximum: 65536, shared: true });
     const kernels = instantiate(module, memory);
     const arena = new Arena(memory, kernels.heap_base());
-    const board = arena.alloc(kernels.BOARD_BYTES.value as number, 'the job board');
-    new Uint8Array(memory.buffer, board, kernels.BOARD_BYTES.value as number).fill(0);
+    // The board plus BOARD_EXTRA_BYTES, where set_scratch keeps the quantized kernels' scratch (quantize.ts).
+    const boardBytes = (kernels.BOARD_BYTES.value as number) + BOARD_EXTRA_BYTES;
+    const board = arena.alloc(boardBytes, 'the job board');
+    new Uint8Array(memory.buffer, board, boardBytes).fill(0);
     kernels.pool_init(board, threads);
     const workers: Worker[] = [];
     const ready: Promise<void>[] = [];
@@ -67,7 +102,20 @@ export class Runtime {
     await Promise.all(ready);
     // Parked workers must not keep the process alive: a program that forgets close() still exits.
     for (const w of workers) w.unref();
-    return new Runtime(kernels, memory, arena, threads, workers);
+    return new Runtime(kernels, memory, arena, threads, workers, simd);
+  }
+
+  /**
+   * Makes sure the quantized kernels' scratch (activations in their layout, per-thread slots) covers
+   * matrices `cols` wide. Call at load time: a wider matrix takes a new, larger area from the arena.
+   */
+  ensureQuantScratch(cols: number): void {
+    if (cols <= this.scratchCols) return;
+    const k = this.kernels;
+    const bytes = Math.max(MIN_QUANT_SCRATCH, k.quant_scratch_bytes(cols, QUANT_CHUNK_TOKENS) >>> 0);
+    const ptr = this.arena.alloc(bytes, 'quantized matmul scratch');
+    k.set_scratch(ptr, bytes);
+    this.scratchCols = cols;
   }
 
   f32(ptr: number, count: number): Float32Array {

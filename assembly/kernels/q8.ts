@@ -1,0 +1,202 @@
+// Q8 matmul: out[t, r] = sum_g sw[r, g] * sx[t, g] * (qw[r, g, :] . qx[t, g, :]), int8 weights and
+// int8 activations in groups of 32, integer dot products inside a group, one float multiply-add per
+// group. Layouts: docs/quantized-format.md (weights: column panels, scales after the panel's weights)
+// and quantize.ts (activations).
+//
+// Plain SIMD (every build) widens weights to i16 with one op per 8 values: shl(v, 8) gives 256 * the
+// even bytes, and(v, 0xff00) gives 256 * the odd bytes, both exact in i16; the activations are stored
+// as i16 with evens and odds apart, and their scale carries the 1/256. Relaxed SIMD (the relaxed build,
+// decode only) uses i32x4.relaxed_dot_i8x16_i7x16_add_s, whose second operand must be 0..127: the
+// activations are stored as |q| and a sign mask, and the sign moves onto the weights. Both paths form
+// the same integer group sums, so the relaxed build's q8 results are bit-identical to the plain one's.
+//
+// V8 issues a basic block's loads in program order and sinks the arithmetic to its uses, so a block of
+// four groups would load 24 vectors up front and spill them. A store of each group's partial result
+// to a per-thread "fence" slot pins the arithmetic between the loads (measured 14 -> 18 GB/s decode,
+// 10 -> 12 GMAC/s prefill on one core).
+import { Q8, PANEL, hsum, panelOffset, tsum } from './format';
+
+// ---- plain SIMD: weights widened by shift/mask, activations i16 [8 evens | 8 odds] per 16 values ----
+
+/** Lanes of the result sum to 256 * (32 int8 weights at w) . (32 i16 activations at x). */
+@inline function groupI16(w: usize, x: usize): v128 {
+  const hi = i16x8.splat(<i16>0xff00);
+  const a = v128.load(w);
+  const b = v128.load(w, 16);
+  const d0 = i32x4.dot_i16x8_s(i16x8.shl(a, 8), v128.load(x));
+  const d1 = i32x4.dot_i16x8_s(v128.and(a, hi), v128.load(x, 16));
+  const d2 = i32x4.dot_i16x8_s(i16x8.shl(b, 8), v128.load(x, 32));
+  const d3 = i32x4.dot_i16x8_s(v128.and(b, hi), v128.load(x, 48));
+  return i32x4.add(i32x4.add(d0, d1), i32x4.add(d2, d3));
+}
+
+/** One row of one panel against one token: gp groups (a multiple of 4). */
+export function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
+  let acc = f32x4.splat(0);
+  for (let g = 0; g < gp; g += 4) {
+    const pw = w + (<usize>g << 5);
+    const px = x + (<usize>g << 6);
+    const a = groupI16(pw, px);
+    v128.store(fence, a);
+    const b = groupI16(pw + 32, px + 64);
+    v128.store(fence, b, 16);
+    const c = groupI16(pw + 64, px + 128);
+    v128.store(fence, c, 32);
+    const d = groupI16(pw + 96, px + 192);
+    const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(a, b, c, d)), f));
+  }
+  return hsum(acc);
+}
+
+/** One row of one panel against four tokens (activation rows xStride bytes apart, scales sStride);
+ * the weights are widened once for all four. Writes or adds out[t * outStride]. */
+export function q8Tile4I16(
+  w: usize, ws: usize, x: usize, xStride: usize, xs: usize, sStride: usize, gp: i32,
+  out: usize, outStride: usize, first: bool, fence: usize,
+): void {
+  const hi = i16x8.splat(<i16>0xff00);
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  for (let g = 0; g < gp; g++) {
+    const pw = w + (<usize>g << 5);
+    const a = v128.load(pw);
+    const b = v128.load(pw, 16);
+    const w0 = i16x8.shl(a, 8);
+    const w1 = v128.and(a, hi);
+    const w2 = i16x8.shl(b, 8);
+    const w3 = v128.and(b, hi);
+    const sw = v128.load32_splat(ws + (<usize>g << 2));
+    let px = x + (<usize>g << 6);
+    let ps = xs + (<usize>g << 2);
+    let d = i32x4.add(
+      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
+      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
+    );
+    a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
+    v128.store(fence, a0);
+    px += xStride;
+    ps += sStride;
+    d = i32x4.add(
+      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
+      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
+    );
+    a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
+    v128.store(fence, a1, 16);
+    px += xStride;
+    ps += sStride;
+    d = i32x4.add(
+      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
+      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
+    );
+    a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
+    v128.store(fence, a2, 32);
+    px += xStride;
+    ps += sStride;
+    d = i32x4.add(
+      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
+      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
+    );
+    a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
+    v128.store(fence, a3, 48);
+  }
+  put(out, first, hsum(a0));
+  put(out + outStride, first, hsum(a1));
+  put(out + 2 * outStride, first, hsum(a2));
+  put(out + 3 * outStride, first, hsum(a3));
+}
+
+@inline export function put(p: usize, first: bool, v: f32): void {
+  store<f32>(p, first ? v : load<f32>(p) + v);
+}
+
+// ---- relaxed SIMD (compiled only into the relaxed build): activations [|q| 32 bytes | sign masks 32] ----
+
+/** Lanes sum to (32 int8 weights at w) . (32 activations stored as |q|, sign at x + 32). */
+@inline function groupSigned(w: usize, x: usize): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    const s0 = v128.load(x, 32);
+    const s1 = v128.load(x, 48);
+    const w0 = i8x16.sub(v128.xor(v128.load(w), s0), s0);
+    const w1 = i8x16.sub(v128.xor(v128.load(w, 16), s1), s1);
+    return i32x4.relaxed_dot_i8x16_i7x16_add_s(w1, v128.load(x, 16), i32x4.relaxed_dot_i8x16_i7x16_add_s(w0, v128.load(x), i32x4.splat(0)));
+  } else {
+    unreachable();
+    return i32x4.splat(0);
+  }
+}
+
+export function q8RowSigned(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
+  let acc = f32x4.splat(0);
+  for (let g = 0; g < gp; g += 4) {
+    const pw = w + (<usize>g << 5);
+    const px = x + (<usize>g << 6);
+    const a = groupSigned(pw, px);
+    v128.store(fence, a);
+    const b = groupSigned(pw + 32, px + 64);
+    v128.store(fence, b, 16);
+    const c = groupSigned(pw + 64, px + 128);
+    v128.store(fence, c, 32);
+    const d = groupSigned(pw + 96, px + 192);
+    const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(a, b, c, d)), f));
+  }
+  return hsum(acc);
+}
+
+// ---- the parallel step ----
+
+/** Rows per block in prefill: the block's panel slice (64 KiB of q8) stays in L2 across token tiles. */
+const ROW_BLOCK: i32 = 64;
+
+/**
+ * Rows [begin, end) of out[t, r] for the tc tokens whose activations quantize.ts wrote at x (xRow bytes
+ * per token, layout `signed` or i16) with scales at xs (G per token).
+ */
+export function q8Rows(
+  out: usize, w: usize, x: usize, xs: usize, rows: i32, cp: i32, tc: i32, xRow: usize, signed: bool,
+  begin: i32, end: i32, fence: usize,
+): void {
+  const G = cp >> 5;
+  const sRow = <usize>G << 2;
+  const outStride = <usize>rows << 2;
+  for (let c0 = 0; c0 < cp; c0 += PANEL) {
+    const pw = min(PANEL, cp - c0);
+    const gp = pw >> 5;
+    const g0 = c0 >> 5;
+    const base = w + panelOffset(Q8, rows, c0);
+    const scales = base + <usize>rows * <usize>pw;
+    const first = c0 == 0;
+    const xp = x + (<usize>g0 << 6);
+    const xsp = xs + (<usize>g0 << 2);
+    if (tc == 1) {
+      for (let r = begin; r < end; r++) {
+        const wr = base + <usize>r * <usize>pw;
+        const sr = scales + (<usize>(r * gp) << 2);
+        const v = signed ? q8RowSigned(wr, sr, xp, xsp, gp, fence) : q8RowI16(wr, sr, xp, xsp, gp, fence);
+        put(out + (<usize>r << 2), first, v);
+      }
+      continue;
+    }
+    for (let rb = begin; rb < end; rb += ROW_BLOCK) {
+      const re = min(end, rb + ROW_BLOCK);
+      let t = 0;
+      for (; t + 4 <= tc; t += 4) {
+        for (let r = rb; r < re; r++) {
+          q8Tile4I16(
+            base + <usize>r * <usize>pw, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xRow,
+            xsp + <usize>t * sRow, sRow, gp, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence,
+          );
+        }
+      }
+      for (; t < tc; t++) {
+        for (let r = rb; r < re; r++) {
+          const v = q8RowI16(base + <usize>r * <usize>pw, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xsp + <usize>t * sRow, gp, fence);
+          put(out + <usize>t * outStride + (<usize>r << 2), first, v);
+        }
+      }
+    }
+  }
+}
