@@ -18,7 +18,10 @@ import { Runtime } from '../host/runtime/runtime.js';
 /** How the bench lays out a [rows, cols] matrix of one weight format from f32 values. */
 interface FormatEntry {
   bytes(rows: number, cols: number): number;
-  encode(src: Float32Array, rows: number, cols: number, dst: Uint8Array): void;
+  /** Writes src (row-major f32) in this format; rt is there for formats quantized by a wasm kernel. */
+  encode(src: Float32Array, rows: number, cols: number, dst: Uint8Array, rt: Runtime): void;
+  /** Once per runtime before its matmuls run, e.g. to register activation scratch for `tokens` x `cols`. */
+  setup?(rt: Runtime, tokens: number, cols: number): void;
 }
 
 function bf16Encode(src: Float32Array, _rows: number, _cols: number, dst: Uint8Array): void {
@@ -159,8 +162,9 @@ for (const threads of threadCounts) {
     if (!entry) continue;
     const bytes = entry.bytes(M, KDIM);
     const copies = Math.max(2, Math.ceil(ROTATION_BYTES / bytes));
+    entry.setup?.(rt, PREFILL_TOKENS, KDIM);
     const encoded = new Uint8Array(bytes);
-    entry.encode(weightsF32, M, KDIM, encoded);
+    entry.encode(weightsF32, M, KDIM, encoded, rt);
     const ws: number[] = [];
     for (let c = 0; c < copies; c++) {
       const w = arena.alloc(bytes, `${f.name} weights copy ${c}`);
