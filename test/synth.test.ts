@@ -361,6 +361,13 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   const plain = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--threads', '1');
   assert.is(plain.status, 0, plain.stderr);
   assert.not.match(plain.stdout, /^\{/m);
+  assert.match(plain.stdout, /weights as stored, 1 thread\n/);
+  const q8 = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--quant', 'q8');
+  assert.is(q8.status, 0, q8.stderr);
+  assert.match(q8.stdout, /weights q8, /);
+  const badQuant = cli('bench', '--model', dir, '--quant', 'q3');
+  assert.is(badQuant.status, 1);
+  assert.match(badQuant.stderr, /--quant is "q3": expected one of f32, bf16, q8, q4, fp8/);
   const tooLong = cli('bench', '--model', dir, '--prompt-tokens', '250', '--gen-tokens', '10');
   assert.is(tooLong.status, 1);
   assert.match(tooLong.stderr, /--prompt-tokens \+ --gen-tokens \(260\) is more than this model's context/);

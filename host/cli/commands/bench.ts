@@ -1,6 +1,8 @@
+import { openCheckpoint } from '../../checkpoint/checkpoint.js';
 import { isMoeLayer, type DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
 import { Model, type LoadOptions } from '../../model/model.js';
+import { QUANT_NAMES, parseQuant, type QuantMode } from '../../model/weights.js';
 import { createProgress } from '../progress.js';
 import { MODEL_FLAG, THREADS_FLAG, type Command } from './command.js';
 
@@ -13,13 +15,16 @@ function attentionParams(c: DeepSeekConfig): number {
   return q + kv + h * c.numAttentionHeads * c.vHeadDim;
 }
 
-/** Matrix parameters in the model and those one decoded token reads (its k routed experts, not all E). */
-export function modelParams(c: DeepSeekConfig): { total: number; active: number } {
+/**
+ * Matrix parameters in the model, those one decoded token reads (its k routed experts, not all E; the
+ * head but not the embeddings, of which it reads one row) and the embeddings' share.
+ */
+export function modelParams(c: DeepSeekConfig): { total: number; active: number; embed: number } {
   const h = c.hiddenSize;
   const mlp = (inter: number): number => 3 * h * inter;
-  let total = 2 * c.vocabSize * h;
-  // The embedding is a row lookup; the head is read whole every token.
-  let active = c.vocabSize * h;
+  const embed = c.vocabSize * h;
+  let total = c.tieWordEmbeddings ? embed : 2 * embed;
+  let active = embed;
   for (let i = 0; i < c.numHiddenLayers; i++) {
     const attn = attentionParams(c);
     total += attn;
@@ -33,7 +38,20 @@ export function modelParams(c: DeepSeekConfig): { total: number; active: number 
       active += mlp(c.intermediateSize);
     }
   }
-  return { total, active };
+  return { total, active, embed: c.tieWordEmbeddings ? 0 : embed };
+}
+
+/**
+ * Bytes the embeddings take in the arena: they stay float in every mode (the embed kernel gathers
+ * rows), bf16 when the checkpoint or the mode is bf16, else f32.
+ */
+function embedBytes(dir: string, mode: QuantMode, params: number): number {
+  if (mode === 'f32') return params * 4;
+  if (mode === 'bf16') return params * 2;
+  const ckpt = openCheckpoint(dir);
+  const stored = ckpt.has('model.embed_tokens.weight') ? ckpt.get('model.embed_tokens.weight').dtype : 'F32';
+  ckpt.close();
+  return params * (stored === 'BF16' ? 2 : 4);
 }
 
 /**
@@ -65,6 +83,7 @@ export const benchCommand: Command = {
     '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..}.',
   flags: [
     { ...MODEL_FLAG, required: true },
+    { name: 'quant', kind: 'string', value: QUANT_NAMES.join('|'), help: 'weight format to load the matrices in (default: as Model.load decides)' },
     { name: 'prompt-tokens', kind: 'int', value: 'N', min: 1, help: 'prompt length for the prefill pass (default 64)' },
     { name: 'gen-tokens', kind: 'int', value: 'N', min: 1, help: 'tokens to decode (default 32)' },
     THREADS_FLAG,
@@ -75,6 +94,7 @@ export const benchCommand: Command = {
     const promptTokens = (flags['prompt-tokens'] as number | undefined) ?? 64;
     const genTokens = (flags['gen-tokens'] as number | undefined) ?? 32;
     const context = promptTokens + genTokens;
+    const quant = flags.quant === undefined ? undefined : parseQuant(flags.quant as string);
 
     let progress: ReturnType<typeof createProgress> | undefined;
     let seen = 0;
@@ -82,6 +102,7 @@ export const benchCommand: Command = {
     const opts: LoadOptions = {
       threads: flags.threads as number | undefined,
       contextLength: context,
+      quant,
       onProgress: (read, total) => {
         progress ??= createProgress(`loading ${dir}`, total);
         progress.advance(read - seen);
@@ -102,8 +123,9 @@ export const benchCommand: Command = {
     const loadSecs = (performance.now() - loadStart) / 1000;
     try {
       const cfg = model.config;
-      const weightBytes = model.rt.arena.used;
       const params = modelParams(cfg);
+      // Arena bytes per parameter outside the embeddings (KV cache and scratch are small beside them).
+      const bytesPerParam = (model.rt.arena.used - embedBytes(dir, model.quant, params.embed)) / (params.total - params.embed);
       const prompt = benchPrompt(cfg, promptTokens);
 
       // Warm-up: one token through every layer (JIT, first touch of scratch memory), then forgotten.
@@ -119,13 +141,13 @@ export const benchCommand: Command = {
 
       const prefillTokS = (promptTokens * 1000) / prefillMs;
       const decodeTokS = (genTokens * 1000) / decodeMs;
-      // Arena bytes per parameter (the weights dominate it) times the parameters one token reads.
-      const activeBytes = (params.active * weightBytes) / params.total;
+      const activeBytes = params.active * bytesPerParam;
       const peakRssMb = process.resourceUsage().maxRSS / 1024;
       const arenaMb = model.rt.arena.highWater / MB;
       const lines = [
         `model    ${dir}: ${cfg.modelType}, ${cfg.numHiddenLayers} layers, ${(params.total / 1e9).toFixed(2)} B parameters ` +
-          `(${(params.active / 1e9).toFixed(2)} B read per token), ${model.threads} thread${model.threads === 1 ? '' : 's'}`,
+          `(${(params.active / 1e9).toFixed(2)} B read per token), weights ${model.quant === 'stored' ? 'as stored' : model.quant}, ` +
+          `${model.threads} thread${model.threads === 1 ? '' : 's'}`,
         `load     ${loadSecs.toFixed(1)} s`,
         `prefill  ${promptTokens} tokens in ${(prefillMs / 1000).toFixed(2)} s: ${prefillTokS.toFixed(2)} tok/s`,
         `decode   ${genTokens} tokens in ${(decodeMs / 1000).toFixed(2)} s: ${decodeTokS.toFixed(2)} tok/s ` +
