@@ -8,11 +8,15 @@ import type { Matrix, WeightReader } from './weights.js';
  * roped key shared by all heads. Only [c | k_rope] is cached; assembly/blocks/mla.ts absorbs
  * kv_b_proj into the query and the output instead of expanding keys and values per head.
  */
-/** The rotary tables as the kernels read them: cos and sin [positions, half] in wasm memory. */
-export interface RopeInMemory {
+/** What every layer's attention shares, made once at load: the rotary tables cos and sin
+ * [positions, half] in wasm memory, the softmax scale, and the kernel's per-thread scratch sized for
+ * the whole context (so the arena's high-water mark does not creep up with the position). */
+export interface AttentionShared {
   cos: number;
   sin: number;
   half: number;
+  softmaxScale: number;
+  scratch: number;
 }
 
 export class Attention {
@@ -54,7 +58,7 @@ export class Attention {
   /** out[T, hidden] = attention(x[T, hidden]) for tokens at positions pos0.., writing their latents
    * into the cache layer first so that each token also attends to itself and the tokens before it. */
   forward(
-    rt: Runtime, x: number, tokens: number, pos0: number, cache: number, rope: RopeInMemory, softmaxScale: number, out: number,
+    rt: Runtime, x: number, tokens: number, pos0: number, cache: number, shared: AttentionShared, out: number,
   ): void {
     const { cfg } = this;
     const k = rt.kernels;
@@ -74,18 +78,17 @@ export class Attention {
       k.rmsnorm(qa, a.rows, qa, a.rows, aNorm, a.rows, tokens, cfg.rmsNormEps);
       k.matmul(b.fmt, q, b.ptr, qa, b.rows, b.cols, tokens);
     }
-    k.rope(q + nope * 4, tokens, heads, heads * qDim, qDim, rope.cos, rope.sin, pos0, rope.half);
+    k.rope(q + nope * 4, tokens, heads, heads * qDim, qDim, shared.cos, shared.sin, pos0, shared.half);
 
     const kv = arena.allocF32(tokens * latent, 'kv latents');
     k.matmul(this.kvA.fmt, kv, this.kvA.ptr, x, this.kvA.rows, this.kvA.cols, tokens);
     const rows = cache + pos0 * latent * 4;
     k.rmsnorm(rows, latent, kv, latent, this.kvANorm, rank, tokens, cfg.rmsNormEps);
     k.copy_rows(rows + rank * 4, latent, kv + rank * 4, latent, ropeDim, tokens);
-    k.rope(rows + rank * 4, tokens, 1, latent, 0, rope.cos, rope.sin, pos0, rope.half);
+    k.rope(rows + rank * 4, tokens, 1, latent, 0, shared.cos, shared.sin, pos0, shared.half);
 
     const attn = arena.allocF32(tokens * heads * v, 'attention outputs');
-    const scratch = arena.allocF32(rt.threads * k.mla_scratch_floats(rank, ropeDim, pos0 + tokens), 'attention scratch');
-    k.mla_attention(this.kvB.fmt, attn, q, this.kvB.ptr, cache, scratch, tokens, heads, nope, ropeDim, v, rank, pos0, softmaxScale);
+    k.mla_attention(this.kvB.fmt, attn, q, this.kvB.ptr, cache, shared.scratch, tokens, heads, nope, ropeDim, v, rank, pos0, shared.softmaxScale);
     k.matmul(this.o.fmt, out, this.o.ptr, attn, this.o.rows, this.o.cols, tokens);
     arena.release(mark);
   }

@@ -3,7 +3,7 @@ import { isMoeLayer, type DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
 import type { SimdChoice } from '../runtime/features.js';
 import { Runtime } from '../runtime/runtime.js';
-import { Attention, type RopeInMemory } from './attention.js';
+import { Attention, type AttentionShared } from './attention.js';
 import { Mlp } from './mlp.js';
 import { Moe } from './moe.js';
 import { ropeTables, softmaxScale } from './rope.js';
@@ -59,8 +59,9 @@ export class Model {
     private readonly norm: number,
     private readonly head: Matrix,
     private readonly cache: number[],
-    private readonly rope: RopeInMemory,
-    private readonly logits: number,
+    private readonly attention: AttentionShared,
+    /** The last position's logits: one buffer, returned as one view, for every decode step. */
+    private readonly logits: Float32Array,
     /** The weight format the matrices were loaded in ('stored': f32/bf16 as in the checkpoint). */
     readonly quant: QuantMode,
   ) {}
@@ -99,15 +100,17 @@ export class Model {
       const latent = cfg.kvLoraRank + cfg.qkRopeHeadDim;
       const cache = blocks.map((_, i) => rt.arena.allocF32(contextLength * latent, `KV cache of layer ${i}`));
       const tables = ropeTables(cfg, contextLength);
-      const rope = {
+      const attention: AttentionShared = {
         cos: rt.arena.allocF32(tables.cos.length, 'rope cos'),
         sin: rt.arena.allocF32(tables.sin.length, 'rope sin'),
         half: tables.half,
+        softmaxScale: softmaxScale(cfg),
+        scratch: rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(cfg.kvLoraRank, cfg.qkRopeHeadDim, contextLength), 'attention scratch'),
       };
-      rt.f32(rope.cos, tables.cos.length).set(tables.cos);
-      rt.f32(rope.sin, tables.sin.length).set(tables.sin);
-      const logits = rt.arena.allocF32(cfg.vocabSize, 'logits');
-      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, rope, logits, w.mode);
+      rt.f32(attention.cos, tables.cos.length).set(tables.cos);
+      rt.f32(attention.sin, tables.sin.length).set(tables.sin);
+      const logits = rt.f32(rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
+      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, attention, logits, w.mode);
     } catch (e) {
       await rt.close();
       throw e;
@@ -126,7 +129,7 @@ export class Model {
   }
 
   /** Runs ids through the model after the tokens already cached; returns [1 or T, vocab] logits. */
-  forward(ids: ArrayLike<number>, opts: ForwardOptions = {}): Float32Array {
+  forward(ids: ArrayLike<number>, opts?: ForwardOptions): Float32Array {
     const cfg = this.config;
     const { rt } = this;
     const k = rt.kernels;
@@ -138,29 +141,28 @@ export class Model {
     const mark = rt.arena.mark();
 
     const idPtr = rt.arena.alloc(tokens * 4, 'token ids');
-    rt.i32(idPtr, tokens).set(ids);
+    rt.heap().i32.set(ids, idPtr / 4);
     const x = rt.arena.allocF32(tokens * hidden, 'hidden states');
     const h = rt.arena.allocF32(tokens * hidden, 'normed hidden states');
     const y = rt.arena.allocF32(tokens * hidden, 'block outputs');
     k.embed(this.embed.fmt, x, this.embed.ptr, idPtr, tokens, hidden);
-    const scale = softmaxScale(cfg);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i];
       k.rmsnorm(h, hidden, x, hidden, b.attnNorm, hidden, tokens, cfg.rmsNormEps);
-      b.attn.forward(rt, h, tokens, pos0, this.cache[i], this.rope, scale, y);
+      b.attn.forward(rt, h, tokens, pos0, this.cache[i], this.attention, y);
       k.add(x, y, tokens * hidden);
       k.rmsnorm(h, hidden, x, hidden, b.ffnNorm, hidden, tokens, cfg.rmsNormEps);
       b.ffn.forward(rt, h, tokens, y);
       k.add(x, y, tokens * hidden);
     }
 
-    const rows = opts.allLogits ? tokens : 1;
+    const rows = opts?.allLogits ? tokens : 1;
     const last = x + (tokens - rows) * hidden * 4;
     k.rmsnorm(h, hidden, last, hidden, this.norm, hidden, rows, cfg.rmsNormEps);
     let result: Float32Array;
     if (rows === 1) {
-      k.matmul(this.head.fmt, this.logits, this.head.ptr, h, vocab, hidden, 1);
-      result = rt.f32(this.logits, vocab);
+      k.matmul(this.head.fmt, this.logits.byteOffset, this.head.ptr, h, vocab, hidden, 1);
+      result = this.logits;
     } else {
       const all = rt.arena.allocF32(rows * vocab, 'logits');
       k.matmul(this.head.fmt, all, this.head.ptr, h, vocab, hidden, rows);

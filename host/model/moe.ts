@@ -68,25 +68,25 @@ export class Moe {
     const pairs = tokens * topK;
     const rows = arena.alloc(pairs * 4, 'grouped tokens');
     const rowWeights = arena.allocF32(pairs, 'grouped weights');
-    const chosenView = rt.i32(chosen, pairs);
-    const weightView = rt.f32(weights, pairs);
-    const rowView = rt.i32(rows, pairs);
-    const rowWeightView = rt.f32(rowWeights, pairs);
+    const heap = rt.heap();
+    const chosenAt = chosen / 4;
     const { starts, cursor } = this;
     starts.fill(0);
-    for (let p = 0; p < pairs; p++) starts[chosenView[p] + 1]++;
-    for (let e = 0; e < E; e++) starts[e + 1] += starts[e];
-    cursor.set(starts.subarray(0, E));
+    for (let p = 0; p < pairs; p++) starts[heap.i32[chosenAt + p] + 1]++;
+    for (let e = 0; e < E; e++) {
+      starts[e + 1] += starts[e];
+      cursor[e] = starts[e];
+    }
     for (let p = 0; p < pairs; p++) {
-      const at = cursor[chosenView[p]]++;
-      rowView[at] = (p / topK) | 0;
-      rowWeightView[at] = weightView[p];
+      const at = cursor[heap.i32[chosenAt + p]]++;
+      heap.i32[rows / 4 + at] = (p / topK) | 0;
+      heap.f32[rowWeights / 4 + at] = heap.f32[weights / 4 + p];
     }
 
     const gathered = arena.allocF32(tokens * hidden, 'expert inputs');
     const expertOut = arena.allocF32(tokens * hidden, 'expert outputs');
     if (this.shared) this.shared.forward(rt, x, tokens, out);
-    else rt.f32(out, tokens * hidden).fill(0);
+    else rt.heap().f32.fill(0, out / 4, out / 4 + tokens * hidden);
     for (let e = 0; e < E; e++) {
       const n = starts[e + 1] - starts[e];
       if (n === 0) continue;

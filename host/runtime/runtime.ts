@@ -122,6 +122,16 @@ export class Runtime {
     return new Float32Array(this.memory.buffer, ptr, count);
   }
 
+  /** Views of the whole memory, remade only after it grows: per-token code indexes these (ptr / 4)
+   * instead of making a new view per step. */
+  heap(): { i32: Int32Array; f32: Float32Array } {
+    const buffer = this.memory.buffer;
+    if (this.views?.buffer !== buffer) this.views = { buffer, i32: new Int32Array(buffer), f32: new Float32Array(buffer) };
+    return this.views;
+  }
+
+  private views?: { buffer: ArrayBufferLike; i32: Int32Array; f32: Float32Array };
+
   i32(ptr: number, count: number): Int32Array {
     return new Int32Array(this.memory.buffer, ptr, count);
   }
