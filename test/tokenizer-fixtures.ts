@@ -39,14 +39,5 @@ export function readLlamaCppCases(dir: string): { text: string; ids: number[] }[
   });
 }
 
-/** Deterministic PRNG (mulberry32) so random tests and the bench input are the same on every run. */
-export function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic PRNG so random tests and the bench input are the same on every run. */
+export { mulberry32 as prng } from '../host/generate/rng.js';

@@ -1,19 +1,10 @@
-import { Model } from '../model/model.js';
-import { createProgress } from './progress.js';
+import { Model, type LoadOptions } from '../model/model.js';
+import { loadProgress } from './progress.js';
 
 /** Loads a model for a CLI command, with a progress bar on the terminal for large checkpoints. */
-export async function loadWithProgress(dir: string, threads?: number, contextLength?: number): Promise<Model> {
-  let progress: ReturnType<typeof createProgress> | undefined;
-  let seen = 0;
-  const model = await Model.load(dir, {
-    threads,
-    contextLength,
-    onProgress: (read, total) => {
-      progress ??= createProgress(`loading ${dir}`, total);
-      progress.advance(read - seen);
-      seen = read;
-    },
-  });
-  progress?.done();
+export async function loadWithProgress(dir: string, opts: Omit<LoadOptions, 'onProgress'>): Promise<Model> {
+  const progress = loadProgress(`loading ${dir}`);
+  const model = await Model.load(dir, { ...opts, onProgress: progress.onProgress });
+  progress.done();
   return model;
 }

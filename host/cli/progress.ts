@@ -52,3 +52,24 @@ export function createProgress(label: string, totalBytes: number, out: ProgressS
     },
   };
 }
+
+/** Progress as the loaders report it (bytes read so far, total): draws the bar on first report. */
+export interface LoadProgress {
+  onProgress(read: number, total: number): void;
+  done(): void;
+}
+
+export function loadProgress(label: string): LoadProgress {
+  let bar: Progress | undefined;
+  let seen = 0;
+  return {
+    onProgress(read, total) {
+      bar ??= createProgress(label, total);
+      bar.advance(read - seen);
+      seen = read;
+    },
+    done() {
+      bar?.done();
+    },
+  };
+}

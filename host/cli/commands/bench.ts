@@ -2,9 +2,9 @@ import { openCheckpoint } from '../../checkpoint/checkpoint.js';
 import { isMoeLayer, type DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
 import { Model, type LoadOptions } from '../../model/model.js';
-import { QUANT_NAMES, parseQuant, type QuantMode } from '../../model/weights.js';
-import { createProgress } from '../progress.js';
-import { MODEL_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { parseQuant, type QuantMode } from '../../model/weights.js';
+import { loadProgress } from '../progress.js';
+import { MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
 /** Weights of one layer's attention: what decode reads from it per token. */
 function attentionParams(c: DeepSeekConfig): number {
@@ -83,7 +83,7 @@ export const benchCommand: Command = {
     '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..}.',
   flags: [
     { ...MODEL_FLAG, required: true },
-    { name: 'quant', kind: 'string', value: QUANT_NAMES.join('|'), help: 'weight format to load the matrices in (default: as Model.load decides)' },
+    QUANT_FLAG,
     { name: 'prompt-tokens', kind: 'int', value: 'N', min: 1, help: 'prompt length for the prefill pass (default 64)' },
     { name: 'gen-tokens', kind: 'int', value: 'N', min: 1, help: 'tokens to decode (default 32)' },
     THREADS_FLAG,
@@ -96,18 +96,13 @@ export const benchCommand: Command = {
     const context = promptTokens + genTokens;
     const quant = flags.quant === undefined ? undefined : parseQuant(flags.quant as string);
 
-    let progress: ReturnType<typeof createProgress> | undefined;
-    let seen = 0;
+    const progress = loadProgress(`loading ${dir}`);
     const loadStart = performance.now();
     const opts: LoadOptions = {
       threads: flags.threads as number | undefined,
       contextLength: context,
       quant,
-      onProgress: (read, total) => {
-        progress ??= createProgress(`loading ${dir}`, total);
-        progress.advance(read - seen);
-        seen = read;
-      },
+      onProgress: progress.onProgress,
     };
     let model: Model;
     try {
@@ -119,7 +114,7 @@ export const benchCommand: Command = {
       }
       throw e;
     }
-    progress?.done();
+    progress.done();
     const loadSecs = (performance.now() - loadStart) / 1000;
     try {
       const cfg = model.config;

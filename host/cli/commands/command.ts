@@ -1,3 +1,4 @@
+import { QUANT_NAMES } from '../../model/weights.js';
 import type { FlagSpec, Flags } from '../args.js';
 
 /** A CLI subcommand: its flags, one-line summary and what it does. */
@@ -15,3 +16,9 @@ export interface Command {
 export const MODEL_FLAG: FlagSpec = { name: 'model', kind: 'string', value: 'DIR', help: 'Hugging Face checkpoint folder (config.json + *.safetensors)' };
 export const THREADS_FLAG: FlagSpec = { name: 'threads', kind: 'int', value: 'N', min: 1, max: 256, help: 'threads per kernel (default: all cores)' };
 export const CONTEXT_FLAG: FlagSpec = { name: 'context', kind: 'int', value: 'N', min: 1, help: 'most tokens per sequence (default: min(max_position_embeddings, 4096))' };
+export const QUANT_FLAG: FlagSpec = {
+  name: 'quant',
+  kind: 'string',
+  value: QUANT_NAMES.join('|'),
+  help: 'weight format (default: as stored up to 1 GiB, q8 above; fp8 checkpoints stay fp8; see docs/quantized-format.md)',
+};

@@ -6,7 +6,7 @@ import { fail } from '../../errors.js';
 import { FMT_BF16, FMT_F32, FMT_Q4, FMT_Q8 } from '../../runtime/kernels.js';
 import { Runtime } from '../../runtime/runtime.js';
 import { SCALE_SUFFIX, WeightReader, parseQuant, type QuantName } from '../../model/weights.js';
-import { createProgress } from '../progress.js';
+import { loadProgress } from '../progress.js';
 import { MODEL_FLAG, THREADS_FLAG, type Command } from './command.js';
 
 /** Files besides the weights that a checkpoint folder needs to be used: copied as they are. */
@@ -157,18 +157,9 @@ export const convertCommand: Command = {
     const quant: QuantName = parseQuant(flags.quant as string);
     if (quant !== 'q8' && quant !== 'q4') fail(`--quant is "${quant}": convert writes q8 or q4`);
     const src = flags.model as string;
-    let progress: ReturnType<typeof createProgress> | undefined;
-    let seen = 0;
-    const r = await convertCheckpoint(src, flags.out as string, {
-      quant,
-      threads: flags.threads as number | undefined,
-      onProgress: (done, totalBytes) => {
-        progress ??= createProgress(`converting ${src}`, totalBytes);
-        progress.advance(done - seen);
-        seen = done;
-      },
-    });
-    progress?.done();
+    const progress = loadProgress(`converting ${src}`);
+    const r = await convertCheckpoint(src, flags.out as string, { quant, threads: flags.threads as number | undefined, onProgress: progress.onProgress });
+    progress.done();
     process.stderr.write(`wrote ${r.tensors} tensors, ${(r.bytes / 1024 ** 2).toFixed(1)} MiB in ${r.shards} shard(s) to ${flags.out as string}\n`);
   },
 };

@@ -1,7 +1,7 @@
 import { DEFAULT_MODEL_DIR, loadModel, type TextModel } from '../../index.js';
 import { DEFAULT_MAX_TOKENS, resolveGenerateOptions, type GenerateOptions } from '../../generate/options.js';
 import type { FlagSpec, Flags } from '../args.js';
-import { createProgress } from '../progress.js';
+import { loadProgress } from '../progress.js';
 
 /** The flags of the commands that read a model folder with its tokenizer; text commands default to the embedded model. */
 export const TEXT_MODEL_FLAG: FlagSpec = {
@@ -59,17 +59,12 @@ export function modelDir(flags: Flags): string {
 /** Loads the --model folder for generation, with a progress bar on a terminal for large checkpoints. */
 export async function loadTextModel(flags: Flags): Promise<TextModel> {
   const dir = modelDir(flags);
-  let progress: ReturnType<typeof createProgress> | undefined;
-  let seen = 0;
+  const progress = loadProgress(`loading ${dir}`);
   const model = await loadModel(dir, {
     threads: flags['threads'] as number | undefined,
     contextLength: flags['context'] as number | undefined,
-    onProgress: (read, total) => {
-      progress ??= createProgress(`loading ${dir}`, total);
-      progress.advance(read - seen);
-      seen = read;
-    },
+    onProgress: progress.onProgress,
   });
-  progress?.done();
+  progress.done();
   return model;
 }

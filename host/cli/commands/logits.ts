@@ -1,10 +1,8 @@
 import { writeSafetensors, type TensorToWrite } from '../../checkpoint/safetensors.js';
 import { fail } from '../../errors.js';
-import { Model } from '../../model/model.js';
-import { QUANT_NAMES, parseQuant, type QuantName } from '../../model/weights.js';
+import { parseQuant } from '../../model/weights.js';
 import { loadWithProgress } from '../load.js';
-import { createProgress } from '../progress.js';
-import { CONTEXT_FLAG, MODEL_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
 /** Parses "1,2,3" into token ids, naming the bad entry when one is not a whole number. */
 function parseIds(text: string): number[] {
@@ -15,13 +13,6 @@ function parseIds(text: string): number[] {
     return Number(p);
   });
 }
-
-const QUANT_FLAG = {
-  name: 'quant',
-  kind: 'string' as const,
-  value: QUANT_NAMES.join('|'),
-  help: 'weight format (default: as stored up to 1 GiB, q8 above; fp8 checkpoints stay fp8; see docs/quantized-format.md)',
-};
 
 /** What this command needs of a model; the CPU Model and the CUDA backend both provide it. */
 interface LogitsModel {
@@ -55,9 +46,11 @@ export const logitsCommand: Command = {
     const model: LogitsModel =
       backend === 'cuda'
         ? await (await import('../../backends/cuda.js')).CudaModel.load(flags.model as string, { contextLength: flags.context as number | undefined })
-        : flags.quant !== undefined
-          ? await loadQuantized(flags.model as string, parseQuant(flags.quant as string), flags.threads as number | undefined, flags.context as number | undefined)
-          : await loadWithProgress(flags.model as string, flags.threads as number | undefined, flags.context as number | undefined);
+        : await loadWithProgress(flags.model as string, {
+            threads: flags.threads as number | undefined,
+            contextLength: flags.context as number | undefined,
+            quant: flags.quant === undefined ? undefined : parseQuant(flags.quant as string),
+          });
     try {
       const vocab = model.config.vocabSize;
       const logits = model.forward(ids, { allLogits: true });
@@ -80,24 +73,6 @@ export const logitsCommand: Command = {
     }
   },
 };
-
-/** loadWithProgress with a weight format. */
-async function loadQuantized(dir: string, quant: QuantName, threads?: number, contextLength?: number): Promise<Model> {
-  let progress: ReturnType<typeof createProgress> | undefined;
-  let seen = 0;
-  const model = await Model.load(dir, {
-    threads,
-    contextLength,
-    quant,
-    onProgress: (read, total) => {
-      progress ??= createProgress(`loading ${dir}`, total);
-      progress.advance(read - seen);
-      seen = read;
-    },
-  });
-  progress?.done();
-  return model;
-}
 
 function argmax(x: Float32Array): number {
   let best = 0;
