@@ -16,12 +16,12 @@ import { put } from './q8';
 /** 2^56: undoes the 2^-120 of the decode and the 2^64 of the activations. */
 const UNSCALE: f32 = 72057594037927936.0;
 
-@inline function decodeEven(v: v128): v128 {
-  return v128.and(i16x8.shr_s(i16x8.shl(v, 8), 4), i16x8.splat(<i16>0x87f0));
+@inline function decodeEven(v: v128, mask: v128): v128 {
+  return v128.and(i16x8.shr_s(i16x8.shl(v, 8), 4), mask);
 }
 
-@inline function decodeOdd(v: v128): v128 {
-  return v128.and(i16x8.shr_s(v, 4), i16x8.splat(<i16>0x87f0));
+@inline function decodeOdd(v: v128, mask: v128): v128 {
+  return v128.and(i16x8.shr_s(v, 4), mask);
 }
 
 @inline function lowF32(z: v128, b: v128): v128 {
@@ -38,7 +38,7 @@ const UNSCALE: f32 = 72057594037927936.0;
 }
 
 /** One row of one panel (pw columns, a multiple of 128) against one token. */
-export function fp8Row(w: usize, ws: usize, x: usize, pw: i32): f32 {
+export function fp8Row(w: usize, ws: usize, x: usize, pw: i32, mask: v128): f32 {
   const z = i32x4.splat(0);
   let acc = f32x4.splat(0);
   for (let b = 0; b < pw; b += FP8_BLOCK) {
@@ -48,8 +48,8 @@ export function fp8Row(w: usize, ws: usize, x: usize, pw: i32): f32 {
     let p3 = p0;
     for (let i = b; i < b + FP8_BLOCK; i += 16) {
       const v = v128.load(w + <usize>i);
-      const e = decodeEven(v);
-      const o = decodeOdd(v);
+      const e = decodeEven(v, mask);
+      const o = decodeOdd(v, mask);
       const px = x + (<usize>i << 2);
       p0 = madd(lowF32(z, e), v128.load(px), p0);
       p1 = madd(highF32(z, e), v128.load(px, 16), p1);
@@ -73,7 +73,7 @@ export function fp8Row(w: usize, ws: usize, x: usize, pw: i32): f32 {
 }
 
 /** One row of one panel against four tokens; each 16-byte chunk is decoded once. */
-export function fp8Tile4(w: usize, ws: usize, x: usize, xStride: usize, pw: i32, out: usize, outStride: usize, first: bool, fence: usize): void {
+export function fp8Tile4(w: usize, ws: usize, x: usize, xStride: usize, pw: i32, out: usize, outStride: usize, first: bool, fence: usize, mask: v128): void {
   const z = i32x4.splat(0);
   let a0 = f32x4.splat(0);
   let a1 = a0;
@@ -86,8 +86,8 @@ export function fp8Tile4(w: usize, ws: usize, x: usize, xStride: usize, pw: i32,
     let p3 = p0;
     for (let i = b; i < b + FP8_BLOCK; i += 16) {
       const v = v128.load(w + <usize>i);
-      const e = decodeEven(v);
-      const o = decodeOdd(v);
+      const e = decodeEven(v, mask);
+      const o = decodeOdd(v, mask);
       const e0 = lowF32(z, e);
       const e1 = highF32(z, e);
       const o0 = lowF32(z, o);
@@ -121,6 +121,9 @@ export function fp8Rows(
   out: usize, w: usize, x: usize, rows: i32, cp: i32, tc: i32, xRow: usize, begin: i32, end: i32, fence: usize,
 ): void {
   const outStride = <usize>rows << 2;
+  // Through memory into a parameter, so V8 keeps it in a register instead of re-materializing it.
+  v128.store(fence, i16x8.splat(<i16>0x87f0), 192);
+  const mask = v128.load(fence, 192);
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const nb = pw / FP8_BLOCK;
@@ -133,12 +136,12 @@ export function fp8Rows(
       let t = 0;
       for (; t + 4 <= tc; t += 4) {
         for (let r = rb; r < re; r++) {
-          fp8Tile4(base + <usize>r * <usize>pw, scales + (<usize>(r * nb) << 2), xp + <usize>t * xRow, xRow, pw, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence);
+          fp8Tile4(base + <usize>r * <usize>pw, scales + (<usize>(r * nb) << 2), xp + <usize>t * xRow, xRow, pw, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence, mask);
         }
       }
       for (; t < tc; t++) {
         for (let r = rb; r < re; r++) {
-          put(out + <usize>t * outStride + (<usize>r << 2), first, fp8Row(base + <usize>r * <usize>pw, scales + (<usize>(r * nb) << 2), xp + <usize>t * xRow, pw));
+          put(out + <usize>t * outStride + (<usize>r << 2), first, fp8Row(base + <usize>r * <usize>pw, scales + (<usize>(r * nb) << 2), xp + <usize>t * xRow, pw, mask));
         }
       }
     }

@@ -29,9 +29,10 @@ export function matmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols
   parallel(OP_MATMUL, rows);
 }
 
-/** Scratch bytes per token of a chunk: the activations in the layout, then a scale and a correction per group. */
+/** Scratch bytes per token of a chunk: the activations in the layout, a scale and a correction per
+ * group, and the same two again transposed by tiles of four tokens. */
 @inline function tokenBytes(groups: i32, layout: i32): usize {
-  return <usize>groups * <usize>(actGroupBytes(layout) + 8);
+  return <usize>groups * <usize>(actGroupBytes(layout) + 16);
 }
 
 /** The scratch bytes a quantized matmul over `cols` columns needs for `tokens` tokens at a time. */
@@ -64,9 +65,22 @@ function quantizedMatmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, co
     const xq = area;
     const xs = xq + <usize>tc * xRow;
     const xc = xs + (<usize>(tc * G) << 2);
+    const xsT = xc + (<usize>(tc * G) << 2);
+    const xcT = xsT + (<usize>(tc * G) << 2);
     for (let t = 0; t < tc; t++) {
       const src = x + (<usize>(t0 + t) * <usize>cols << 2);
       quantizeActivations(layout, src, cols, cp, xq + <usize>t * xRow, xs + (<usize>(t * G) << 2), xc + (<usize>(t * G) << 2), tmp);
+    }
+    // For the 4-token tiles: tile k's scales and corrections as [g][4], at float index 4k * G.
+    for (let t = 0; t + 4 <= tc; t += 4) {
+      for (let g = 0; g < G; g++) {
+        for (let j = 0; j < 4; j++) {
+          const from = (<usize>((t + j) * G + g)) << 2;
+          const to = (<usize>(t * G + 4 * g + j)) << 2;
+          store<u32>(xsT + to, load<u32>(xs + from));
+          store<u32>(xcT + to, load<u32>(xc + from));
+        }
+      }
     }
     setI(0, fmt);
     setP(1, out + (<usize>t0 * <usize>rows << 2));
@@ -79,6 +93,8 @@ function quantizedMatmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, co
     setP(8, xc);
     setI(10, layout);
     setI(11, <i32>xRow);
+    setP(12, xsT);
+    setP(13, xcT);
     parallel(OP_MATMUL_QUANT, rows);
   }
 }
@@ -96,8 +112,10 @@ export function quantizedMatmulTask(begin: i32, end: i32, tid: i32): void {
   const fence = threadScratch(tid);
   const layout = argI(10);
   const xRow = <usize>argI(11);
-  if (fmt == Q8) q8Rows(out, w, xq, xs, rows, cp, tc, xRow, layout == ACT_Q8_SIGNED, begin, end, fence);
-  else if (fmt == Q4) q4Rows(out, w, xq, xs, xc, rows, cp, tc, xRow, begin, end, fence);
+  const xsT = argP(12);
+  const xcT = argP(13);
+  if (fmt == Q8) q8Rows(out, w, xq, xs, xsT, rows, cp, tc, xRow, layout == ACT_Q8_SIGNED, begin, end, fence);
+  else if (fmt == Q4) q4Rows(out, w, xq, xs, xc, xsT, xcT, rows, cp, tc, xRow, begin, end, fence);
   else if (fmt == FP8) fp8Rows(out, w, xq, rows, cp, tc, xRow, begin, end, fence);
 }
 

@@ -5,22 +5,22 @@
 // and quantize.ts stores -8 * sum_i x_i per token and group ("corrections") next to the activations.
 //
 // Plain SIMD masks the nibbles in place: n0 = v & 0x000f, 16 n1 = v & 0x00f0, 256 n2 = v & 0x0f00,
-// 256 n3 = (v >> 4) & 0x0f00, all non-negative i16; the activations are stored pre-multiplied by 256,
-// 16, 1, 1 for the four nibble positions so that every product is 256 n x, and the scale carries 1/256.
+// n3 = v >>u 12, all non-negative i16; the activations are stored pre-multiplied by 256, 16, 1, 256 for
+// the four nibble positions so that every product is 256 n x, and the scale carries 1/256.
 // Relaxed SIMD splits the bytes into low and high nibbles (0..15, a valid 7-bit operand) and runs
-// i32x4.relaxed_dot_i8x16_i7x16_add_s against int8 activations stored in the matching byte order. Both
+// i16x8.relaxed_dot_i8x16_i7x16_s against int8 activations stored in the matching byte order. Both
 // produce the same integer sums, so plain and relaxed results are bit-identical.
 import { Q4, PANEL, hsum, panelOffset, tsum } from './format';
-import { put } from './q8';
+import { put, put4 } from './q8';
 
-// ---- plain SIMD: activations i16, per group [x0..7 * 256 | x8..15 * 16 | x16..23 | x24..31] ----
+// ---- plain SIMD: activations i16, per group [x0..7 * 256 | x8..15 * 16 | x16..23 | x24..31 * 256] ----
 
-@inline function groupI16(w: usize, x: usize): v128 {
+@inline function groupI16(w: usize, x: usize, m0: v128, m1: v128, m2: v128): v128 {
   const v = v128.load(w);
-  const d0 = i32x4.dot_i16x8_s(v128.and(v, i16x8.splat(0x000f)), v128.load(x));
-  const d1 = i32x4.dot_i16x8_s(v128.and(v, i16x8.splat(0x00f0)), v128.load(x, 16));
-  const d2 = i32x4.dot_i16x8_s(v128.and(v, i16x8.splat(0x0f00)), v128.load(x, 32));
-  const d3 = i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(v, 4), i16x8.splat(0x0f00)), v128.load(x, 48));
+  const d0 = i32x4.dot_i16x8_s(v128.and(v, m0), v128.load(x));
+  const d1 = i32x4.dot_i16x8_s(v128.and(v, m1), v128.load(x, 16));
+  const d2 = i32x4.dot_i16x8_s(v128.and(v, m2), v128.load(x, 32));
+  const d3 = i32x4.dot_i16x8_s(i16x8.shr_u(v, 12), v128.load(x, 48));
   return i32x4.add(i32x4.add(d0, d1), i32x4.add(d2, d3));
 }
 
@@ -30,8 +30,22 @@ import { put } from './q8';
   if (ASC_FEATURE_RELAXED_SIMD) {
     const m = i8x16.splat(0x0f);
     const v = v128.load(w);
-    const d = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(x), v128.and(v, m), i32x4.splat(0));
-    return i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(x, 16), v128.and(i16x8.shr_u(v, 4), m), d);
+    return nibbleDot(v128.and(v, m), v128.and(i16x8.shr_u(v, 4), m), x);
+  } else {
+    unreachable();
+    return i32x4.splat(0);
+  }
+}
+
+/**
+ * sum over 32 products of nibbles (lo, hi: 0..15 per byte) and int8 activations at x, as i32x4 lanes.
+ * i16x8.relaxed_dot_i8x16_i7x16_s is one vpmaddubsw on x86; a pair sum is at most 2 * 15 * 127, so the
+ * two dots add in i16 without overflow and widen once. (V8 lowers the i32x4 ..._add_s form to five
+ * instructions on CPUs without AVX-VNNI, such as this AMD Zen 4.)
+ */
+@inline function nibbleDot(lo: v128, hi: v128, x: usize): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    return i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x, 16), hi)));
   } else {
     unreachable();
     return i32x4.splat(0);
@@ -42,7 +56,7 @@ import { put } from './q8';
 export const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
 
 /** One row of one panel against one token; xc holds the token's per-group corrections (i32). */
-export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fence: usize): f32 {
+export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fence: usize, m0: v128, m1: v128, m2: v128): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 4);
@@ -58,13 +72,13 @@ export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i
       d = groupI8(pw + 48, px + 96);
     } else {
       const px = x + (<usize>g << 6);
-      a = groupI16(pw, px);
+      a = groupI16(pw, px, m0, m1, m2);
       v128.store(fence, a);
-      b = groupI16(pw + 16, px + 64);
+      b = groupI16(pw + 16, px + 64, m0, m1, m2);
       v128.store(fence, b, 16);
-      c = groupI16(pw + 32, px + 128);
+      c = groupI16(pw + 32, px + 128, m0, m1, m2);
       v128.store(fence, c, 32);
-      d = groupI16(pw + 48, px + 192);
+      d = groupI16(pw + 48, px + 192, m0, m1, m2);
     }
     const S = i32x4.add(tsum(a, b, c, d), v128.load(xc + (<usize>g << 2)));
     const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
@@ -74,26 +88,27 @@ export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i
 }
 
 /** The integer sum for one token of a tile: nibble vectors n0..n3 already split (plain) or lo/hi (relaxed). */
-@inline function tokenSum(n0: v128, n1: v128, n2: v128, n3: v128, x: usize, corr: usize): v128 {
+@inline function tokenSum(n0: v128, n1: v128, n2: v128, n3: v128, x: usize): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    return i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(x, 16), n1, i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load(x), n0, v128.load32_zero(corr)));
+    return nibbleDot(n0, n1, x);
   } else {
     return i32x4.add(
       i32x4.add(i32x4.dot_i16x8_s(n0, v128.load(x)), i32x4.dot_i16x8_s(n1, v128.load(x, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(n2, v128.load(x, 32)), i32x4.add(i32x4.dot_i16x8_s(n3, v128.load(x, 48)), v128.load32_zero(corr))),
+      i32x4.add(i32x4.dot_i16x8_s(n2, v128.load(x, 32)), i32x4.dot_i16x8_s(n3, v128.load(x, 48))),
     );
   }
 }
 
-/** One row of one panel against four tokens (activations xStride apart, scales and corrections sStride). */
+/**
+ * One row of one panel against four tokens (activations xStride apart); xsT / xcT: the tile's scales
+ * and corrections, four per group (one per token). The four tokens' sums of a group are transposed into
+ * one vector, so one accumulator holds the four outputs.
+ */
 export function q4Tile4(
-  w: usize, ws: usize, x: usize, xStride: usize, xs: usize, xc: usize, sStride: usize, gp: i32,
-  out: usize, outStride: usize, first: bool, fence: usize,
+  w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, xcT: usize, gp: i32,
+  out: usize, outStride: usize, first: bool, fence: usize, m0: v128, m1: v128, m2: v128,
 ): void {
-  let a0 = f32x4.splat(0);
-  let a1 = a0;
-  let a2 = a0;
-  let a3 = a0;
+  let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g++) {
     const v = v128.load(w + (<usize>g << 4));
     let n0: v128, n1: v128, n2: v128, n3: v128;
@@ -106,31 +121,25 @@ export function q4Tile4(
       n3 = n1;
       px = x + (<usize>g << 5);
     } else {
-      n0 = v128.and(v, i16x8.splat(0x000f));
-      n1 = v128.and(v, i16x8.splat(0x00f0));
-      n2 = v128.and(v, i16x8.splat(0x0f00));
-      n3 = v128.and(i16x8.shr_u(v, 4), i16x8.splat(0x0f00));
+      n0 = v128.and(v, m0);
+      n1 = v128.and(v, m1);
+      n2 = v128.and(v, m2);
+      n3 = i16x8.shr_u(v, 12);
       px = x + (<usize>g << 6);
     }
-    const sw = v128.load32_splat(ws + (<usize>g << 2));
-    const o = <usize>g << 2;
-    let d = tokenSum(n0, n1, n2, n3, px, xc + o);
-    a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(xs + o))));
-    v128.store(fence, a0);
-    d = tokenSum(n0, n1, n2, n3, px + xStride, xc + sStride + o);
-    a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(xs + sStride + o))));
-    v128.store(fence, a1, 16);
-    d = tokenSum(n0, n1, n2, n3, px + 2 * xStride, xc + 2 * sStride + o);
-    a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(xs + 2 * sStride + o))));
-    v128.store(fence, a2, 32);
-    d = tokenSum(n0, n1, n2, n3, px + 3 * xStride, xc + 3 * sStride + o);
-    a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(xs + 3 * sStride + o))));
-    v128.store(fence, a3, 48);
+    const d0 = tokenSum(n0, n1, n2, n3, px);
+    v128.store(fence, d0);
+    const d1 = tokenSum(n0, n1, n2, n3, px + xStride);
+    v128.store(fence, d1, 16);
+    const d2 = tokenSum(n0, n1, n2, n3, px + 2 * xStride);
+    v128.store(fence, d2, 32);
+    const d3 = tokenSum(n0, n1, n2, n3, px + 3 * xStride);
+    const o = <usize>g << 4;
+    const S = i32x4.add(tsum(d0, d1, d2, d3), v128.load(xcT + o));
+    const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + o));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(S), f));
   }
-  put(out, first, hsum(a0));
-  put(out + outStride, first, hsum(a1));
-  put(out + 2 * outStride, first, hsum(a2));
-  put(out + 3 * outStride, first, hsum(a3));
+  put4(out, outStride, first, acc);
 }
 
 const ROW_BLOCK: i32 = 128;
@@ -138,12 +147,21 @@ const ROW_BLOCK: i32 = 128;
 /** Rows [begin, end) of out[t, r] for tc tokens; activations xRow bytes per token, scales and
  * corrections G per token. */
 export function q4Rows(
-  out: usize, w: usize, x: usize, xs: usize, xc: usize, rows: i32, cp: i32, tc: i32, xRow: usize,
+  out: usize, w: usize, x: usize, xs: usize, xc: usize, xsT: usize, xcT: usize, rows: i32, cp: i32, tc: i32, xRow: usize,
   begin: i32, end: i32, fence: usize,
 ): void {
   const G = cp >> 5;
   const sRow = <usize>G << 2;
   const outStride = <usize>rows << 2;
+  // The nibble masks go through memory (the thread's scratch slot) into parameters: V8 re-materializes
+  // a constant vector at every use inside a loop (3 instructions), but keeps a parameter in a register.
+  const slot = fence + 192;
+  v128.store(slot, i16x8.splat(0x000f));
+  v128.store(slot, i16x8.splat(0x00f0), 16);
+  v128.store(slot, i16x8.splat(0x0f00), 32);
+  const m0 = v128.load(slot);
+  const m1 = v128.load(slot, 16);
+  const m2 = v128.load(slot, 32);
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const gp = pw >> 5;
@@ -160,15 +178,16 @@ export function q4Rows(
       let t = 0;
       for (; t + 4 <= tc; t += 4) {
         for (let r = rb; r < re; r++) {
+          const tt = <usize>(t * G + 4 * g0) << 2;
           q4Tile4(
             base + <usize>r * rowBytes, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xRow,
-            xsp + <usize>t * sRow, xcp + <usize>t * sRow, sRow, gp, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence,
+            xsT + tt, xcT + tt, gp, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence, m0, m1, m2,
           );
         }
       }
       for (; t < tc; t++) {
         for (let r = rb; r < re; r++) {
-          const v = q4Row(base + <usize>r * rowBytes, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xsp + <usize>t * sRow, xcp + <usize>t * sRow, gp, fence);
+          const v = q4Row(base + <usize>r * rowBytes, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xsp + <usize>t * sRow, xcp + <usize>t * sRow, gp, fence, m0, m1, m2);
           put(out + <usize>t * outStride + (<usize>r << 2), first, v);
         }
       }

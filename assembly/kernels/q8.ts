@@ -19,8 +19,7 @@ import { Q8, PANEL, hsum, panelOffset, tsum } from './format';
 // ---- plain SIMD: weights widened by shift/mask, activations i16 [8 evens | 8 odds] per 16 values ----
 
 /** Lanes of the result sum to 256 * (32 int8 weights at w) . (32 i16 activations at x). */
-@inline function groupI16(w: usize, x: usize): v128 {
-  const hi = i16x8.splat(<i16>0xff00);
+@inline function groupI16(w: usize, x: usize, hi: v128): v128 {
   const a = v128.load(w);
   const b = v128.load(w, 16);
   const d0 = i32x4.dot_i16x8_s(i16x8.shl(a, 8), v128.load(x));
@@ -31,35 +30,35 @@ import { Q8, PANEL, hsum, panelOffset, tsum } from './format';
 }
 
 /** One row of one panel against one token: gp groups (a multiple of 4). */
-export function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
+export function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize, hi: v128): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 5);
     const px = x + (<usize>g << 6);
-    const a = groupI16(pw, px);
+    const a = groupI16(pw, px, hi);
     v128.store(fence, a);
-    const b = groupI16(pw + 32, px + 64);
+    const b = groupI16(pw + 32, px + 64, hi);
     v128.store(fence, b, 16);
-    const c = groupI16(pw + 64, px + 128);
+    const c = groupI16(pw + 64, px + 128, hi);
     v128.store(fence, c, 32);
-    const d = groupI16(pw + 96, px + 192);
+    const d = groupI16(pw + 96, px + 192, hi);
     const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(a, b, c, d)), f));
   }
   return hsum(acc);
 }
 
-/** One row of one panel against four tokens (activation rows xStride bytes apart, scales sStride);
- * the weights are widened once for all four. Writes or adds out[t * outStride]. */
+/**
+ * One row of one panel against four tokens (activation rows xStride bytes apart); the weights are
+ * widened once for all four. The four tokens' sums of a group are transposed into one vector and
+ * scaled by sw * [sx_t0, sx_t1, sx_t2, sx_t3] (xsT: the tile's scales, four per group), so one
+ * accumulator holds the four outputs. Writes or adds out[t * outStride].
+ */
 export function q8Tile4I16(
-  w: usize, ws: usize, x: usize, xStride: usize, xs: usize, sStride: usize, gp: i32,
-  out: usize, outStride: usize, first: bool, fence: usize,
+  w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32,
+  out: usize, outStride: usize, first: bool, fence: usize, hi: v128,
 ): void {
-  const hi = i16x8.splat(<i16>0xff00);
-  let a0 = f32x4.splat(0);
-  let a1 = a0;
-  let a2 = a0;
-  let a3 = a0;
+  let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g++) {
     const pw = w + (<usize>g << 5);
     const a = v128.load(pw);
@@ -68,44 +67,36 @@ export function q8Tile4I16(
     const w1 = v128.and(a, hi);
     const w2 = i16x8.shl(b, 8);
     const w3 = v128.and(b, hi);
-    const sw = v128.load32_splat(ws + (<usize>g << 2));
     let px = x + (<usize>g << 6);
-    let ps = xs + (<usize>g << 2);
-    let d = i32x4.add(
-      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
-    );
-    a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
-    v128.store(fence, a0);
+    const d0 = dot4(w0, w1, w2, w3, px);
+    v128.store(fence, d0);
     px += xStride;
-    ps += sStride;
-    d = i32x4.add(
-      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
-    );
-    a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
-    v128.store(fence, a1, 16);
+    const d1 = dot4(w0, w1, w2, w3, px);
+    v128.store(fence, d1, 16);
     px += xStride;
-    ps += sStride;
-    d = i32x4.add(
-      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
-    );
-    a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
-    v128.store(fence, a2, 32);
+    const d2 = dot4(w0, w1, w2, w3, px);
+    v128.store(fence, d2, 32);
     px += xStride;
-    ps += sStride;
-    d = i32x4.add(
-      i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(px)), i32x4.dot_i16x8_s(w1, v128.load(px, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(px, 32)), i32x4.dot_i16x8_s(w3, v128.load(px, 48))),
-    );
-    a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(d), f32x4.mul(sw, v128.load32_splat(ps))));
-    v128.store(fence, a3, 48);
+    const d3 = dot4(w0, w1, w2, w3, px);
+    const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + (<usize>g << 4)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(d0, d1, d2, d3)), f));
   }
-  put(out, first, hsum(a0));
-  put(out + outStride, first, hsum(a1));
-  put(out + 2 * outStride, first, hsum(a2));
-  put(out + 3 * outStride, first, hsum(a3));
+  put4(out, outStride, first, acc);
+}
+
+@inline function dot4(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(x)), i32x4.dot_i16x8_s(w1, v128.load(x, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(x, 32)), i32x4.dot_i16x8_s(w3, v128.load(x, 48))),
+  );
+}
+
+/** Writes or adds the four lanes of v to out[t * stride]. */
+@inline export function put4(out: usize, stride: usize, first: bool, v: v128): void {
+  put(out, first, f32x4.extract_lane(v, 0));
+  put(out + stride, first, f32x4.extract_lane(v, 1));
+  put(out + 2 * stride, first, f32x4.extract_lane(v, 2));
+  put(out + 3 * stride, first, f32x4.extract_lane(v, 3));
 }
 
 @inline export function put(p: usize, first: bool, v: f32): void {
@@ -153,15 +144,20 @@ const ROW_BLOCK: i32 = 64;
 
 /**
  * Rows [begin, end) of out[t, r] for the tc tokens whose activations quantize.ts wrote at x (xRow bytes
- * per token, layout `signed` or i16) with scales at xs (G per token).
+ * per token, layout `signed` or i16) with scales at xs (G per token) and, for each tile of four tokens,
+ * transposed at xsT (G x 4 per tile).
  */
 export function q8Rows(
-  out: usize, w: usize, x: usize, xs: usize, rows: i32, cp: i32, tc: i32, xRow: usize, signed: bool,
+  out: usize, w: usize, x: usize, xs: usize, xsT: usize, rows: i32, cp: i32, tc: i32, xRow: usize, signed: bool,
   begin: i32, end: i32, fence: usize,
 ): void {
   const G = cp >> 5;
   const sRow = <usize>G << 2;
   const outStride = <usize>rows << 2;
+  // The mask goes through memory into a parameter: V8 keeps a parameter in a register, whereas it
+  // re-materializes a constant vector inside loops (3 instructions per use).
+  v128.store(fence, i16x8.splat(<i16>0xff00), 192);
+  const hi = v128.load(fence, 192);
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const gp = pw >> 5;
@@ -175,7 +171,7 @@ export function q8Rows(
       for (let r = begin; r < end; r++) {
         const wr = base + <usize>r * <usize>pw;
         const sr = scales + (<usize>(r * gp) << 2);
-        const v = signed ? q8RowSigned(wr, sr, xp, xsp, gp, fence) : q8RowI16(wr, sr, xp, xsp, gp, fence);
+        const v = signed ? q8RowSigned(wr, sr, xp, xsp, gp, fence) : q8RowI16(wr, sr, xp, xsp, gp, fence, hi);
         put(out + (<usize>r << 2), first, v);
       }
       continue;
@@ -187,13 +183,13 @@ export function q8Rows(
         for (let r = rb; r < re; r++) {
           q8Tile4I16(
             base + <usize>r * <usize>pw, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xRow,
-            xsp + <usize>t * sRow, sRow, gp, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence,
+            xsT + (<usize>(t * G + 4 * g0) << 2), gp, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence, hi,
           );
         }
       }
       for (; t < tc; t++) {
         for (let r = rb; r < re; r++) {
-          const v = q8RowI16(base + <usize>r * <usize>pw, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xsp + <usize>t * sRow, gp, fence);
+          const v = q8RowI16(base + <usize>r * <usize>pw, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xsp + <usize>t * sRow, gp, fence, hi);
           put(out + <usize>t * outStride + (<usize>r << 2), first, v);
         }
       }

@@ -265,7 +265,7 @@ export function fp8_pack(blob: usize, totalRows: i32, src: usize, scaleInv: usiz
 /** Activation layouts (bytes per group of 32 in brackets). */
 export const ACT_Q8_I16: i32 = 0; // [64] i16, per 16 values [8 evens | 8 odds]; scale / 256
 export const ACT_Q8_SIGNED: i32 = 1; // [64] |q| bytes then sign masks (0 / 0xff); scale (relaxed build)
-export const ACT_Q4_I16: i32 = 2; // [64] i16 [q0..7 * 256 | q8..15 * 16 | q16..23 | q24..31]; scale / 256
+export const ACT_Q4_I16: i32 = 2; // [64] i16 [q0..7 * 256 | q8..15 * 16 | q16..23 | q24..31 * 256]; scale / 256
 export const ACT_Q4_I8: i32 = 3; // [32] int8 [q0 q16 q1 q17 .. q7 q23 | q8 q24 .. q15 q31]; scale (relaxed build)
 export const ACT_F32: i32 = 4; // [128] f32 * 2^64, per 16 values [0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15]
 
@@ -349,7 +349,7 @@ export function quantizeActivations(layout: i32, x: usize, cols: i32, cp: i32, d
       v128.store(out, i16x8.shl(h0, 8));
       v128.store(out, i16x8.shl(h1, 4), 16);
       v128.store(out, h2, 32);
-      v128.store(out, h3, 48);
+      v128.store(out, i16x8.shl(h3, 8), 48);
       store<f32>(scales + <usize>sc, d * (<f32>1 / 256));
       store<i32>(corr + <usize>sc, -2048 * sum);
     } else {

@@ -3,8 +3,9 @@
 // --experimental-wasm-relaxed-simd and returns sums without the accumulator (GUIDE §1). The probe is a
 // module of two functions, written out below instruction by instruction, each returning 1 only when
 // the instruction gives the known answer:
-//   dot:  i32x4.relaxed_dot_i8x16_i7x16_add_s(a, b, c) == expected, with a nonzero accumulator c and
-//         negative, large and small a (b in 0..127, the range the instruction defines)
+//   dot:   i32x4.relaxed_dot_i8x16_i7x16_add_s(a, b, c) == expected, with a nonzero accumulator c and
+//          negative, large and small a (b in 0..127, the range the instruction defines)
+//   dot16: i16x8.relaxed_dot_i8x16_i7x16_s(a, b) == expected (the q4 kernels use it)
 //   madd: f32x4.relaxed_madd(a, b, c) == a * b + c, on values where fused and unfused agree exactly
 
 import { fail } from '../errors.js';
@@ -20,6 +21,10 @@ function dotExpected(): number[] {
   return DOT_C.map((c, i) => c + [0, 1, 2, 3].reduce((s, j) => s + DOT_A[4 * i + j] * DOT_B[4 * i + j], 0));
 }
 
+function dot16Expected(): number[] {
+  return [0, 1, 2, 3, 4, 5, 6, 7].map((i) => DOT_A[2 * i] * DOT_B[2 * i] + DOT_A[2 * i + 1] * DOT_B[2 * i + 1]);
+}
+
 // Opcodes (WebAssembly core, SIMD and relaxed-SIMD specifications).
 const SIMD = 0xfd;
 const V128_CONST = [SIMD, 0x0c];
@@ -27,14 +32,18 @@ const I32X4_EQ = [SIMD, 0x37];
 const F32X4_EQ = [SIMD, 0x41];
 const I32X4_ALL_TRUE = [SIMD, 0xa3, 0x01]; // 0x83, LEB128
 const I32X4_RELAXED_DOT_I8X16_I7X16_ADD_S = [SIMD, 0x93, 0x02]; // 0x113
+const I16X8_RELAXED_DOT_I8X16_I7X16_S = [SIMD, 0x92, 0x02]; // 0x112
+const I16X8_EQ = [SIMD, 0x2d];
+const I16X8_ALL_TRUE = [SIMD, 0x83, 0x01]; // 0x83
 const F32X4_RELAXED_MADD = [SIMD, 0x85, 0x02]; // 0x105
 const END = 0x0b;
 
-function v128(values: number[], kind: 'i8' | 'i32' | 'f32'): number[] {
+function v128(values: number[], kind: 'i8' | 'i16' | 'i32' | 'f32'): number[] {
   const bytes = new Uint8Array(16);
   const view = new DataView(bytes.buffer);
   values.forEach((v, i) => {
     if (kind === 'i8') view.setInt8(i, v);
+    else if (kind === 'i16') view.setInt16(2 * i, v, true);
     else if (kind === 'i32') view.setInt32(4 * i, v, true);
     else view.setFloat32(4 * i, v, true);
   });
@@ -60,11 +69,15 @@ function name(s: string): number[] {
   return [s.length, ...new TextEncoder().encode(s)];
 }
 
-/** The probe module's bytes: two exported functions () -> i32. */
+/** The probe module's bytes: three exported functions () -> i32. */
 export function probeModuleBytes(): Uint8Array<ArrayBuffer> {
   const dot = [
     ...v128(DOT_A, 'i8'), ...v128(DOT_B, 'i8'), ...v128(DOT_C, 'i32'), ...I32X4_RELAXED_DOT_I8X16_I7X16_ADD_S,
     ...v128(dotExpected(), 'i32'), ...I32X4_EQ, ...I32X4_ALL_TRUE, END,
+  ];
+  const dot16 = [
+    ...v128(DOT_A, 'i8'), ...v128(DOT_B, 'i8'), ...I16X8_RELAXED_DOT_I8X16_I7X16_S,
+    ...v128(dot16Expected(), 'i16'), ...I16X8_EQ, ...I16X8_ALL_TRUE, END,
   ];
   const madd = [
     ...v128(MADD.a, 'f32'), ...v128(MADD.b, 'f32'), ...v128(MADD.c, 'f32'), ...F32X4_RELAXED_MADD,
@@ -74,9 +87,9 @@ export function probeModuleBytes(): Uint8Array<ArrayBuffer> {
   return new Uint8Array([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
     ...section(1, [1, 0x60, 0, 1, 0x7f]), // types: () -> i32
-    ...section(3, [2, 0, 0]), // functions: two of type 0
-    ...section(7, [2, ...name('dot'), 0, 0, ...name('madd'), 0, 1]), // exports
-    ...section(10, [2, ...body(dot), ...body(madd)]), // code
+    ...section(3, [3, 0, 0, 0]), // functions: three of type 0
+    ...section(7, [3, ...name('dot'), 0, 0, ...name('dot16'), 0, 1, ...name('madd'), 0, 2]), // exports
+    ...section(10, [3, ...body(dot), ...body(dot16), ...body(madd)]), // code
   ]);
 }
 
@@ -92,7 +105,7 @@ let cached: SimdReport | undefined;
 /** Runs the probe once per process. */
 export function detectRelaxedSimd(): SimdReport {
   if (cached) return cached;
-  let exports: { dot(): number; madd(): number };
+  let exports: { dot(): number; dot16(): number; madd(): number };
   try {
     const bytes = probeModuleBytes();
     exports = new WebAssembly.Instance(new WebAssembly.Module(bytes), {}).exports as typeof exports;
@@ -102,6 +115,7 @@ export function detectRelaxedSimd(): SimdReport {
   if (exports.dot() !== 1) {
     return (cached = { relaxed: false, reason: 'i32x4.relaxed_dot_i8x16_i7x16_add_s gives a wrong answer (Node 20 drops the accumulator)' });
   }
+  if (exports.dot16() !== 1) return (cached = { relaxed: false, reason: 'i16x8.relaxed_dot_i8x16_i7x16_s gives a wrong answer' });
   if (exports.madd() !== 1) return (cached = { relaxed: false, reason: 'f32x4.relaxed_madd gives a wrong answer' });
   return (cached = { relaxed: true });
 }
