@@ -69,6 +69,51 @@ if (!status.ok) {
     });
   }
 
+  test('cuda: the one-launch decode (DW_MEGA=1) equals the per-kernel decode', async () => {
+    // With DW_MEGA=1 (read when a model is created) decode runs every layer in one launch
+    // (mega.cu, experimental); by default one kernel per stage. Both compute the same function, with
+    // some sums in other orders: the logits of every step agree far inside the tolerance, and the
+    // greedy ids are equal.
+    const withEnv = async (value: string, dir: string) => {
+      const prev = process.env.DW_MEGA;
+      process.env.DW_MEGA = value;
+      try {
+        return await CudaModel.load(dir);
+      } finally {
+        if (prev === undefined) delete process.env.DW_MEGA;
+        else process.env.DW_MEGA = prev;
+      }
+    };
+    const out: Record<string, unknown> = {};
+    for (const name of ['v3-odd-bf16-sharded', 'v3-fp8-blocks', 'v2-lite-tiny']) {
+      const dir = `${FIXTURES}models/${name}`;
+      const exp = readExpected(`${dir}/expected.safetensors`);
+      const N = exp.genIds.length;
+      const steps = async (value: string) => {
+        const model = await withEnv(value, dir);
+        try {
+          model.prefill(exp.inputIds);
+          const logits: Float32Array[] = [];
+          for (let k = 1; k < N; k++) logits.push(model.forward([exp.genIds[k - 1]]));
+          const profile = model.profileDecode(exp.genIds[N - 1]);
+          return { logits, oneLaunch: profile.includes('one launch') };
+        } finally {
+          await model.close();
+        }
+      };
+      const mega = await steps('1');
+      const kernels = await steps('0');
+      let diff = 0;
+      for (let k = 0; k < mega.logits.length; k++) diff = Math.max(diff, maxAbsDiff(mega.logits[k], kernels.logits[k]));
+      out[name] = { maxDiff: diff, schedules: `${mega.oneLaunch ? 'one launch' : 'per kernel'} / ${kernels.oneLaunch ? 'one launch' : 'per kernel'}` };
+      assert.ok(mega.oneLaunch, `${name}: the default decode is not the one-launch schedule`);
+      assert.ok(!kernels.oneLaunch, `${name}: DW_MEGA=0 did not select the per-kernel schedule`);
+      assert.ok(diff <= 1e-4, `${name}: the schedules differ by ${diff}`);
+      assert.equal(mega.logits.map((l) => argmax(l)), kernels.logits.map((l) => argmax(l)), `${name}: greedy ids`);
+    }
+    record('one-launch-vs-per-kernel', out);
+  });
+
   test('cuda: prefill in chunks of 3 tokens equals one pass; top-k on the device', async () => {
     const dir = `${FIXTURES}models/v3-odd-bf16-sharded`;
     const exp = readExpected(`${dir}/expected.safetensors`);

@@ -11,8 +11,10 @@
 #
 # Environment: OUT (results folder), DW_SKIP_BENCH=1 (tests only), DW_SKIP_TESTS=1 (bench only),
 # DW_CONFIGS (switch sets to fall back through, see below), DW_BENCH_ALT (a second benchmark),
+# DW_VARIANTS (decode-only timings of switch sets: 'name:ENV=v,ENV=v;name2:...', to variants.json),
 # DW_PREBUILT=1 (use kernels-gpu/build/libdwcuda.so as carried instead of rebuilding),
-# DW_SYNC=1 (synchronize and check after every kernel: slow, names a failing kernel).
+# DW_SYNC=1 (synchronize and check after every kernel: slow, names a failing kernel),
+# DW_TEST_TIMEOUT (seconds per test run, default 240).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -92,9 +94,10 @@ fi
 
 # --- tests ---------------------------------------------------------------------------------------
 # DW_CONFIGS: switch sets tried in order until the tests pass ("default" = all fast paths on); the
-# benchmark then runs with the first that passed. DW_PDL=0: no programmatic dependent launch;
-# DW_ABSORB=0: the simple query-absorption kernel.
-configs="${DW_CONFIGS:-default}"
+# benchmark then runs with the first that passed. DW_DOWN=0: the first expert-down kernel (one warp
+# per output row); DW_MEGA=1: every layer of a decode step in one launch (experimental, slower);
+# DW_PDL=0: no programmatic dependent launch; DW_ABSORB=0: the simple query-absorption kernel.
+configs="${DW_CONFIGS:-default DW_DOWN=0}"
 rc=0
 chosen=default
 if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
@@ -104,7 +107,7 @@ if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
     [ "$cfg" != default ] && envs="${cfg//,/ }"
     say "GPU tests ($cfg)"
     # DW_SYNC=1 checks every kernel as it ends, so a fault names its kernel (the fixtures are tiny).
-    env $envs DW_SYNC="${DW_SYNC:-1}" DW_RESULTS="$OUT/correctness.json" timeout 240 $NODE dist/test/cuda.test.js 2>&1 | tee -a "$OUT/test.log"
+    env $envs DW_SYNC="${DW_SYNC:-1}" DW_RESULTS="$OUT/correctness.json" timeout "${DW_TEST_TIMEOUT:-240}" $NODE dist/test/cuda.test.js 2>&1 | tee -a "$OUT/test.log"
     rc=${PIPESTATUS[0]}
     say "tests ($cfg) exit code $rc"
     if [ $rc = 0 ]; then chosen=$cfg; break; fi
@@ -131,6 +134,10 @@ if [ $have_gpu = 1 ] && [ "${DW_SKIP_BENCH:-0}" != 1 ]; then
   if [ -n "${DW_BENCH_ALT:-}" ]; then
     say "16B benchmark (${DW_BENCH_ALT})"
     env ${DW_BENCH_ALT//,/ } timeout 200 $NODE dist/host/backends/cuda-bench.js --out "$OUT/bench-alt.json" 2>&1 | tee -a "$OUT/bench.log"
+  fi
+  if [ -n "${DW_VARIANTS:-}" ]; then
+    say "decode variants"
+    env $envs timeout 200 $NODE dist/host/backends/cuda-bench.js --variants "$DW_VARIANTS" --out "$OUT/variants.json" 2>&1 | tee -a "$OUT/bench.log"
   fi
 elif [ $have_gpu = 0 ]; then
   say "no GPU: benchmark skipped"

@@ -2,8 +2,11 @@
 // top-6, 2 shared, no q_lora) with random bf16 weights made on the device, batch 1.
 //
 //   node dist/host/backends/cuda-bench.js [--out results.json] [--prompt 128] [--gen 128]
+//   node dist/host/backends/cuda-bench.js --variants 'name:ENV=v,ENV=v;name2:ENV=v' [--out v.json]
 //
-// Prints a table and writes every number (and the method) as JSON.
+// Prints a table and writes every number (and the method) as JSON. --variants times only decode
+// (device loop) for each set of switches, one model after another in this process (the library
+// reads its switches when a model is created).
 import { writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseConfig } from '../checkpoint/config.js';
@@ -161,7 +164,12 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
     const prefill = (prompt / median(prefillMs)) * 1000;
     const result = {
       preset: '16B (DeepSeek-V2-Lite shape), random bf16 weights generated on the device',
-      switches: { DW_PDL: process.env.DW_PDL ?? '1', DW_ABSORB: process.env.DW_ABSORB ?? '1' },
+      switches: {
+        DW_PDL: process.env.DW_PDL ?? '1',
+        DW_ABSORB: process.env.DW_ABSORB ?? '1',
+        DW_MEGA: process.env.DW_MEGA ?? '1',
+        others: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('DW_MEGA_'))),
+      },
       device: model.device,
       promptTokens: prompt,
       generatedTokens: gen,
@@ -203,11 +211,67 @@ function printTable(r: Record<string, any>): void {
   for (const l of r.decodeProfile) console.log(`    ${l}`);
 }
 
+/** Decode tok/s (device loop, median of 3 x gen tokens after a prompt) for each set of switches. */
+export async function benchVariants(spec: string, prompt = 128, gen = 128): Promise<Record<string, unknown>[]> {
+  const cfg = parseConfig(PRESET_16B, 'preset 16B');
+  const out: Record<string, unknown>[] = [];
+  for (const part of spec.split(';').map((x) => x.trim()).filter(Boolean)) {
+    const colon = part.indexOf(':');
+    const name = colon < 0 ? part : part.slice(0, colon);
+    const envs = colon < 0 ? '' : part.slice(colon + 1);
+    const set = envs.split(',').map((x) => x.trim()).filter(Boolean).map((kv) => kv.split('=') as [string, string]);
+    const saved = set.map(([k]) => [k, process.env[k]] as const);
+    // The switches stay set until the model is closed: some are read when the model is created,
+    // others when the decode graph is captured (the first step).
+    for (const [k, v] of set) process.env[k] = v;
+    try {
+      const model = await CudaModel.random(cfg, 1234, { contextLength: 4096, maxPrefill: 512 });
+      try {
+        const ids = promptIds(prompt, cfg.vocabSize, 7);
+        let next = model.prefill(ids);
+        model.generate(next, 8);
+        const runs: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          model.reset();
+          next = model.prefill(ids);
+          const t = performance.now();
+          model.generate(next, gen);
+          runs.push((performance.now() - t) / gen);
+        }
+        model.reset();
+        next = model.prefill(ids);
+        const profile = model.profileDecode(next);
+        const tokPerS = 1000 / median(runs);
+        out.push({ name, env: Object.fromEntries(set), decodeTokPerS: tokPerS, stepMs: median(runs), runsMs: runs, profile: profile.split('\n').filter((l) => l.trim() !== '') });
+        console.log(`  variant ${name.padEnd(16)} ${tokPerS.toFixed(1)} tok/s (${median(runs).toFixed(3)} ms/step)  ${set.map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      } finally {
+        await model.close();
+      }
+    } catch (e) {
+      out.push({ name, env: Object.fromEntries(set), error: (e as Error).message });
+      console.log(`  variant ${name}: ${(e as Error).message}`);
+    } finally {
+      for (const [k, v] of saved) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  }
+  return out;
+}
+
 async function main(argv: string[]): Promise<void> {
   const get = (name: string) => {
     const i = argv.indexOf(`--${name}`);
     return i >= 0 ? argv[i + 1] : undefined;
   };
+  const variants = get('variants');
+  if (variants !== undefined) {
+    const v = await benchVariants(variants, Number(get('prompt') ?? 128), Number(get('gen') ?? 128));
+    const out = get('out');
+    if (out) writeFileSync(out, JSON.stringify(v, null, 2) + '\n');
+    return;
+  }
   const r = await benchCuda({ prompt: Number(get('prompt') ?? 128), gen: Number(get('gen') ?? 128) });
   printTable(r);
   const out = get('out');

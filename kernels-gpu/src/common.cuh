@@ -204,6 +204,10 @@ struct DState {
   int count;  // ids logged since the last set_state
   int cap;    // room in log
   int *log;
+  // The one-launch decode (mega.cu): a wait that timed out (a bug, never expected) sets err, the
+  // stage that waited, the stage it waited for and the counts; every later wait then gives up.
+  int err, err_stage, err_dep, pad;
+  unsigned long long err_have, err_need;
 };
 
 // Routing parameters (one token): as in assembly/kernels/route.ts.

@@ -11,6 +11,7 @@
 #include "kernels.cuh"
 #include "route.cuh"
 #include "dot.cuh"
+#include <cstdlib>
 
 namespace {
 
@@ -18,26 +19,9 @@ constexpr int WARPS = 8;
 constexpr int THREADS = WARPS * 32;
 
 // Stage x (cols floats, zero-padded to a multiple of 8) in shared memory, RMS-normalised with norm
-// when norm is not null. Ends with a barrier.
-__device__ void stage_x(float *xs, const float *x, const float *norm, float eps, int cols) {
-  __shared__ float red[WARPS];
-  const int n8 = round_up(cols, 8);
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-    float v = i < cols ? x[i] : 0.f;
-    xs[i] = v;
-    ss += v * v;
-  }
-  if (norm) {
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    float tot = 0.f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) tot += red[w];
-    const float inv = 1.0f / sqrtf(tot / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = xs[i] * inv * norm[i];
-  }
-  __syncthreads();
+// when norm is not null (dot.cuh). Ends with a barrier.
+__device__ __forceinline__ void stage_x(float *xs, const float *x, const float *norm, float eps, int cols) {
+  stage_rms<THREADS>(xs, x, norm, eps, cols);
 }
 
 __device__ __forceinline__ const float *srow_of(const WRef &w, int64_t row) {
@@ -240,6 +224,57 @@ __global__ void __launch_bounds__(THREADS, 4) moe_down_kernel(const __grid_const
   }
 }
 
+// DOWN_R output rows per block, every slot at once (dot.cuh's down_rows: the 8 warps split the
+// concatenated slots, U x DOWN_R loads in flight per lane, activations through L2 into registers).
+// Before it waits, a block prefetches its rows of every slot into L2: the chosen experts are known
+// by then (this kernel starts only after the routed gate/up kernel has passed its own wait, which
+// the routing kernel's completion released).
+// DOWN_R = 4 rows with 2 chunks per lane in flight (3 blocks per SM), or (DW_DOWN=2) 8 rows with one.
+template <int F, int DOWN_R, int U, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) moe_down_rows_kernel(const __grid_constant__ MoeParams p, int prefetch) {
+  __shared__ const char *base[33];
+  __shared__ const float *sbase[33];
+  __shared__ float wt[33];
+  __shared__ float red[WARPS * DOWN_R];
+  const int warp = threadIdx.x >> 5;
+  const int j0 = blockIdx.x * DOWN_R;
+  const int nslot = p.k + p.has_fixed;
+  if (prefetch) {
+    for (int sr = warp; sr < nslot * DOWN_R; sr += WARPS) {
+      const int s = sr / DOWN_R, j = min(j0 + sr % DOWN_R, p.hidden - 1);
+      if (s < p.k) {
+        const int e = __ldcg(p.chosen + s);
+        prefetch_row<F>(p.dn.w + e * p.dn_estride + j * p.dn.ldb, p.inter);
+      } else {
+        prefetch_row<F>(p.fdn.w + j * p.fdn.ldb, p.finter);
+      }
+    }
+  }
+  pdl_wait();
+  pdl_trigger();
+  if (threadIdx.x < nslot) {
+    const int s = threadIdx.x;
+    if (s < p.k) {
+      const int e = __ldcg(p.chosen + s);
+      base[s] = p.dn.w + e * p.dn_estride;
+      sbase[s] = p.dn.s ? p.dn.s + e * p.dn_sestride : nullptr;
+      wt[s] = __ldcg(p.weights + s);
+    } else {
+      base[s] = p.fdn.w;
+      sbase[s] = p.fdn.s;
+      wt[s] = 1.f;
+    }
+  }
+  __syncthreads();
+  const float sum = down_rows<F, DOWN_R, MoeParams, U>(p, j0, base, sbase, wt, red);
+  if (threadIdx.x < DOWN_R && j0 + (int)threadIdx.x < p.hidden) p.xout[j0 + threadIdx.x] += sum;
+}
+
+static int env_flag(const char *name, int def) {
+  const char *e = getenv(name);
+  return e && *e ? atoi(e) : def;
+}
+
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
   dw_smem_limit(reinterpret_cast<const void *>(kernel), bytes);
@@ -293,6 +328,20 @@ void launch_moe_gateup(cudaStream_t st, int fmt, MoeParams &p) {
 }
 
 void launch_moe_down(cudaStream_t st, int fmt, MoeParams &p) {
-  FMT_DISPATCH(fmt, F, { launch_k(moe_down_kernel<F>, ceil_div(p.hidden, WARPS * p.rpw_down), THREADS, 0, st, p); });
+  // DW_DOWN=0: the first kernel (one warp per output row); DW_DOWN=2: 8 rows per block, one chunk
+  // per lane in flight per row; DW_DOWN_PREFETCH=0: no L2 prefetch.
+  // Read at every launch (a decode graph captures them once), so each model can differ.
+  const int rows = env_flag("DW_DOWN", 1), prefetch = env_flag("DW_DOWN_PREFETCH", 1);
+  if (rows == 2) {
+    FMT_DISPATCH(fmt, F, {
+      launch_k(moe_down_rows_kernel<F, 8, 1, 4>, ceil_div(p.hidden, 8), THREADS, 0, st, p, prefetch);
+    });
+  } else if (rows) {
+    FMT_DISPATCH(fmt, F, {
+      launch_k(moe_down_rows_kernel<F, 4, 2, 3>, ceil_div(p.hidden, 4), THREADS, 0, st, p, prefetch);
+    });
+  } else {
+    FMT_DISPATCH(fmt, F, { launch_k(moe_down_kernel<F>, ceil_div(p.hidden, WARPS * p.rpw_down), THREADS, 0, st, p); });
+  }
   LAUNCHED("moe_down", st);
 }

@@ -11,6 +11,7 @@ struct GemvSeg {
   int add;   // y += W x instead of y = W x
   float *y;
   int block0;
+  int fmt;   // weight format (read by the one-launch decode, mega.cu)
 };
 struct GemvParams {
   GemvSeg seg[GEMV_MAXSEG];
@@ -84,12 +85,54 @@ struct MlaParams {
 };
 void launch_mla(cudaStream_t st, const MlaParams &p);
 
+// ---- mega.cu: every layer of a decode step in one launch ------------------------------------------
+// Each block takes a ticket (an atomic counter) and runs the work item the ticket names: items are
+// numbered stage by stage in the order of the forward pass, so a block only ever waits for items
+// with smaller tickets, which have already started: there is no deadlock whatever the occupancy.
+// Before it waits, a block prefetches its weights into L2 (cp.async.bulk.prefetch); stages signal
+// completion through per-stage counters that only grow (a step adds `target` to each).
+enum MStageType { MS_GEMV = 0, MS_ABSORB, MS_ATTN, MS_UV, MS_ROUTER, MS_GATEUP, MS_DOWN };
+constexpr int MS_MAXDEP = 3;
+constexpr int MS_STRIDE = 16;  // u64 per counter: one 128-byte line each
+struct alignas(16) MStage {
+  int type, nitems, first, target;  // target: increments of done[] per step (nitems; 1 for the router)
+  int ndep, dep[MS_MAXDEP];
+  int pre_dep;  // stage whose completion makes the weight addresses known (routed experts), or -1
+  int fmt;      // weight format (MS_GEMV/MS_ROUTER: per segment)
+  int layer, kind;  // kind: row of the profile table
+  GemvParams g;  // MS_GEMV, MS_ROUTER
+  MlaParams a;   // MS_ABSORB, MS_ATTN, MS_UV (a.nsplit: splits of the attention)
+  MoeParams m;   // MS_GATEUP, MS_DOWN
+};
+struct MegaArgs {
+  const MStage *stages;
+  const int *stage_of;  // [total]: the stage of each ticket
+  int nstages, total;
+  unsigned long long *ticket, *done, *aux;  // done/aux: [nstages * MS_STRIDE]
+  unsigned long long *prof;                 // null, or [nstages] end times and the start time
+  DState *state;                            // error report (err fields)
+  int prefetch;                             // L2 prefetch of each item's weights before it waits
+  int evict_routed;                         // the routed experts' gate/up prefetched as evict-first
+};
+constexpr int MEGA_DOWN_ROWS = 4;  // output rows per down item
+constexpr int MEGA_THREADS = 256;
+// Launches the step's layers; fix = the one weight format of every stage (specialised kernel) or -1.
+// minb: blocks per multiprocessor the bf16 kernel is compiled for (2 or 3; registers 128 or 80).
+void launch_mega(cudaStream_t st, const MegaArgs &a, int fix, size_t smem, int minb);
+
 // ---- misc.cu -----------------------------------------------------------------------------------
 void launch_embed(cudaStream_t st, const DMat &emb, const int *ids, const DState *state, float *x, int tokens, int hidden);
 void launch_rmsnorm_rows(cudaStream_t st, float *out, int out_ld, const float *x, int x_ld, const float *w, int n,
                          int rows, float eps);
 void launch_silu_mul(cudaStream_t st, float *out, int out_ld, const float *gu, int gu_ld, int inter, int rows);
-void launch_argmax(cudaStream_t st, const float *logits, int n, DState *state, int advance);
+// Scratch of the multi-block argmax (v, i: 128 entries each; counter zero between launches). With
+// counter null, or for rows under 256 logits, one block of 1024 threads walks the row.
+struct ArgmaxScratch {
+  float *v;
+  int *i;
+  unsigned *counter;
+};
+void launch_argmax(cudaStream_t st, const float *logits, int n, DState *state, int advance, ArgmaxScratch s);
 void launch_topk(cudaStream_t st, const float *logits, int n, int k, float *scratch, float *vals, int *ids);
 void launch_set_state(cudaStream_t st, DState *state, int token, int pos);
 void launch_route(cudaStream_t st, const float *logits, int tokens, const RouteArgs &ra, int *chosen, float *weights);

@@ -111,17 +111,7 @@ __global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ Mla
   for (int i = threadIdx.x; i < p.nope; i += blockDim.x) qn[i] = qh[i];
   __syncthreads();
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  if (col < p.rank) {
-#pragma unroll 4
-    for (int i = rg; i < p.nope; i += 8) {
-      const int64_t row = row0 + i;
-      float w[8];
-      load8<F>(p.kvb.w + row * p.kvb.ldb, p.kvb.s ? p.kvb.s + row * p.kvb.sld : nullptr, col, p.kvb.sblk, w);
-      const float qi = qn[i];
-#pragma unroll
-      for (int k = 0; k < 8; k++) acc[k] = fmaf(w[k], qi, acc[k]);
-    }
-  }
+  if (col < p.rank) absorb_acc<F>(p.kvb, row0, p.nope, col, rg, qn, acc);
   float4 *dst = reinterpret_cast<float4 *>(&red[rg][cg * 8]);
   dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
   dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
@@ -223,26 +213,25 @@ __global__ void __launch_bounds__(256) uv_kernel(const __grid_constant__ MlaPara
   pdl_wait();
   pdl_trigger();
   const float *part = p.part + ((int64_t)t * p.heads + h) * p.nsplit * (p.rank + 2);
-  float M = -INFINITY;
-  for (int i = 0; i < p.nsplit; i++) {
-    const float *pi = part + (int64_t)i * (p.rank + 2);
-    if (pi[1] > 0.f) M = fmaxf(M, pi[0]);
+  // The splits' weights once, by one warp (nsplit <= 32), then a weighted sum whose loads do not
+  // wait on each other (the merge used to walk the splits with a branch per load).
+  __shared__ float fs[32];
+  if (threadIdx.x < 32) {
+    const int i = threadIdx.x;
+    const float li = i < p.nsplit ? part[(int64_t)i * (p.rank + 2) + 1] : 0.f;
+    const float mi = i < p.nsplit ? part[(int64_t)i * (p.rank + 2)] : -INFINITY;
+    const float M = warp_max(li > 0.f ? mi : -INFINITY);
+    const float e = li > 0.f ? expf(mi - M) : 0.f;
+    const float L = warp_sum(e * li);
+    fs[i] = e / L;
   }
-  float L = 0.f;
-  for (int i = 0; i < p.nsplit; i++) {
-    const float *pi = part + (int64_t)i * (p.rank + 2);
-    if (pi[1] > 0.f) L += expf(pi[0] - M) * pi[1];
-  }
-  const float invL = 1.f / L;
+  __syncthreads();
   const int r8 = round_up(p.rank, 8);
   for (int r = threadIdx.x; r < r8; r += blockDim.x) {
     float o = 0.f;
     if (r < p.rank) {
-      for (int i = 0; i < p.nsplit; i++) {
-        const float *pi = part + (int64_t)i * (p.rank + 2);
-        if (pi[1] > 0.f) o += expf(pi[0] - M) * pi[2 + r];
-      }
-      o *= invL;
+#pragma unroll 8
+      for (int i = 0; i < p.nsplit; i++) o += fs[i] * part[(int64_t)i * (p.rank + 2) + 2 + r];
     }
     olat[r] = o;
   }
@@ -271,6 +260,7 @@ static bool absorb_fast() {
 void launch_mla(cudaStream_t st, const MlaParams &p) {
   const int latent = p.rank + p.rope;
   if (latent > 32 * MAXJ) dw_fail("kv_lora_rank + qk_rope_head_dim > 640 is not supported by the attention kernel");
+  if (p.nsplit > 32) dw_fail("internal: more than 32 attention splits");
   if (absorb_fast() && p.nope <= ABSORB_MAX_NOPE && p.rope <= 256) {
     FMT_DISPATCH(p.kvb_fmt, F, {
       launch_k(absorb_kernel<F>, dim3(p.heads + 1, ceil_div(p.rank, 256), p.tokens), 256, 0, st, p);

@@ -122,6 +122,21 @@ struct Model {
   Blas *blas = nullptr;
   cudaGraphExec_t graph = nullptr;
   bool pdl = false;  // programmatic dependent launch in the decode step
+  // The one-launch decode (mega.cu): on unless DW_MEGA=0 or the shape is not supported.
+  struct MegaPlan {
+    bool built = false;
+    std::vector<MStage> st;
+    std::vector<int64_t> bytes;  // weight bytes each stage reads
+    int total = 0, fix = -1, nsplit = 1;
+    size_t smem = 0;
+    MStage *dev = nullptr;
+    int *stage_of = nullptr;
+    unsigned long long *ticket = nullptr, *done = nullptr, *aux = nullptr, *prof = nullptr;
+  } mp;
+  bool mega = false;
+  bool mega_prefetch = true;
+  // switches of the one-launch decode (environment, read when the model is created)
+  int mega_nsplit = 0, mega_rpw = 2, mega_gu_rpw = 2, mega_uv_rpw = 2, mega_minb = 3, mega_evict = 0;
 
   // prefill buffers (P rows)
   float *x = nullptr, *h = nullptr, *q = nullptr, *qa = nullptr, *kv = nullptr, *qabs = nullptr, *part = nullptr,
@@ -135,6 +150,7 @@ struct Model {
         *dattn = nullptr, *dact = nullptr, *drlog = nullptr, *dw = nullptr, *dlogits = nullptr, *tk_vals = nullptr;
   int *dchosen = nullptr, *tk_ids = nullptr, *log = nullptr;
   unsigned *counter = nullptr;
+  ArgmaxScratch amax{};
   DState *state = nullptr;
   // staging for loads
   void *stage = nullptr;
@@ -236,7 +252,7 @@ void alloc_mat(Model &M, DMat &m, const Shape &s, int fmt, int sblk) {
     m.sblk = sblk;
     m.sld = ceil_div(m.cols, sblk);
     m.sestride = (int64_t)m.rows * m.sld;
-    m.s = M.alloc<float>(m.sestride * m.experts);
+    m.s = M.alloc<float>(m.sestride * m.experts + 4);  // + 4: 16-byte rounding of L2 prefetches
   }
 }
 
@@ -373,7 +389,9 @@ MoeParams moe_params(Model &M, Layer &ly, bool moe) {
   p.act = M.dact;
   p.fixed_off = moe ? c.topk * round_up(c.moe_inter, 8) : 0;
   p.xout = M.dx;
-  p.rpw = 2;
+  // gate/up rows per warp: DW_GU_RPW (1..4, default 2), read when the step is built (captured)
+  const char *g = getenv("DW_GU_RPW");
+  p.rpw = g && *g >= '1' && *g <= '4' ? *g - '0' : 2;
   p.rpw_down = 1;
   if (moe) {
     const DMat &gu = ly.m[DW_EXP_GATE_UP], &dn = ly.m[DW_EXP_DOWN];
@@ -422,13 +440,363 @@ void mark(Model &M, const char *name, int64_t bytes) {
   M.prof->push_back({name, bytes, e});
 }
 
+// DW_FUSE_ROUTER=0: a separate router kernel. Read whenever the step is built (a graph captures it
+// once), so that models of one process can differ.
 static bool fuse_router() {
-  static int v = -1;
-  if (v < 0) {
-    const char *e = getenv("DW_FUSE_ROUTER");
-    v = !(e && *e == '0');
+  const char *e = getenv("DW_FUSE_ROUTER");
+  return !(e && *e == '0');
+}
+
+// ---- the one-launch decode (mega.cu) --------------------------------------------------------------
+
+enum MegaKind { K_QKV, K_QB, K_ABSORB, K_ATTN, K_UV, K_OPROJ, K_ROUTER, K_FIXED_GU, K_ROUTED_GU, K_DOWN, K_DENSE_GU,
+                K_DENSE_DOWN, K_COUNT };
+const char *mega_kind_name(int k) {
+  static const char *n[] = {"q|kv_a gemv",        "q_b gemv",         "absorb + cache row", "attention",
+                            "W_UV (+ merge)",     "o_proj gemv",      "router + routing",   "shared gate/up",
+                            "routed gate/up",     "down (routed+shared)", "dense gate/up",  "dense down"};
+  return k >= 0 && k < K_COUNT ? n[k] : "?";
+}
+
+// Whether the one-launch decode can run this model (else the per-kernel schedule runs).
+bool mega_supported(const Model &M, std::string *why) {
+  const dw_config &c = M.c;
+  if (c.rope > 256) {
+    if (why) *why = "qk_rope_head_dim > 256";
+    return false;
   }
-  return v;
+  if (c.n_routed > 0 && c.topk > 32) {
+    if (why) *why = "more than 32 experts per token";
+    return false;
+  }
+  return true;
+}
+
+void build_mega(Model &M) {
+  Model::MegaPlan &P = M.mp;
+  if (P.built) return;
+  const dw_config &c = M.c;
+  P.st.clear();
+  P.bytes.clear();
+  P.total = 0;
+  P.nsplit = M.mega_nsplit > 0 ? std::min(M.nsplit, M.mega_nsplit) : std::max(1, std::min(M.nsplit, M.nsm / c.heads));
+  // rows per warp of the stages (an item is 8 warps)
+  const int MEGA_RPW_GEMV = M.mega_rpw, MEGA_RPW_UV = M.mega_uv_rpw, MEGA_RPW_GU = M.mega_gu_rpw;
+  size_t smem = 0;
+  bool all_bf16 = true;
+  auto note_fmt = [&](const DMat &W) {
+    if (W.ok() && W.fmt != F_BF16) all_bf16 = false;
+  };
+  auto add = [&](MStage s, int kind, int64_t bytes, std::initializer_list<int> deps, size_t sm_floats) -> int {
+    s.first = P.total;
+    P.total += s.nitems;
+    s.kind = kind;
+    if (s.target == 0) s.target = s.nitems;
+    s.ndep = 0;
+    for (int d : deps)
+      if (d >= 0) s.dep[s.ndep++] = d;
+    if (s.nitems <= 0) dw_fail("internal: empty decode stage");
+    P.st.push_back(s);
+    P.bytes.push_back(bytes);
+    smem = std::max(smem, sm_floats * 4);
+    return (int)P.st.size() - 1;
+  };
+  auto seg = [&](GemvParams &g, const DMat &W, float *y, bool addy) {
+    if (W.cols != g.cols) dw_fail("internal: gemv input size mismatch");
+    GemvSeg &sg = g.seg[g.nseg++];
+    sg.w = wref(W);
+    sg.rows = W.rows;
+    sg.add = addy ? 1 : 0;
+    sg.y = y;
+    sg.fmt = W.fmt;
+    note_fmt(W);
+  };
+  auto gemv_items = [&](GemvParams &g) {
+    int items = 0;
+    for (int i = 0; i < g.nseg; i++) {
+      g.seg[i].block0 = items;
+      items += ceil_div(g.seg[i].rows, 8 * g.rpw);
+    }
+    return items;
+  };
+  auto gemv_stage = [&](const float *x, const float *norm, int cols) {
+    MStage s{};
+    s.type = MS_GEMV;
+    s.pre_dep = -1;
+    s.g.x = x;
+    s.g.norm = norm;
+    s.g.eps = c.rms_eps;
+    s.g.cols = cols;
+    s.g.rpw = MEGA_RPW_GEMV;
+    return s;
+  };
+  const int I = c.moe_inter, I8 = round_up(std::max(I, 1), 8), k = c.topk;
+  int prev = -1;
+  for (int l = 0; l < c.layers; l++) {
+    Layer &ly = M.L[l];
+    // attention: q (or q_a) and kv_a over norm(x)
+    MStage s1 = gemv_stage(M.dx, ly.v[DW_ATTN_NORM], c.hidden);
+    s1.layer = l;
+    if (c.q_lora_rank > 0) seg(s1.g, ly.m[DW_Q_A], M.dqa, false);
+    else seg(s1.g, ly.m[DW_Q_PROJ], M.dq, false);
+    seg(s1.g, ly.m[DW_KV_A], M.dkv, false);
+    s1.nitems = gemv_items(s1.g);
+    const int i1 = add(s1, K_QKV, bytes_of(ly.m[DW_Q_PROJ]) + bytes_of(ly.m[DW_Q_A]) + bytes_of(ly.m[DW_KV_A]), {prev},
+                       round_up(c.hidden, 8));
+    int i1b = -1;
+    if (c.q_lora_rank > 0) {
+      MStage s = gemv_stage(M.dqa, ly.v[DW_Q_A_NORM], c.q_lora_rank);
+      s.layer = l;
+      seg(s.g, ly.m[DW_Q_B], M.dq, false);
+      s.nitems = gemv_items(s.g);
+      i1b = add(s, K_QB, bytes_of(ly.m[DW_Q_B]), {i1}, round_up(c.q_lora_rank, 8));
+    }
+    MlaParams a = mla_params(M, ly, 1, true);
+    a.nsplit = P.nsplit;
+    note_fmt(ly.m[DW_KV_B]);
+    const int64_t kvb = bytes_of(ly.m[DW_KV_B]);
+    const int64_t kvb_uk = kvb * c.nope / std::max(1, c.nope + c.v_dim);
+    MStage s2{};
+    s2.type = MS_ABSORB;
+    s2.pre_dep = -1;
+    s2.layer = l;
+    s2.a = a;
+    s2.fmt = a.kvb_fmt;
+    s2.nitems = c.heads * ceil_div(c.kv_lora_rank, 256) + 1;
+    const int i2 = add(s2, K_ABSORB, kvb_uk, {i1, i1b}, 8 * 256 + round_up(c.nope, 4));
+    MStage s3 = s2;
+    s3.type = MS_ATTN;
+    s3.nitems = c.heads * P.nsplit;
+    const int i3 = add(s3, K_ATTN, 0, {i2}, round_up(M.latent, 4) + 8 * c.kv_lora_rank);
+    MStage s4 = s2;
+    s4.type = MS_UV;
+    s4.a.tokens = MEGA_RPW_UV;
+    s4.nitems = c.heads * ceil_div(c.v_dim, 8 * MEGA_RPW_UV);
+    const int i4 = add(s4, K_UV, kvb - kvb_uk, {i3}, round_up(c.kv_lora_rank, 8));
+    MStage s5 = gemv_stage(M.dattn, nullptr, c.heads * c.v_dim);
+    s5.layer = l;
+    seg(s5.g, ly.m[DW_O_PROJ], M.dx, true);
+    s5.nitems = gemv_items(s5.g);
+    const int i5 = add(s5, K_OPROJ, bytes_of(ly.m[DW_O_PROJ]), {i4}, round_up(c.heads * c.v_dim, 8));
+    // feed-forward over norm(x)
+    MoeParams base{};
+    base.hidden = c.hidden;
+    base.eps = c.rms_eps;
+    base.x = M.dx;
+    base.norm = ly.v[DW_FFN_NORM];
+    base.act = M.dact;
+    base.xout = M.dx;
+    base.rpw = MEGA_RPW_GU;
+    if (ly.moe) {
+      const DMat &gu = ly.m[DW_EXP_GATE_UP], &dn = ly.m[DW_EXP_DOWN];
+      note_fmt(gu);
+      note_fmt(dn);
+      note_fmt(ly.m[DW_SH_GATE_UP]);
+      note_fmt(ly.m[DW_SH_DOWN]);
+      MStage r{};
+      r.type = MS_ROUTER;
+      r.pre_dep = -1;
+      r.layer = l;
+      r.g.x = M.dx;
+      r.g.norm = ly.v[DW_FFN_NORM];
+      r.g.eps = c.rms_eps;
+      r.g.cols = c.hidden;
+      r.g.rpw = 1;
+      seg(r.g, ly.m[DW_ROUTER], M.drlog, false);
+      r.g.ra = route_args(M, ly);
+      r.g.chosen = M.dchosen;
+      r.g.weights = M.dw;
+      r.nitems = gemv_items(r.g);
+      r.target = 1;
+      const int ir = add(r, K_ROUTER, bytes_of(ly.m[DW_ROUTER]), {i5},
+                         round_up(c.hidden, 8) + 2 * c.n_routed + c.n_group + 8);
+      int ish = -1;
+      if (c.n_shared > 0) {
+        MStage s{};
+        s.type = MS_GATEUP;
+        s.pre_dep = -1;
+        s.layer = l;
+        s.m = base;
+        s.m.k = 0;
+        s.m.fgu = wref(ly.m[DW_SH_GATE_UP]);
+        s.m.finter = I * c.n_shared;
+        s.m.has_fixed = 1;
+        s.m.fixed_off = k * I8;
+        s.fmt = ly.m[DW_SH_GATE_UP].fmt;
+        s.nitems = ceil_div(s.m.finter, 8 * s.m.rpw);
+        ish = add(s, K_FIXED_GU, bytes_of(ly.m[DW_SH_GATE_UP]), {i5}, round_up(c.hidden, 8));
+      }
+      MStage g{};
+      g.type = MS_GATEUP;
+      g.pre_dep = ir;
+      g.layer = l;
+      g.m = base;
+      g.m.k = k;
+      g.m.gu = wref(gu);
+      g.m.gu_estride = gu.estride;
+      g.m.gu_sestride = gu.sestride;
+      g.m.inter = I;
+      g.m.inter8 = I8;
+      g.m.chosen = M.dchosen;
+      g.m.bps_r = ceil_div(I, 8 * g.m.rpw);
+      g.fmt = gu.fmt;
+      g.nitems = k * g.m.bps_r;
+      const int ig = add(g, K_ROUTED_GU, bytes_of(gu, k), {ir}, round_up(c.hidden, 8));
+      MStage d{};
+      d.type = MS_DOWN;
+      d.pre_dep = ir;
+      d.layer = l;
+      d.m = base;
+      d.m.k = k;
+      d.m.dn = wref(dn);
+      d.m.dn_estride = dn.estride;
+      d.m.dn_sestride = dn.sestride;
+      d.m.inter = I;
+      d.m.inter8 = I8;
+      d.m.chosen = M.dchosen;
+      d.m.weights = M.dw;
+      if (c.n_shared > 0) {
+        d.m.fdn = wref(ly.m[DW_SH_DOWN]);
+        d.m.finter = I * c.n_shared;
+        d.m.has_fixed = 1;
+      }
+      d.fmt = dn.fmt;
+      d.nitems = ceil_div(c.hidden, MEGA_DOWN_ROWS);
+      prev = add(d, K_DOWN, bytes_of(dn, k) + bytes_of(ly.m[DW_SH_DOWN]), {ig, ish}, 8 * MEGA_DOWN_ROWS);
+    } else {
+      note_fmt(ly.m[DW_GATE_UP]);
+      note_fmt(ly.m[DW_DOWN]);
+      MStage s{};
+      s.type = MS_GATEUP;
+      s.pre_dep = -1;
+      s.layer = l;
+      s.m = base;
+      s.m.k = 0;
+      s.m.fgu = wref(ly.m[DW_GATE_UP]);
+      s.m.finter = c.inter;
+      s.m.has_fixed = 1;
+      s.m.fixed_off = 0;
+      s.fmt = ly.m[DW_GATE_UP].fmt;
+      s.nitems = ceil_div(c.inter, 8 * s.m.rpw);
+      const int ig = add(s, K_DENSE_GU, bytes_of(ly.m[DW_GATE_UP]), {i5}, round_up(c.hidden, 8));
+      MStage d{};
+      d.type = MS_DOWN;
+      d.pre_dep = -1;
+      d.layer = l;
+      d.m = base;
+      d.m.k = 0;
+      d.m.fdn = wref(ly.m[DW_DOWN]);
+      d.m.finter = c.inter;
+      d.m.has_fixed = 1;
+      d.fmt = ly.m[DW_DOWN].fmt;
+      d.nitems = ceil_div(c.hidden, MEGA_DOWN_ROWS);
+      prev = add(d, K_DENSE_DOWN, bytes_of(ly.m[DW_DOWN]), {ig}, 8 * MEGA_DOWN_ROWS);
+    }
+  }
+  for (const MStage &s : P.st)
+    for (int d = 0; d < s.ndep; d++)
+      if (s.dep[d] >= (int)(&s - P.st.data())) dw_fail("internal: a decode stage depends on a later one");
+  P.fix = all_bf16 ? F_BF16 : -1;
+  P.smem = smem;
+  int dev = 0, optin = 0;
+  CK(cudaGetDevice(&dev));
+  CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (P.smem + 2048 > (size_t)optin) dw_fail("the one-launch decode needs " + std::to_string(P.smem) + " bytes of shared memory");
+  const int n = (int)P.st.size();
+  if (!P.dev) {
+    P.dev = M.alloc<MStage>(n);
+    P.ticket = M.alloc<unsigned long long>(MS_STRIDE);
+    P.done = M.alloc<unsigned long long>((int64_t)n * MS_STRIDE);
+    P.aux = M.alloc<unsigned long long>((int64_t)n * MS_STRIDE);
+    P.prof = M.alloc<unsigned long long>(n + 1);
+    P.stage_of = M.alloc<int>(P.total);
+  }
+  std::vector<int> stage_of(P.total);
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < P.st[i].nitems; j++) stage_of[P.st[i].first + j] = i;
+  CK(cudaMemcpyAsync(P.dev, P.st.data(), sizeof(MStage) * n, cudaMemcpyHostToDevice, M.st));
+  CK(cudaMemcpyAsync(P.stage_of, stage_of.data(), sizeof(int) * P.total, cudaMemcpyHostToDevice, M.st));
+  CK(cudaStreamSynchronize(M.st));
+  P.built = true;
+}
+
+// Builds the one-launch plan once; a shape it cannot run falls back to the per-kernel schedule.
+void ensure_mega(Model &M) {
+  if (!M.mega || M.mp.built) return;
+  try {
+    build_mega(M);
+  } catch (const std::exception &e) {
+    fprintf(stderr, "deepwasm cuda: decode one kernel per stage (%s)\n", e.what());
+    M.mega = false;
+  }
+}
+
+void launch_mega_step(Model &M) {
+  Model::MegaPlan &P = M.mp;
+  if (!P.built) dw_fail("internal: the one-launch decode was not built");
+  MegaArgs a{};
+  a.stages = P.dev;
+  a.stage_of = P.stage_of;
+  a.nstages = (int)P.st.size();
+  a.total = P.total;
+  a.ticket = P.ticket;
+  a.done = P.done;
+  a.aux = P.aux;
+  a.prof = nullptr;
+  if (M.prof) {
+    a.prof = P.prof;
+    CK(cudaMemsetAsync(P.prof, 0, sizeof(unsigned long long) * (a.nstages + 1), M.st));
+  }
+  a.state = M.state;
+  a.prefetch = M.mega_prefetch ? 1 : 0;
+  a.evict_routed = M.mega_evict;
+  launch_mega(M.st, a, P.fix, P.smem, M.mega_minb);
+}
+
+// Where the launch's time went: from the end time of each stage's last item. "exposed" charges
+// each stage the time from the previous stage end (in time order) to its own; "after inputs" is
+// the time from the last of its inputs to its own end.
+std::string mega_profile(Model &M) {
+  Model::MegaPlan &P = M.mp;
+  const int n = (int)P.st.size();
+  std::vector<unsigned long long> t(n + 1);
+  CK(cudaMemcpy(t.data(), P.prof, sizeof(unsigned long long) * (n + 1), cudaMemcpyDeviceToHost));
+  const unsigned long long t0 = t[n];
+  std::vector<int> order(n);
+  for (int i = 0; i < n; i++) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return t[x] < t[y]; });
+  std::vector<double> exposed(K_COUNT, 0), after(K_COUNT, 0), mb(K_COUNT, 0);
+  std::vector<int> cnt(K_COUNT, 0);
+  unsigned long long prev = t0;
+  for (int i : order) {
+    const int kd = P.st[i].kind;
+    exposed[kd] += (double)(t[i] > prev ? t[i] - prev : 0) * 1e-6;
+    prev = std::max(prev, t[i]);
+    unsigned long long ready = t0;
+    const MStage &s = P.st[i];
+    for (int d = 0; d < s.ndep; d++) ready = std::max(ready, t[s.dep[d]]);
+    after[kd] += (double)(t[i] > ready ? t[i] - ready : 0) * 1e-6;
+    mb[kd] += P.bytes[i] / 1e6;
+    cnt[kd]++;
+  }
+  std::string out;
+  char line[256];
+  snprintf(line, sizeof line, "  in the layers' launch (%d stages, %d items; %s kernel, %d attention splits):\n", n,
+           P.total, P.fix == F_BF16 ? "bf16" : "generic", P.nsplit);
+  out += line;
+  snprintf(line, sizeof line, "  %-22s %4s %10s %12s %9s\n", "stage", "n", "exposed ms", "after-in ms", "MB");
+  out += line;
+  double te = 0;
+  for (int kd = 0; kd < K_COUNT; kd++) {
+    if (!cnt[kd]) continue;
+    te += exposed[kd];
+    snprintf(line, sizeof line, "  %-22s %4d %10.3f %12.3f %9.1f\n", mega_kind_name(kd), cnt[kd], exposed[kd], after[kd],
+             mb[kd]);
+    out += line;
+  }
+  snprintf(line, sizeof line, "  %-22s      %10.3f\n", "launch (first ticket to last end)", te);
+  out += line;
+  return out;
 }
 
 // Launches after this use programmatic dependent launch while M.pdl is on; off again on exit.
@@ -443,7 +811,13 @@ void decode_step(Model &M) {
   mark(M, "embed", 0);
   launch_embed(M.st, M.embed, nullptr, M.state, M.dx, 1, c.hidden);
   pdl_now() = M.pdl && !M.prof;
-  for (int l = 0; l < c.layers; l++) {
+  if (M.mega) {
+    int64_t b = 0;
+    for (int64_t x : M.mp.bytes) b += x;
+    mark(M, "layers (one launch)", b);
+    launch_mega_step(M);
+  }
+  for (int l = 0; l < c.layers && !M.mega; l++) {
     Layer &ly = M.L[l];
     // attention
     mark(M, "q/kv_a gemv", bytes_of(ly.m[DW_Q_PROJ]) + bytes_of(ly.m[DW_Q_A]) + bytes_of(ly.m[DW_Q_B]) +
@@ -515,7 +889,7 @@ void decode_step(Model &M) {
   mark(M, "lm_head gemv", bytes_of(M.head));
   gemv_multi(M, M.dx, M.final_norm, c.hidden, {{&M.head, M.dlogits, false}});
   mark(M, "argmax", 0);
-  launch_argmax(M.st, M.dlogits, c.vocab, M.state, 1);
+  launch_argmax(M.st, M.dlogits, c.vocab, M.state, 1, M.amax);
   mark(M, "end", 0);
 }
 
@@ -602,17 +976,35 @@ void prefill_chunk(Model &M, const int32_t *ids_host, int T, int pos0, bool all_
   launch_rmsnorm_rows(M.st, M.h, H, last, H, M.final_norm, H, rows, c.rms_eps);
   gemm(M, M.head, 0, 1, M.h, H, 0, M.logits, c.vocab, 0, rows, 0.f);
   const float *lastrow = M.logits + (int64_t)(rows - 1) * c.vocab;
-  launch_argmax(M.st, lastrow, c.vocab, M.state, T);
+  launch_argmax(M.st, lastrow, c.vocab, M.state, T, M.amax);
   M.last_logits = lastrow;
   if (logits_host) {
     CK(cudaMemcpyAsync(logits_host, M.logits, sizeof(float) * rows * c.vocab, cudaMemcpyDeviceToHost, M.st));
   }
 }
 
+// A wait of the one-launch decode that timed out (never expected: it would be a bug) becomes an
+// error naming the stages; the report is cleared so that the next call starts clean.
+void check_state(Model &M, const DState &s) {
+  if (!s.err) return;
+  const Model::MegaPlan &P = M.mp;
+  auto name = [&](int i) {
+    if (i < 0 || i >= (int)P.st.size()) return std::string("stage ") + std::to_string(i);
+    return std::string(mega_kind_name(P.st[i].kind)) + " of layer " + std::to_string(P.st[i].layer) + " (stage " +
+           std::to_string(i) + ")";
+  };
+  const std::string msg = "decode step: " + name(s.err_stage) + " waited over 2 s for " + name(s.err_dep) + " (" +
+                          std::to_string(s.err_have) + " of " + std::to_string(s.err_need) + " completions)";
+  CK(cudaMemsetAsync(&M.state->err, 0, sizeof(DState) - offsetof(DState, err), M.st));
+  CK(cudaStreamSynchronize(M.st));
+  dw_fail(msg);
+}
+
 int read_token(Model &M) {
   DState s{};
   CK(cudaMemcpyAsync(&s, M.state, sizeof(DState), cudaMemcpyDeviceToHost, M.st));
   CK(cudaStreamSynchronize(M.st));
+  check_state(M, s);
   return s.token;
 }
 
@@ -639,6 +1031,7 @@ void capture(Model &M) {
 void ensure_graph(Model &M) {
   if (M.graph) return;
   M.pdl = pdl_enabled();
+  ensure_mega(M);
   decode_step(M);
   CK(cudaStreamSynchronize(M.st));
   if (!M.pdl) return capture(M);
@@ -725,6 +1118,32 @@ void *dw_create(const dw_config *cfg) {
     M->L.resize(c.layers);
     for (int l = 0; l < c.layers; l++) M->L[l].moe = is_moe(c, l);
     M->nsplit = std::max(1, std::min(32, 2 * M->nsm / c.heads));
+    {
+      // DW_NSPLIT: attention splits of a decode step (1..32; default 2 x SMs / heads, at most 32)
+      const char *e = getenv("DW_NSPLIT");
+      const int v = e && *e ? atoi(e) : 0;
+      if (v >= 1 && v <= 32) M->nsplit = v;
+    }
+    {
+      // DW_MEGA=1: every layer of a decode step in one launch (mega.cu; slower than the per-kernel
+      // schedule on the H200, see bench/RESULTS-gpu.md). Read per model, so that a test can compare.
+      const char *e = getenv("DW_MEGA");
+      M->mega = e && *e == '1' && mega_supported(*M, nullptr);
+      const char *f = getenv("DW_MEGA_PREFETCH");
+      M->mega_prefetch = f && *f == '1';
+      auto knob = [](const char *name, int def, int lo, int hi) {
+        const char *v = getenv(name);
+        if (!v || !*v) return def;
+        const int x = atoi(v);
+        return x < lo || x > hi ? def : x;
+      };
+      M->mega_nsplit = knob("DW_MEGA_NSPLIT", 0, 1, 32);
+      M->mega_rpw = knob("DW_MEGA_RPW", 2, 1, 16);
+      M->mega_gu_rpw = knob("DW_MEGA_GU_RPW", 2, 1, 16);
+      M->mega_uv_rpw = knob("DW_MEGA_UV_RPW", 2, 1, 16);
+      M->mega_minb = knob("DW_MEGA_MINB", 3, 2, 3);
+      M->mega_evict = knob("DW_MEGA_EVICT", 0, 0, 1);
+    }
     return 0;
   });
   if (ok < 0) {
@@ -926,6 +1345,9 @@ int dw_finalize(void *m) {
     M.tk_vals = M.alloc<float>(256);
     M.tk_ids = M.alloc<int>(256);
     M.counter = M.alloc<unsigned>(1);
+    M.amax.v = M.alloc<float>(256);
+    M.amax.i = M.alloc<int>(256);
+    M.amax.counter = M.alloc<unsigned>(1);
     M.log = M.alloc<int>(c.max_context + 1);
     M.state = M.alloc<DState>(1);
     DState s0{0, 0, 0, c.max_context + 1, M.log};
@@ -1000,7 +1422,7 @@ int dw_generate(void *m, int32_t token, int32_t n, int32_t *out_ids) {
     }
     for (int i = 0; i < n; i++) CK(cudaGraphLaunch(M.graph, M.st));
     CK(cudaMemcpyAsync(out_ids, M.log, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, M.st));
-    CK(cudaStreamSynchronize(M.st));
+    read_token(M);  // synchronises; fails if the one-launch decode reported a timed-out wait
     M.pos += n;
     M.last_logits = M.dlogits;
     return 0;
@@ -1015,6 +1437,7 @@ int dw_profile_decode(void *m, int32_t token, char *out, int32_t len) {
     if (M.pos + 1 > M.c.max_context) dw_fail("the context is full");
     std::vector<Model::Mark> marks;
     M.pdl = pdl_enabled();
+    ensure_mega(M);
     launch_set_state(M.st, M.state, token, M.pos);
     decode_step(M);  // warm: kernel attributes, caches
     launch_set_state(M.st, M.state, token, M.pos);
@@ -1030,6 +1453,7 @@ int dw_profile_decode(void *m, int32_t token, char *out, int32_t len) {
     }
     M.prof = nullptr;
     CK(cudaStreamSynchronize(M.st));
+    read_token(M);  // the one-launch decode's error report, if any
     std::vector<std::string> names;
     std::vector<double> ms, bytes;
     std::vector<int> count;
@@ -1060,6 +1484,7 @@ int dw_profile_decode(void *m, int32_t token, char *out, int32_t len) {
     }
     snprintf(line, sizeof line, "%-28s        %8.3f ms\n", "total (events)", total);
     s += line;
+    if (M.mega) s += mega_profile(M);
     if (out && len > 0) snprintf(out, len, "%s", s.c_str());
     return 0;
   });
