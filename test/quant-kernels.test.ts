@@ -205,6 +205,27 @@ for (const build of BUILDS) {
   }
 }
 
+test('a prefill longer than one scratch chunk (300 tokens: 256 + 44) matches the reference in every build', async () => {
+  const rows = 5;
+  const cols = 100;
+  const tokens = 300;
+  for (const build of BUILDS) {
+    const rt = await rtFor(build, 2);
+    const mark = rt.arena.mark();
+    const rng = new Rng(9);
+    const w = weights(rng, rows, cols);
+    const x = activations(rng, tokens, cols);
+    const xq = quantizeQ8(x, tokens, cols);
+    for (const fmt of [FMT_Q8, FMT_Q4]) {
+      const { blob } = quantizeInWasm(rt, fmt, w, FMT_F32, rows, cols);
+      const wq = fmt === FMT_Q8 ? quantizeQ8(w, rows, cols) : quantizeQ4(w, rows, cols);
+      const ref = quantMatmulRef('q' in wq ? wq.q : wq.n, wq.d, xq.q, xq.d, rows, groupsOf(cols), tokens, fmt === FMT_Q4 ? 8 : 0);
+      checkClose(runMatmul(rt, fmt, blob, x, rows, cols, tokens).out, ref.out, ref.bound, `fmt ${fmt} ${build} T=${tokens}`);
+    }
+    rt.arena.release(mark);
+  }
+});
+
 /** e4m3 bytes of moderate values (no NaN code), and block scales. */
 function fp8Matrix(rng: Rng, rows: number, cols: number) {
   const bytes = new Uint8Array(rows * cols);
