@@ -12,12 +12,13 @@
 import { writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Bench } from 'tinybench';
+import { fp8e4m3ToF32 } from '../host/checkpoint/dtypes.js';
 import * as K from '../host/runtime/kernels.js';
 import { Runtime } from '../host/runtime/runtime.js';
 
 /** How the bench lays out a [rows, cols] matrix of one weight format from f32 values. */
 interface FormatEntry {
-  bytes(rows: number, cols: number): number;
+  bytes(rows: number, cols: number, rt: Runtime): number;
   /** Writes src (row-major f32) in this format; rt is there for formats quantized by a wasm kernel. */
   encode(src: Float32Array, rows: number, cols: number, dst: Uint8Array, rt: Runtime): void;
   /** Once per runtime before its matmuls run, e.g. to register activation scratch for `tokens` x `cols`. */
@@ -30,6 +31,54 @@ function bf16Encode(src: Float32Array, _rows: number, _cols: number, dst: Uint8A
   for (let i = 0; i < bits.length; i++) out[i] = (bits[i] + 0x7fff + ((bits[i] >>> 16) & 1)) >>> 16;
 }
 
+/** q8/q4: the loader's own wasm quantizer writes the blob (f32 source staged in wasm memory). */
+function quantizedEntry(fmt: number): FormatEntry {
+  return {
+    bytes: (r, c, rt) => rt.kernels.weight_bytes(fmt, r, c) >>> 0,
+    setup: (rt, _tokens, cols) => rt.ensureQuantScratch(cols),
+    encode(src, rows, cols, dst, rt) {
+      const mark = rt.arena.mark();
+      const staged = rt.arena.allocF32(src.length, 'f32 source');
+      rt.f32(staged, src.length).set(src);
+      const blob = rt.arena.alloc(dst.length, 'quantized blob');
+      rt.kernels.quantize_rows(fmt, blob, rows, K.FMT_F32, staged, rows, cols, 0);
+      dst.set(rt.bytes(blob, dst.length));
+      rt.arena.release(mark);
+    },
+  };
+}
+
+/** fp8: each value rounded to the nearest e4m3 (block scales of 1), packed by the loader's fp8_pack. */
+const FP8: FormatEntry = {
+  bytes: (r, c, rt) => rt.kernels.weight_bytes(K.FMT_FP8, r, c) >>> 0,
+  setup: (rt, _tokens, cols) => rt.ensureQuantScratch(cols),
+  encode(src, rows, cols, dst, rt) {
+    const values = new Float32Array(256);
+    fp8e4m3ToF32(Uint8Array.from({ length: 256 }, (_, i) => i), values);
+    const codes = [...values.keys()].filter((i) => Number.isFinite(values[i])).sort((a, b) => values[a] - values[b]);
+    const mark = rt.arena.mark();
+    const q = rt.arena.alloc(src.length, 'e4m3 bytes');
+    const qView = rt.bytes(q, src.length);
+    for (let i = 0; i < src.length; i++) {
+      let lo = 0;
+      let hi = codes.length - 1;
+      while (hi - lo > 1) {
+        const mid = (lo + hi) >> 1;
+        if (values[codes[mid]] <= src[i]) lo = mid;
+        else hi = mid;
+      }
+      qView[i] = Math.abs(values[codes[lo]] - src[i]) <= Math.abs(values[codes[hi]] - src[i]) ? codes[lo] : codes[hi];
+    }
+    const scaleCount = Math.ceil(rows / 128) * Math.ceil(cols / 128);
+    const scales = rt.arena.allocF32(scaleCount, 'block scales');
+    rt.f32(scales, scaleCount).fill(1);
+    const blob = rt.arena.alloc(dst.length, 'fp8 blob');
+    rt.kernels.fp8_pack(blob, rows, q, scales, rows, cols, 0, 128);
+    dst.set(rt.bytes(blob, dst.length));
+    rt.arena.release(mark);
+  },
+};
+
 /**
  * One line per format, keyed by the name after FMT_ in host/runtime/kernels.ts. Every FMT_* the
  * runtime exports is benchmarked; one without an entry here is reported, not skipped silently.
@@ -37,7 +86,9 @@ function bf16Encode(src: Float32Array, _rows: number, _cols: number, dst: Uint8A
 const FORMATS: Record<string, FormatEntry> = {
   F32: { bytes: (r, c) => r * c * 4, encode: (src, _r, _c, dst) => dst.set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength)) },
   BF16: { bytes: (r, c) => r * c * 2, encode: bf16Encode },
-  // Q8: { bytes: ..., encode: ... },   <- quantized formats go here
+  Q8: quantizedEntry(K.FMT_Q8),
+  Q4: quantizedEntry(K.FMT_Q4),
+  FP8,
 };
 
 const MiB = 1024 * 1024;
@@ -160,7 +211,7 @@ for (const threads of threadCounts) {
   for (const f of formats) {
     const entry = FORMATS[f.name];
     if (!entry) continue;
-    const bytes = entry.bytes(M, KDIM);
+    const bytes = entry.bytes(M, KDIM, rt);
     const copies = Math.max(2, Math.ceil(ROTATION_BYTES / bytes));
     entry.setup?.(rt, PREFILL_TOKENS, KDIM);
     const encoded = new Uint8Array(bytes);
