@@ -2,6 +2,7 @@
 // shared memory that the host owns; nothing here allocates.
 export { pool_init, pool_stop, worker_loop, BOARD_BYTES } from './pool';
 export { matmul, quant_scratch_bytes } from './kernels/matmul';
+export { matmul_grouped } from './kernels/grouped';
 export { set_scratch, quantize_rows, q_pack, q_unpack, fp8_pack } from './kernels/quantize';
 export { weightBytes as weight_bytes } from './kernels/format';
 export { rmsnorm } from './kernels/norm';

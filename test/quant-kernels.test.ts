@@ -8,7 +8,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { dequantFp8Blocks, fp8e4m3ToF32 } from '../host/checkpoint/dtypes.js';
 import { detectRelaxedSimd } from '../host/runtime/features.js';
-import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8 } from '../host/runtime/kernels.js';
+import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, GROUPED_DESC_BYTES } from '../host/runtime/kernels.js';
 import { Runtime } from '../host/runtime/runtime.js';
 import { Rng } from './kernel-reference.js';
 import { groupsOf, packQ4, quantMatmulRef, quantizeQ4, quantizeQ8, unpackQ4 } from './quant-reference.js';
@@ -328,6 +328,60 @@ test('1 and 2 threads, and the plain and relaxed builds, give bit-identical q8 a
         // fp8's relaxed build fuses its multiply-adds, so for fp8 only the thread counts of one build must agree.
         const base = fmt === FMT_FP8 ? results.find((b) => b.key.split('/')[0] === r.key.split('/')[0])! : results[0];
         assert.equal(new Uint32Array(r.out.buffer), new Uint32Array(base.out.buffer), `fmt ${fmt} T=${tokens}: ${r.key} vs ${base.key}`);
+      }
+    }
+  }
+});
+
+test('matmul_grouped (every format, both builds, 1 and 2 threads) is bit-identical to one matmul per entry', async () => {
+  const rng = new Rng(21);
+  // [rows, cols, input]: a shared input over consecutive entries (gate/up), distinct inputs (down),
+  // partial groups, several panels, an input used again after another one.
+  const entries: [number, number, number][] = [[37, 300, 0], [9, 300, 0], [64, 1030, 1], [3, 33, 2], [17, 300, 0], [130, 2100, 3]];
+  const inputs = [300, 1030, 33, 2100].map((cols) => activations(rng, 1, cols));
+  const mats = entries.map(([rows, cols]) => ({ w: weights(rng, rows, cols), fp8: fp8Matrix(rng, rows, cols) }));
+  for (const fmt of [FMT_F32, FMT_BF16, FMT_Q8, FMT_Q4, FMT_FP8]) {
+    for (const build of BUILDS) {
+      for (const threads of [1, 2]) {
+        const rt = await rtFor(build, threads);
+        const k = rt.kernels;
+        const mark = rt.arena.mark();
+        const xs = inputs.map((x) => put(rt, u8(x)));
+        const blobs = entries.map(([rows, cols], e) => {
+          if (fmt === FMT_F32) return put(rt, u8(mats[e].w));
+          if (fmt === FMT_BF16) return put(rt, u8(toBf16(mats[e].w)));
+          if (fmt === FMT_FP8) {
+            const blob = rt.arena.alloc(k.weight_bytes(FMT_FP8, rows, cols), 'blob');
+            k.fp8_pack(blob, rows, put(rt, mats[e].fp8.bytes), put(rt, u8(mats[e].fp8.scales)), rows, cols, 0, 128);
+            return blob;
+          }
+          return quantizeInWasm(rt, fmt, mats[e].w, FMT_F32, rows, cols).blob;
+        });
+        const total = entries.reduce((s, [rows]) => s + rows, 0);
+        const guard = 16;
+        const base = rt.arena.allocF32(total + 2 * guard, 'grouped out');
+        const all = new Uint32Array(rt.memory.buffer, base, total + 2 * guard);
+        all.fill(0x3f9dc0de);
+        const desc = rt.arena.alloc(entries.length * GROUPED_DESC_BYTES, 'table');
+        const i32 = new Int32Array(rt.memory.buffer);
+        let at = base + guard * 4;
+        const outs: number[] = [];
+        entries.forEach(([rows, cols, input], e) => {
+          const d = (desc + e * GROUPED_DESC_BYTES) / 4;
+          i32.set([at, blobs[e], xs[input], rows, cols], d);
+          outs.push(at);
+          at += rows * 4;
+        });
+        k.matmul_grouped(fmt, desc, entries.length);
+        for (let i = 0; i < guard; i++) {
+          if (all[i] !== 0x3f9dc0de || all[guard + total + i] !== 0x3f9dc0de) assert.unreachable(`write outside the outputs (fmt ${fmt})`);
+        }
+        entries.forEach(([rows, cols, input], e) => {
+          const want = runMatmul(rt, fmt, blobs[e], inputs[input], rows, cols, 1).out;
+          const got = rt.f32(outs[e], rows).slice();
+          assert.equal(new Uint32Array(got.buffer), new Uint32Array(want.buffer), `fmt ${fmt} ${build}/${threads} entry ${e} (${rows}x${cols})`);
+        });
+        rt.arena.release(mark);
       }
     }
   }

@@ -19,7 +19,7 @@ const GiB = 1 << 30;
 /** What index.ts exports, as host/runtime/kernels.ts types it: update both together. */
 const EXPORTED_FUNCTIONS = [
   'heap_base', 'pool_init', 'pool_stop', 'worker_loop',
-  'matmul', 'rmsnorm', 'rope', 'softmax', 'silu_mul', 'add', 'scale', 'embed',
+  'matmul', 'matmul_grouped', 'rmsnorm', 'rope', 'softmax', 'silu_mul', 'add', 'scale', 'embed',
   'gather_rows', 'scatter_add', 'copy_rows', 'route', 'mla_attention', 'mla_scratch_floats', 'read_probe',
   'weight_bytes', 'quant_scratch_bytes', 'set_scratch', 'quantize_rows', 'q_pack', 'q_unpack', 'fp8_pack', 'relaxed_simd',
 ].sort();

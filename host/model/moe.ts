@@ -1,10 +1,24 @@
 import type { DeepSeekConfig } from '../checkpoint/config.js';
 import {
-  ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
+  GROUPED_DESC_BYTES, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../runtime/kernels.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { Mlp } from './mlp.js';
 import type { Matrix, WeightReader } from './weights.js';
+
+/** Most entries one grouped decode step takes: the quantized scratch holds this many inputs of the
+ * widest matrix (QUANT_CHUNK_TOKENS in host/runtime/runtime.ts). */
+const GROUPED_MAX = 64;
+
+/** Entry i of a matmul_grouped table (assembly/kernels/grouped.ts). */
+function putEntry(i32: Int32Array, desc: number, i: number, out: number, w: number, x: number, rows: number, cols: number): void {
+  const d = (desc + i * GROUPED_DESC_BYTES) / 4;
+  i32[d] = out;
+  i32[d + 1] = w;
+  i32[d + 2] = x;
+  i32[d + 3] = rows;
+  i32[d + 4] = cols;
+}
 
 const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITED_GREEDY, noaux_tc: ROUTE_NOAUX_TC };
 
@@ -12,12 +26,15 @@ const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITE
  * DeepSeekMoE: a router picks k of E routed experts per token (see assembly/kernels/route.ts), the
  * chosen experts' outputs are summed with the router's weights, and the shared experts are added
  * for every token. Tokens are grouped by expert so each active expert runs once, as a matmul over
- * its tokens, rather than once per token.
+ * its tokens, rather than once per token. For one token (decode) all chosen experts run together:
+ * one grouped matmul step for every gate/up, one for every down (see decode()).
  */
 export class Moe {
   /** Where each expert's tokens start in the grouped lists, and a cursor per expert: reused every step. */
   private readonly starts: Int32Array;
   private readonly cursor: Int32Array;
+  /** Every expert (and the shared experts) in one format per projection: decode can group them. */
+  private readonly groupable: boolean;
 
   private constructor(
     private readonly cfg: DeepSeekConfig,
@@ -28,6 +45,11 @@ export class Moe {
   ) {
     this.starts = new Int32Array(cfg.nRoutedExperts + 1);
     this.cursor = new Int32Array(cfg.nRoutedExperts);
+    const all = shared ? [...experts, shared] : experts;
+    this.groupable =
+      experts.length > 0 &&
+      cfg.numExpertsPerTok + 1 <= GROUPED_MAX &&
+      all.every((m) => m.gateUp.fmt === experts[0].gateUp.fmt && m.down.fmt === experts[0].down.fmt);
   }
 
   static load(w: WeightReader, cfg: DeepSeekConfig, prefix: string): Moe {
@@ -83,6 +105,12 @@ export class Moe {
       heap.f32[rowWeights / 4 + at] = heap.f32[weights / 4 + p];
     }
 
+    if (tokens === 1 && this.groupable) {
+      this.decode(rt, x, out, rows, rowWeights);
+      arena.release(mark);
+      return;
+    }
+
     const gathered = arena.allocF32(tokens * hidden, 'expert inputs');
     const expertOut = arena.allocF32(tokens * hidden, 'expert outputs');
     if (this.shared) this.shared.forward(rt, x, tokens, out);
@@ -95,5 +123,53 @@ export class Moe {
       k.scatter_add(out, expertOut, rows + starts[e] * 4, rowWeights + starts[e] * 4, n, hidden);
     }
     arena.release(mark);
+  }
+
+  /**
+   * One token: the chosen experts (ascending, as the grouped lists have them) and the shared experts
+   * run as one grouped gate/up step, one silu_mul, one grouped down step and one weighted sum, instead
+   * of three parallel steps per expert. The sum adds in the same order as the general path, so both
+   * give the same bits.
+   */
+  private decode(rt: Runtime, x: number, out: number, rows: number, rowWeights: number): void {
+    const k = rt.kernels;
+    const arena = rt.arena;
+    const { cfg, starts, shared } = this;
+    const E = cfg.nRoutedExperts;
+    const hidden = cfg.hiddenSize;
+    const inter = this.experts[0].inter;
+    const n = starts[E];
+    const entries = n + (shared ? 1 : 0);
+    const desc = arena.alloc(entries * GROUPED_DESC_BYTES, 'grouped matmul table');
+    const gu = arena.allocF32(n * 2 * inter, 'expert gate/up');
+    const act = arena.allocF32(n * inter, 'expert activations');
+    const ys = arena.allocF32(n * hidden, 'expert outputs');
+    const sInter = shared ? shared.inter : 0;
+    const sGu = shared ? arena.allocF32(2 * sInter, 'shared gate/up') : 0;
+    const sAct = shared ? arena.allocF32(sInter, 'shared activations') : 0;
+    const i32 = rt.heap().i32;
+    let i = 0;
+    for (let e = 0; e < E; e++) {
+      if (starts[e + 1] === starts[e]) continue;
+      const m = this.experts[e].gateUp;
+      putEntry(i32, desc, i, gu + i * 2 * inter * 4, m.ptr, x, m.rows, m.cols);
+      i++;
+    }
+    if (shared) putEntry(i32, desc, n, sGu, shared.gateUp.ptr, x, shared.gateUp.rows, shared.gateUp.cols);
+    k.matmul_grouped(this.experts[0].gateUp.fmt, desc, entries);
+    k.silu_mul(act, gu, inter, n);
+    if (shared) k.silu_mul(sAct, sGu, sInter, 1);
+    i = 0;
+    for (let e = 0; e < E; e++) {
+      if (starts[e + 1] === starts[e]) continue;
+      const m = this.experts[e].down;
+      putEntry(i32, desc, i, ys + i * hidden * 4, m.ptr, act + i * inter * 4, m.rows, m.cols);
+      i++;
+    }
+    if (shared) putEntry(i32, desc, n, out, shared.down.ptr, sAct, shared.down.rows, shared.down.cols);
+    else rt.heap().f32.fill(0, out / 4, out / 4 + hidden);
+    k.matmul_grouped(this.experts[0].down.fmt, desc, entries);
+    // Every pair's token is 0 here: rows holds n zeros, rowWeights the weights in expert order.
+    k.scatter_add(out, ys, rows, rowWeights, n, hidden);
   }
 }

@@ -21,6 +21,9 @@ export const FORMAT_NAMES: Record<WeightFormat, 'f32' | 'bf16' | 'q8' | 'q4' | '
   [FMT_FP8]: 'fp8',
 };
 
+/** Bytes per entry of matmul_grouped's descriptor table (assembly/kernels/grouped.ts). */
+export const GROUPED_DESC_BYTES = 32;
+
 export const ROUTE_GREEDY = 0;
 export const ROUTE_GROUP_LIMITED_GREEDY = 1;
 export const ROUTE_NOAUX_TC = 2;
@@ -34,6 +37,12 @@ export interface Kernels {
   pool_stop(): void;
   worker_loop(board: number, tid: number, seenGeneration: number): void;
   matmul(fmt: number, out: number, w: number, x: number, rows: number, cols: number, tokens: number): void;
+  /**
+   * Decode matvecs of several matrices of one format in one parallel step: n entries of GROUPED_DESC_BYTES
+   * at desc, as i32 [out, w, x, rows, cols, (3 slots the kernel fills)]; out_e = W_e x_e, bit-identical
+   * to matmul(fmt, out_e, w_e, x_e, rows_e, cols_e, 1). Inputs are quantized once per run of equal x.
+   */
+  matmul_grouped(fmt: number, desc: number, n: number): void;
   /** Bytes of a rows x cols matrix in format fmt as the kernels read it (quantized: column panels). */
   weight_bytes(fmt: number, rows: number, cols: number): number;
   /** Scratch bytes quantized matmuls over `cols` columns need to take `tokens` tokens per pass. */
