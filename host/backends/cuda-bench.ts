@@ -10,41 +10,12 @@
 import { writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseConfig } from '../checkpoint/config.js';
+import { presetConfig } from '../checkpoint/presets.js';
 import { CudaModel } from './cuda.js';
 import { openLibrary } from './cuda-ffi.js';
 
-/** DeepSeek-V2-Lite's config.json (inference/configs/config_16B.json), weights made up. */
-export const PRESET_16B = {
-  model_type: 'deepseek_v2',
-  vocab_size: 102400,
-  hidden_size: 2048,
-  intermediate_size: 10944,
-  moe_intermediate_size: 1408,
-  num_hidden_layers: 27,
-  first_k_dense_replace: 1,
-  num_attention_heads: 16,
-  q_lora_rank: null,
-  kv_lora_rank: 512,
-  qk_nope_head_dim: 128,
-  qk_rope_head_dim: 64,
-  v_head_dim: 128,
-  n_routed_experts: 64,
-  n_shared_experts: 2,
-  num_experts_per_tok: 6,
-  n_group: 1,
-  topk_group: 1,
-  topk_method: 'greedy',
-  scoring_func: 'softmax',
-  norm_topk_prob: false,
-  routed_scaling_factor: 1.0,
-  moe_layer_freq: 1,
-  rms_norm_eps: 1e-6,
-  rope_theta: 10000,
-  max_position_embeddings: 163840,
-  rope_scaling: {
-    type: 'yarn', factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 0.707, mscale_all_dim: 0.707,
-  },
-};
+/** DeepSeek-V2-Lite's config (the synth command's 16B preset); weights made up on the device. */
+const PRESET_16B = presetConfig('16B')!;
 
 export interface BenchOptions {
   prompt?: number;
