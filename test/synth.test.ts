@@ -365,6 +365,15 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   const q8 = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--quant', 'q8');
   assert.is(q8.status, 0, q8.stderr);
   assert.match(q8.stdout, /weights q8, /);
+  // The profile's per-kernel rows add up to its total, and every decode token runs each layer's attention.
+  const prof = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '3', '--profile');
+  assert.is(prof.status, 0, prof.stderr);
+  const total = Number(/profile +([\d.]+) ms\/token inside kernels/.exec(prof.stdout)?.[1]);
+  const rows = [...prof.stdout.matchAll(/^ {2}(\w+) +([\d.]+) ms\/token +([\d.]+) calls\/token$/gm)];
+  const byName = new Map(rows.map((m) => [m[1], Number(m[3])]));
+  assert.is(byName.get('mla_attention'), TINY_V3.num_hidden_layers, 'one attention call per layer per token');
+  const sum = rows.reduce((n, m) => n + Number(m[2]), 0);
+  assert.ok(Math.abs(sum - total) < 0.01 * rows.length + 1e-9, `rows sum to ${sum}, total says ${total}`);
   const badQuant = cli('bench', '--model', dir, '--quant', 'q3');
   assert.is(badQuant.status, 1);
   assert.match(badQuant.stderr, /--quant is "q3": expected one of f32, bf16, q8, q4, fp8/);

@@ -3,6 +3,7 @@ import { isMoeLayer, type DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
 import { Model, type LoadOptions } from '../../model/model.js';
 import { parseQuant, type QuantMode } from '../../model/weights.js';
+import { profileKernels } from '../kernel-profile.js';
 import { loadProgress } from '../progress.js';
 import { MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
@@ -88,12 +89,13 @@ export const benchCommand: Command = {
     { name: 'gen-tokens', kind: 'int', value: 'N', min: 1, help: 'tokens to decode (default 32)' },
     THREADS_FLAG,
     { name: 'json', kind: 'boolean', help: 'end with one JSON line of the results' },
+    { name: 'profile', kind: 'boolean', help: 'after the timed run, decode --gen-tokens more tokens with every kernel call timed and print where a token\'s time goes' },
   ],
   async run(flags) {
     const dir = flags.model as string;
     const promptTokens = (flags['prompt-tokens'] as number | undefined) ?? 64;
     const genTokens = (flags['gen-tokens'] as number | undefined) ?? 32;
-    const context = promptTokens + genTokens;
+    const context = promptTokens + genTokens * (flags.profile === true ? 2 : 1);
     const quant = flags.quant === undefined ? undefined : parseQuant(flags.quant as string);
 
     const progress = loadProgress(`loading ${dir}`);
@@ -149,6 +151,16 @@ export const benchCommand: Command = {
           `(${(decodeMs / genTokens).toFixed(1)} ms/token, ~${(activeBytes / 1e6).toFixed(0)} MB of weights each: ${((activeBytes * decodeTokS) / 1e9).toFixed(1)} GB/s)`,
         `memory   peak RSS ${peakRssMb.toFixed(0)} MB, wasm arena ${arenaMb.toFixed(0)} MiB`,
       ];
+      if (flags.profile === true) {
+        const times = profileKernels(model.rt, () => {
+          for (let k = 0; k < genTokens; k++) logits = model.forward([argmax(logits)]);
+        });
+        const total = times.reduce((n, t) => n + t.ms, 0) / genTokens;
+        lines.push(`profile  ${total.toFixed(2)} ms/token inside kernels, by kernel:`);
+        for (const t of times) {
+          lines.push(`  ${t.name.padEnd(16)} ${(t.ms / genTokens).toFixed(3).padStart(8)} ms/token  ${(t.calls / genTokens).toFixed(1).padStart(5)} calls/token`);
+        }
+      }
       process.stdout.write(lines.join('\n') + '\n');
       if (flags.json === true) {
         const round = (x: number): number => Math.round(x * 100) / 100;
