@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
 import { fail } from '../errors.js';
 import { readConfig, type DeepSeekConfig } from './config.js';
-import { closeFile, openSafetensors, type SafetensorsFile, type TensorEntry } from './safetensors.js';
+import { closeFile, openSafetensors, safetensorsFromBytes, type SafetensorsFile, type TensorEntry } from './safetensors.js';
 
 export interface Checkpoint {
   dir: string;
@@ -74,6 +74,21 @@ export function openCheckpoint(dir: string): Checkpoint {
     shards.set(shard, openSafetensors(path));
   }
 
+  return assemble(dir, config, shards, weightMap, indexPath);
+}
+
+/**
+ * A checkpoint whose shards are held in memory (an edge runtime's fetched files): `files` maps shard file names to
+ * their bytes; `label` names the checkpoint in messages.
+ */
+export function checkpointFromBytes(label: string, config: DeepSeekConfig, files: ReadonlyMap<string, Uint8Array>): Checkpoint {
+  if (files.size === 0) fail(`checkpoint ${label} has no *.safetensors files`);
+  const shards = new Map<string, SafetensorsFile>();
+  for (const [name, bytes] of files) shards.set(name, safetensorsFromBytes(name, bytes));
+  return assemble(label, config, shards, null, INDEX);
+}
+
+function assemble(dir: string, config: DeepSeekConfig, shards: Map<string, SafetensorsFile>, weightMap: Map<string, string> | null, indexPath: string): Checkpoint {
   const tensors = new Map<string, TensorEntry>();
   let totalBytes = 0;
   for (const [shard, file] of shards) {

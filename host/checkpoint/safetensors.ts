@@ -12,6 +12,8 @@ export interface TensorEntry {
   /** Absolute byte offset of the first byte in that file. */
   offset: number;
   nbytes: number;
+  /** The whole file, when it is held in memory (safetensorsFromBytes) rather than read from `path`. */
+  bytes?: Uint8Array;
 }
 
 export interface SafetensorsFile {
@@ -48,32 +50,55 @@ function openForRead(path: string): number {
 
 /** Reads and validates the header only; tensor bytes stay on disk until readTensorInto. */
 export function openSafetensors(path: string): SafetensorsFile {
-  const file = basename(path);
   const fd = openForRead(path);
   try {
     const size = fs.fstatSync(fd).size;
-    if (size < 8) fail(`${file}: file is ${size} bytes, too short for the 8-byte safetensors header length`);
-    const lenBuf = new Uint8Array(8);
-    readExactly(fd, lenBuf, 0);
-    const headerLen = new DataView(lenBuf.buffer).getBigUint64(0, true);
-    if (headerLen > BigInt(MAX_HEADER_BYTES)) {
-      fail(`${file}: header length ${headerLen} is absurd (limit ${MAX_HEADER_BYTES} bytes); not a safetensors file?`);
-    }
-    const n = Number(headerLen);
-    if (8 + n > size) fail(`${file}: header length ${n} runs past the end of the file (${size} bytes); truncated?`);
-    const headerBuf = new Uint8Array(n);
+    const prefix = new Uint8Array(Math.min(8, size));
+    readExactly(fd, prefix, 0);
+    const headerBuf = new Uint8Array(headerLength(path, prefix, size));
     readExactly(fd, headerBuf, 8);
-    let header: unknown;
-    try {
-      header = JSON.parse(new TextDecoder().decode(headerBuf));
-    } catch (e) {
-      fail(`${file}: header is not valid JSON (${(e as Error).message})`);
-    }
-    if (!isObject(header)) fail(`${file}: header must be a JSON object of tensors`);
-    return parseHeader(path, header, 8 + n, size - 8 - n);
+    return parseHeaderBytes(path, headerBuf, size);
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * A safetensors file held whole in memory (an edge runtime's fetched bytes): the same checks as openSafetensors,
+ * and readTensorInto copies from `bytes` instead of reading a file. `path` only names the file in messages.
+ */
+export function safetensorsFromBytes(path: string, bytes: Uint8Array): SafetensorsFile {
+  const n = headerLength(path, bytes.subarray(0, 8), bytes.length);
+  const file = parseHeaderBytes(path, bytes.subarray(8, 8 + n), bytes.length);
+  for (const entry of file.tensors.values()) entry.bytes = bytes;
+  return file;
+}
+
+/** Validates the 8-byte length prefix (`prefix`, the file's first bytes) of a file of `size` bytes; returns the header length. */
+function headerLength(path: string, prefix: Uint8Array, size: number): number {
+  const file = basename(path);
+  if (size < 8) fail(`${file}: file is ${size} bytes, too short for the 8-byte safetensors header length`);
+  const headerLen = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
+  if (headerLen > BigInt(MAX_HEADER_BYTES)) {
+    fail(`${file}: header length ${headerLen} is absurd (limit ${MAX_HEADER_BYTES} bytes); not a safetensors file?`);
+  }
+  const n = Number(headerLen);
+  if (8 + n > size) fail(`${file}: header length ${n} runs past the end of the file (${size} bytes); truncated?`);
+  return n;
+}
+
+/** Validates a header given its JSON bytes (after the length prefix) and the size of the whole file. */
+function parseHeaderBytes(path: string, headerBuf: Uint8Array, size: number): SafetensorsFile {
+  const file = basename(path);
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder().decode(headerBuf));
+  } catch (e) {
+    fail(`${file}: header is not valid JSON (${(e as Error).message})`);
+  }
+  if (!isObject(header)) fail(`${file}: header must be a JSON object of tensors`);
+  const n = headerBuf.length;
+  return parseHeader(path, header, 8 + n, size - 8 - n);
 }
 
 function parseHeader(path: string, header: Record<string, unknown>, dataStart: number, dataSize: number): SafetensorsFile {
@@ -154,6 +179,10 @@ export function readTensorInto(entry: TensorEntry, dst: Uint8Array): void {
     fail(`${file}: tensor "${entry.name}" needs ${entry.nbytes} bytes, destination holds ${dst.length}`);
   }
   const target = dst.length === entry.nbytes ? dst : dst.subarray(0, entry.nbytes);
+  if (entry.bytes) {
+    target.set(entry.bytes.subarray(entry.offset, entry.offset + entry.nbytes));
+    return;
+  }
   const fd = cachedFd(entry.path);
   let got: number;
   try {

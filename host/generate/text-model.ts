@@ -33,12 +33,15 @@ export class TextModel {
    */
   static async load(dir: string, opts: LoadOptions = {}): Promise<TextModel> {
     if (!existsSync(dir)) fail(`model folder ${dir} does not exist`);
-    const tokenizer = loadTokenizer(dir);
-    const config = readConfig(dir);
+    return TextModel.assemble(dir, loadTokenizer(dir), readConfig(dir), () => Model.load(dir, opts));
+  }
+
+  /** The model of `config` with `tokenizer`, after checking they belong together; `where` names them in messages. */
+  static async assemble(where: string, tokenizer: Tokenizer, config: DeepSeekConfig, load: () => Promise<Model>): Promise<TextModel> {
     if (tokenizer.vocabSize > config.vocabSize) {
-      fail(`${dir}: tokenizer.json has ids up to ${tokenizer.vocabSize - 1} but config.json vocab_size is ${config.vocabSize}; the tokenizer does not belong to this model`);
+      fail(`${where}: tokenizer.json has ids up to ${tokenizer.vocabSize - 1} but config.json vocab_size is ${config.vocabSize}; the tokenizer does not belong to this model`);
     }
-    const model = await Model.load(dir, opts);
+    const model = await load();
     const eos = new Set(config.eosTokenIds);
     if (tokenizer.eosTokenId !== undefined) eos.add(tokenizer.eosTokenId);
     return new TextModel(model, tokenizer, eos);

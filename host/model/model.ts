@@ -1,4 +1,4 @@
-import { openCheckpoint } from '../checkpoint/checkpoint.js';
+import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { isMoeLayer, type DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
 import type { SimdChoice } from '../runtime/features.js';
@@ -34,6 +34,8 @@ export interface LoadOptions {
   quant?: QuantName;
   /** 'plain' forces the SIMD128 build, 'relaxed' the relaxed-SIMD one; default DEEPWASM_SIMD or auto-detect. */
   simd?: SimdChoice;
+  /** The compiled core to run (either build), instead of reading build/*.wasm from disk; `simd` is then unused. */
+  wasm?: WebAssembly.Module;
 }
 
 export interface ForwardOptions {
@@ -67,13 +69,17 @@ export class Model {
   ) {}
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<Model> {
-    const ckpt = openCheckpoint(dir);
+    return Model.fromCheckpoint(openCheckpoint(dir), opts);
+  }
+
+  /** Loads the weights of an opened checkpoint (a folder's, or one held in memory); closes it when done. */
+  static async fromCheckpoint(ckpt: Checkpoint, opts: LoadOptions = {}): Promise<Model> {
     const cfg = ckpt.config;
     const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
     if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
       fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
     }
-    const rt = await Runtime.create(opts.threads, { simd: opts.simd });
+    const rt = await Runtime.create(opts.threads, { simd: opts.simd, module: opts.wasm });
     try {
       let read = 0;
       const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), ckpt.totalBytes), opts.quant);

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { fail } from '../errors.js';
 import { Arena } from './arena.js';
 import { detectRelaxedSimd, simdChoiceFromEnv, type SimdChoice, type SimdLevel } from './features.js';
@@ -42,6 +42,8 @@ export function simdLevel(choice: SimdChoice = simdChoiceFromEnv()): SimdLevel {
 export interface RuntimeOptions {
   /** 'relaxed' or 'plain' forces a build; 'auto' (default, or DEEPWASM_SIMD) uses relaxed SIMD when it runs correctly. */
   simd?: SimdChoice;
+  /** The compiled core (either build) instead of build/*.wasm read from disk; its build decides `simd`. */
+  module?: WebAssembly.Module;
 }
 
 /** Scratch for the quantized matmuls: at least this much, more for matrices wider than ~4000 columns. */
@@ -77,10 +79,10 @@ export class Runtime {
     if (!Number.isInteger(threads) || threads < 1 || threads > 256) {
       fail(`threads must be a whole number from 1 to 256, got ${threads}`);
     }
-    const simd = simdLevel(opts.simd);
-    const module = wasmModule(simd);
+    const module = opts.module ?? wasmModule(simdLevel(opts.simd));
     const memory = new WebAssembly.Memory({ initial: 32, maximum: 65536, shared: true });
     const kernels = instantiate(module, memory);
+    const simd: SimdLevel = kernels.relaxed_simd() === 1 ? 'relaxed' : 'simd128';
     const arena = new Arena(memory, kernels.heap_base());
     // The board plus BOARD_EXTRA_BYTES, where set_scratch keeps the quantized kernels' scratch (quantize.ts).
     const boardBytes = (kernels.BOARD_BYTES.value as number) + BOARD_EXTRA_BYTES;
@@ -89,15 +91,19 @@ export class Runtime {
     kernels.pool_init(board, threads);
     const workers: Worker[] = [];
     const ready: Promise<void>[] = [];
-    for (let tid = 1; tid < threads; tid++) {
-      const worker = new Worker(WORKER_URL, { workerData: { module, memory, board, tid } });
-      workers.push(worker);
-      ready.push(
-        new Promise((resolve, reject) => {
-          worker.once('message', () => resolve());
-          worker.once('error', reject);
-        }),
-      );
+    if (threads > 1) {
+      // Imported only for a pool, so that one thread also runs where there is no node:worker_threads (edge runtimes).
+      const { Worker } = await import('node:worker_threads');
+      for (let tid = 1; tid < threads; tid++) {
+        const worker = new Worker(WORKER_URL, { workerData: { module, memory, board, tid } });
+        workers.push(worker);
+        ready.push(
+          new Promise((resolve, reject) => {
+            worker.once('message', () => resolve());
+            worker.once('error', reject);
+          }),
+        );
+      }
     }
     await Promise.all(ready);
     // Parked workers must not keep the process alive: a program that forgets close() still exits.
