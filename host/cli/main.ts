@@ -10,8 +10,9 @@ import { runCommand } from './commands/run.js';
 import { synthCommand } from './commands/synth.js';
 import { templateCommand } from './commands/template.js';
 import { tokenizeCommand } from './commands/tokenize.js';
+import { webCommand } from './commands/web.js';
 
-const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, benchCommand, convertCommand];
+const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, benchCommand, convertCommand, webCommand];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -1,0 +1,136 @@
+// The browser demo in a real browser: Debian's chromium driven by playwright-core loads the embedded model from
+// `deepwasm web` and its greedy text equals the Node CLI's (--threads 1), once cross-origin isolated (COOP/COEP) and
+// once served without those headers. A screenshot of each run is written to a temp folder.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+const MAIN = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
+const CHROMIUM = '/usr/bin/chromium';
+const PROMPT = 'Once upon a time';
+const SHOTS = mkdtempSync(join(tmpdir(), 'deepwasm-web-'));
+
+function cliText(): string {
+  const r = spawnSync(process.execPath, [MAIN, 'run', '--prompt', PROMPT, '--max-tokens', '24', '--temperature', '0', '--threads', '1'], { encoding: 'utf8', timeout: 120_000 });
+  assert.is(r.status, 0, `node CLI: exit code (stderr: ${r.stderr})`);
+  return r.stdout;
+}
+
+/** `deepwasm web --port 0` (a free port on 127.0.0.1) and the URL it prints, within 15 s. */
+async function startServer(extra: string[]): Promise<{ url: string; proc: ChildProcess }> {
+  const proc = spawn(process.execPath, [MAIN, 'web', '--port', '0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`deepwasm web printed no URL in 15 s: ${out}`)), 15_000);
+    const read = (d: Buffer): void => {
+      out += String(d);
+      const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[0]);
+      }
+    };
+    proc.stdout!.on('data', read);
+    proc.stderr!.on('data', read);
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`deepwasm web exited with ${code}: ${out}`));
+    });
+  });
+  return { url, proc };
+}
+
+async function stopServer(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null) return;
+  const exited = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
+  if (proc.exitCode === null) proc.kill('SIGKILL');
+}
+
+async function launch(): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y --no-install-recommends chromium); .ci/run does this`);
+  }
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+async function finished(page: Page): Promise<{ state: string; output: string }> {
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state ?? ''), null, { timeout: 60_000 });
+  return page.evaluate(() => ({ state: document.body.dataset.state ?? '', output: document.getElementById('output')!.textContent ?? '' }));
+}
+
+let expected = '';
+
+for (const isolated of [true, false]) {
+  test(`browser (chromium): the page's greedy text equals the Node CLI's, ${isolated ? 'cross-origin isolated' : 'without COOP/COEP'}`, async () => {
+    expected ||= cliText();
+    assert.ok(expected.length > 0, 'the CLI printed text');
+    const browser = await launch();
+    const { url, proc } = await startServer(isolated ? [] : ['--no-isolation']);
+    try {
+      const page = await browser.newPage();
+      const errors: string[] = [];
+      page.on('pageerror', (e) => errors.push(e.message));
+      await page.goto(`${url}?prompt=${encodeURIComponent(PROMPT)}&max_tokens=24&temperature=0`);
+      const r = await finished(page);
+      const shot = join(SHOTS, `web-${isolated ? 'isolated' : 'not-isolated'}.png`);
+      await page.screenshot({ path: shot, fullPage: true });
+      console.log(`  screenshot: ${shot}`);
+      assert.equal(errors, [], 'no uncaught page errors');
+      assert.is(r.state, 'done', `state (output: ${r.output})`);
+      assert.is(r.output, expected);
+      assert.is(await page.evaluate(() => globalThis.crossOriginIsolated), isolated, 'crossOriginIsolated');
+      const note = await page.textContent('#isolation');
+      assert.ok(note!.startsWith(isolated ? 'cross-origin isolated' : 'not cross-origin isolated'), `the page says whether it is isolated: ${note}`);
+      assert.ok(note!.includes('1 thread'), 'the page says it runs one thread');
+      if (isolated) {
+        // A reload takes the model files from the Cache API and gives the same text.
+        await page.reload();
+        const again = await finished(page);
+        assert.is(again.output, expected);
+        assert.match((await page.textContent('#bytes'))!, /2 of 2 files from the browser cache/);
+        // Chat through the UI: the reply streams into the transcript and the stats line shows tokens/s.
+        await page.goto(url);
+        await page.click('#load');
+        await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60_000 });
+        await page.check('input[name=mode][value=chat]');
+        await page.fill('#maxTokens', '16');
+        await page.fill('#prompt', 'Hello');
+        await page.click('#send');
+        const chat = await finished(page);
+        assert.is(chat.state, 'done', `chat state (${chat.output})`);
+        assert.match((await page.textContent('#chat'))!, /You: Hello/);
+        assert.match((await page.textContent('#stats'))!, /tokens\/s/);
+        // Stop: clicked as soon as the first piece shows, it ends a long generation early.
+        await page.check('input[name=mode][value=text]');
+        await page.fill('#maxTokens', '100000');
+        await page.fill('#prompt', PROMPT);
+        await page.evaluate(() => {
+          const out = document.getElementById('output')!;
+          new MutationObserver(() => {
+            if (out.textContent) document.getElementById('stop')!.click();
+          }).observe(out, { childList: true, characterData: true, subtree: true });
+        });
+        await page.click('#send');
+        const stopped = await finished(page);
+        assert.is(stopped.state, 'done');
+        assert.match((await page.textContent('#stats'))!, /stopped/);
+      }
+    } finally {
+      await browser.close();
+      await stopServer(proc);
+    }
+  });
+}
+
+test.run();
