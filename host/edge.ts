@@ -1,6 +1,9 @@
 /**
- * The edge entry: one thread, no filesystem, no workers. Everything comes in as bytes, so it runs where files cannot be
- * read (Deno without --allow-read, edge functions, service workers).
+ * The edge entry: no filesystem, and one thread (no workers) unless `threads` asks for a pool. Everything comes in as
+ * bytes, so it runs where files cannot be read (Deno without --allow-read, edge functions, service workers). With
+ * threads > 1 the pool runs on node:worker_threads under Node and Deno, and on nested Web Workers in a browser worker
+ * that is crossOriginIsolated (the shared memory cannot be posted otherwise; web-worker.js must sit next to the
+ * bundle, as tools/build-web.mjs puts it).
  *
  * ```ts
  * import { loadModelFromBuffers } from 'deepwasm/dist/host/edge.js';
@@ -54,10 +57,10 @@ async function bytesOf(name: string, source: ByteSource): Promise<Uint8Array> {
 }
 
 /**
- * Loads a model from bytes for text generation on this thread (the same TextModel as loadModel, with threads = 1).
- * Errors are DeepWasmErrors naming the file and what was wrong.
+ * Loads a model from bytes for text generation (the same TextModel as loadModel), on this thread alone by default
+ * (`threads`: 1) or with a pool of threads - 1 workers. Errors are DeepWasmErrors naming the file and what was wrong.
  */
-export async function loadModelFromBuffers(sources: BufferModelSources, opts: Omit<LoadOptions, 'threads' | 'simd' | 'wasm'> = {}): Promise<TextModel> {
+export async function loadModelFromBuffers(sources: BufferModelSources, opts: Omit<LoadOptions, 'simd' | 'wasm'> = {}): Promise<TextModel> {
   const tokenizer = Tokenizer.fromJSON(sources.tokenizer, sources.tokenizerConfig);
   const config = parseConfig(sources.config, 'config.json');
   const names = Object.keys(sources.weights ?? {});
@@ -67,5 +70,5 @@ export async function loadModelFromBuffers(sources: BufferModelSources, opts: Om
   const files = new Map<string, Uint8Array>();
   for (const name of names) files.set(name, await bytesOf(name, sources.weights[name]));
   const ckpt = checkpointFromBytes('(in memory)', config, files);
-  return TextModel.assemble('(in memory)', tokenizer, config, () => Model.fromCheckpoint(ckpt, { ...opts, threads: 1, wasm }));
+  return TextModel.assemble('(in memory)', tokenizer, config, () => Model.fromCheckpoint(ckpt, { ...opts, threads: opts.threads ?? 1, wasm }));
 }

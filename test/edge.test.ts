@@ -48,6 +48,24 @@ test('edge: a model from ArrayBuffers and Responses generates what loadModel doe
   assert.is(text, expected);
 });
 
+test('edge: threads: 2 runs a pool (node:worker_threads under Node) and generates the same text', async () => {
+  const expected = await nodeText();
+  const model = await loadModelFromBuffers(
+    {
+      wasm: readFileSync(WASM),
+      config: json('config.json'),
+      tokenizer: json('tokenizer.json'),
+      tokenizerConfig: json('tokenizer_config.json'),
+      weights: { 'model.safetensors': readFileSync(FILES['model.safetensors']) },
+    },
+    { threads: 2 },
+  );
+  assert.is(model.model.threads, 2);
+  const { text } = await model.generateText(PROMPT, { maxTokens: 24, temperature: 0 });
+  await model.close();
+  assert.is(text, expected);
+});
+
 test('edge: a failed Response names the file', async () => {
   try {
     await loadModelFromBuffers({

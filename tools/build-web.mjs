@@ -1,5 +1,6 @@
-// Bundles the browser demo (web/) into dist/web/: the page script, the worker that owns the model (host/edge.ts,
-// one thread) and index.html. node: builtins are imported by shared host modules; on the edge path only node:path's
+// Bundles the browser demo (web/) into dist/web/: the page script, the worker that owns the model (host/edge.ts),
+// the pool thread it starts when cross-origin isolated (host/runtime/web-worker.ts, as web-worker.js next to
+// worker.js, where host/runtime/runtime.ts looks for it) and index.html. node: builtins are imported by shared host modules; on the edge path only node:path's
 // basename and join are called (to name files in messages), so node:path gets a small POSIX stand-in and the others
 // resolve to empty modules.
 import { build } from 'esbuild';
@@ -28,7 +29,7 @@ const emptyNodeBuiltins = {
 };
 
 await build({
-  entryPoints: { main: join(root, 'web/main.js'), worker: join(root, 'web/worker.js') },
+  entryPoints: { main: join(root, 'web/main.js'), worker: join(root, 'web/worker.js'), 'web-worker': join(root, 'host/runtime/web-worker.ts') },
   outdir: out,
   bundle: true,
   format: 'esm',

@@ -10,9 +10,20 @@ let busy = false;
 let pending = null;
 
 const isolated = globalThis.crossOriginIsolated === true;
-$('isolation').textContent =
-  (isolated ? 'cross-origin isolated (SharedArrayBuffer available)' : 'not cross-origin isolated (no SharedArrayBuffer)') +
-  ' · 1 thread (multi-threaded pool in the browser: not yet) · SIMD128 build';
+// Before a load: whether threads are possible; after it: the thread count the worker really runs with.
+function showThreads(threads) {
+  const note =
+    threads === undefined
+      ? isolated
+        ? 'cross-origin isolated: threads available'
+        : 'not cross-origin isolated: 1 thread (threads need COOP/COEP)'
+      : isolated
+        ? `${threads} thread${threads === 1 ? '' : 's'} (cross-origin isolated)`
+        : `${threads} thread${threads === 1 ? '' : 's'} (not cross-origin isolated: threads need COOP/COEP)`;
+  $('isolation').textContent = note + ' · SIMD128 build';
+  if (threads !== undefined) document.body.dataset.threads = String(threads);
+}
+showThreads();
 
 function setState(state, message) {
   document.body.dataset.state = state;
@@ -42,6 +53,7 @@ worker.onmessage = (e) => {
   } else if (m.type === 'loaded') {
     $('progress').value = 1;
     $('bytes').textContent = `${mb(m.bytes)} (100%) · ${m.fromCache} of ${m.files} files from the browser cache`;
+    showThreads(m.threads);
     pending?.resolve(m);
   } else if (m.type === 'token') {
     onPiece(m);

@@ -1,6 +1,7 @@
 // The worker that owns the model: it downloads (or takes from the Cache API) the model files, loads them with
-// host/edge.ts (one thread, no filesystem, no workers) and generates, posting progress, text pieces and results to
-// the page, which never blocks.
+// host/edge.ts (no filesystem) and generates, posting progress, text pieces and results to the page, which never
+// blocks. Cross-origin isolated, the kernels run on a pool of threads (this worker plus nested Web Workers running
+// web-worker.js over one shared memory; this worker may block in Atomics.wait, the page may not); otherwise on one.
 import { loadModelFromBuffers } from '../host/edge.ts';
 
 // The token loop yields with setImmediate (Node, Deno) between tokens; browsers lack it, and setTimeout(0) is
@@ -20,6 +21,13 @@ let model = null;
 let abort = null;
 
 const post = (msg) => self.postMessage(msg);
+
+/** Threads to run: the cores (at most 4) when the shared memory can be posted to workers, else 1. */
+const MAX_THREADS = 4;
+function threadCount() {
+  if (globalThis.crossOriginIsolated !== true) return 1;
+  return Math.max(1, Math.min(MAX_THREADS, navigator.hardwareConcurrency || 1));
+}
 
 /** One file's bytes: from the cache when there, else fetched with progress and put in the cache. */
 async function fetchFile(url, onBytes) {
@@ -99,8 +107,20 @@ async function load({ base, wasmUrl }) {
   post({ type: 'progress', loaded, total, file: 'compiling' });
   const weights = {};
   shards.forEach((s, i) => (weights[s] = files[i + 1]));
-  model = await loadModelFromBuffers({ wasm: files[0], config, tokenizer, tokenizerConfig, weights });
-  post({ type: 'loaded', ms: performance.now() - started, bytes: loaded, fromCache, files: urls.length, chatTemplate: !!tokenizerConfig?.chat_template });
+  const previous = model;
+  model = null;
+  await previous?.close();
+  model = await loadModelFromBuffers({ wasm: files[0], config, tokenizer, tokenizerConfig, weights }, { threads: threadCount() });
+  post({
+    type: 'loaded',
+    ms: performance.now() - started,
+    bytes: loaded,
+    fromCache,
+    files: urls.length,
+    chatTemplate: !!tokenizerConfig?.chat_template,
+    threads: model.model.threads,
+    isolated: globalThis.crossOriginIsolated === true,
+  });
 }
 
 async function generate({ mode, prompt, messages, maxTokens, temperature }) {

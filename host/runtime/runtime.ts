@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import type { Worker } from 'node:worker_threads';
 import { fail } from '../errors.js';
 import { Arena } from './arena.js';
 import { detectRelaxedSimd, simdChoiceFromEnv, type SimdChoice, type SimdLevel } from './features.js';
@@ -12,6 +11,83 @@ const WASM_URL: Record<SimdLevel, URL> = {
   relaxed: new URL('../../../build/deepwasm-relaxed.wasm', import.meta.url),
 };
 const WORKER_URL = new URL('./worker.js', import.meta.url);
+/** The pool thread for browsers; tools/build-web.mjs bundles it next to the bundle that holds this code. */
+const WEB_WORKER_URL = new URL('./web-worker.js', import.meta.url);
+
+/** One pool thread, whichever kind of worker runs it. */
+interface PoolThread {
+  /** The node:worker_threads Worker or the Web Worker. */
+  worker: unknown;
+  /** Resolves once the thread has instantiated the module and is about to enter worker_loop. */
+  ready: Promise<void>;
+  /** After pool_stop: resolves when the thread has ended. */
+  stop(): Promise<void>;
+  /** Ends the thread now (when the pool failed to start). */
+  kill(): void;
+}
+
+/** Node and Deno have node:worker_threads; a browser (or a browser worker) has Web Workers. */
+function hasNodeWorkers(): boolean {
+  const p = (globalThis as { process?: { versions?: { node?: string } } }).process;
+  return typeof p?.versions?.node === 'string';
+}
+
+async function nodePool(module: WebAssembly.Module, memory: WebAssembly.Memory, board: number, threads: number): Promise<PoolThread[]> {
+  // Imported only for a pool, so that one thread also runs where there is no node:worker_threads (edge runtimes).
+  const { Worker } = await import('node:worker_threads');
+  const pool: PoolThread[] = [];
+  for (let tid = 1; tid < threads; tid++) {
+    const worker = new Worker(WORKER_URL, { workerData: { module, memory, board, tid } });
+    const ready = new Promise<void>((resolve, reject) => {
+      worker.once('message', () => resolve());
+      worker.once('error', reject);
+    });
+    // Parked workers must not keep the process alive: a program that forgets close() still exits.
+    void ready.then(() => worker.unref(), () => {});
+    pool.push({
+      worker,
+      ready,
+      stop() {
+        worker.ref();
+        return new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+      },
+      kill: () => void worker.terminate(),
+    });
+  }
+  return pool;
+}
+
+interface WebWorkerLike {
+  onmessage: ((e: { data: unknown }) => void) | null;
+  onerror: ((e: { message?: string }) => void) | null;
+  postMessage(msg: unknown): void;
+  terminate(): void;
+}
+
+function webPool(module: WebAssembly.Module, memory: WebAssembly.Memory, board: number, threads: number): PoolThread[] {
+  const WebWorker = (globalThis as { Worker?: new (url: URL, opts: { type: 'module' }) => WebWorkerLike }).Worker;
+  if (typeof WebWorker !== 'function') fail(`threads = ${threads} needs workers: this runtime has neither node:worker_threads nor Web Workers; use threads = 1`);
+  const pool: PoolThread[] = [];
+  for (let tid = 1; tid < threads; tid++) {
+    const worker = new WebWorker(WEB_WORKER_URL, { type: 'module' });
+    const ready = new Promise<void>((resolve, reject) => {
+      worker.onmessage = () => resolve();
+      worker.onerror = (e) => reject(new Error(`pool worker ${tid} (${WEB_WORKER_URL.href}): ${e?.message ?? 'failed to start'}`));
+    });
+    // Posting a shared memory fails (DataCloneError) unless the page is cross-origin isolated.
+    worker.postMessage({ module, memory, board, tid });
+    pool.push({
+      worker,
+      ready,
+      stop() {
+        worker.terminate();
+        return Promise.resolve();
+      },
+      kill: () => worker.terminate(),
+    });
+  }
+  return pool;
+}
 
 const compiled = new Map<SimdLevel, WebAssembly.Module>();
 
@@ -68,12 +144,17 @@ export class Runtime {
     readonly memory: WebAssembly.Memory,
     readonly arena: Arena,
     readonly threads: number,
-    private readonly workers: Worker[],
+    private readonly pool: PoolThread[],
     /** Which build runs: 'relaxed' (relaxed SIMD) or 'simd128' (plain SIMD). */
     readonly simd: SimdLevel,
   ) {}
 
   private scratchCols = 0;
+
+  /** The pool's workers: node:worker_threads Workers, or Web Workers in a browser (empty after close()). */
+  get workers(): unknown[] {
+    return this.pool.map((p) => p.worker);
+  }
 
   static async create(threads = defaultThreads(), opts: RuntimeOptions = {}): Promise<Runtime> {
     if (!Number.isInteger(threads) || threads < 1 || threads > 256) {
@@ -89,25 +170,15 @@ export class Runtime {
     const board = arena.alloc(boardBytes, 'the job board');
     new Uint8Array(memory.buffer, board, boardBytes).fill(0);
     kernels.pool_init(board, threads);
-    const workers: Worker[] = [];
-    const ready: Promise<void>[] = [];
-    if (threads > 1) {
-      // Imported only for a pool, so that one thread also runs where there is no node:worker_threads (edge runtimes).
-      const { Worker } = await import('node:worker_threads');
-      for (let tid = 1; tid < threads; tid++) {
-        const worker = new Worker(WORKER_URL, { workerData: { module, memory, board, tid } });
-        workers.push(worker);
-        ready.push(
-          new Promise((resolve, reject) => {
-            worker.once('message', () => resolve());
-            worker.once('error', reject);
-          }),
-        );
-      }
+    const workers: PoolThread[] = [];
+    if (threads > 1) workers.push(...(hasNodeWorkers() ? await nodePool(module, memory, board, threads) : webPool(module, memory, board, threads)));
+    try {
+      await Promise.all(workers.map((w) => w.ready));
+    } catch (err) {
+      kernels.pool_stop();
+      for (const w of workers) w.kill();
+      throw err;
     }
-    await Promise.all(ready);
-    // Parked workers must not keep the process alive: a program that forgets close() still exits.
-    for (const w of workers) w.unref();
     return new Runtime(kernels, memory, arena, threads, workers, simd);
   }
 
@@ -148,13 +219,9 @@ export class Runtime {
 
   /** Stops the workers; the runtime cannot be used afterwards. */
   async close(): Promise<void> {
-    if (this.workers.length === 0) return;
-    const exited = this.workers.map((w) => {
-      w.ref();
-      return new Promise((resolve) => w.once('exit', resolve));
-    });
+    if (this.pool.length === 0) return;
     this.kernels.pool_stop();
-    await Promise.all(exited);
-    this.workers.length = 0;
+    await Promise.all(this.pool.map((w) => w.stop()));
+    this.pool.length = 0;
   }
 }
