@@ -15,8 +15,7 @@
 # or Ubuntu machine with python3 and libreadline (for the `bible` program). The R data files are read by a
 # small reader for R's serialisation format below, so R itself is not needed.
 #
-# .corpus/ is ignored through .git/info/exclude (not .gitignore) so that it can travel to the GPU machine
-# with `carry: [".corpus"]` without being committed.
+# .corpus/ is in .gitignore: never committed; it travels to the GPU machine with `carry: [".corpus"]`.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
