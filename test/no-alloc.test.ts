@@ -9,6 +9,7 @@ import { runInNewContext } from 'node:vm';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { synthCheckpoint } from '../host/checkpoint/synth.js';
+import { argmax } from '../host/generate/sampler.js';
 import { Model } from '../host/model/model.js';
 import { FIXTURES } from './helpers.js';
 
@@ -40,11 +41,6 @@ const heapUsed = (): number => {
   return m.heapUsed + m.arrayBuffers;
 };
 
-function argmax(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
-  return best;
-}
 
 interface Measured {
   arenaBefore: number;

@@ -1,6 +1,7 @@
 import { openCheckpoint } from '../../checkpoint/checkpoint.js';
 import { isMoeLayer, type DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
+import { argmax } from '../../generate/sampler.js';
 import { Model, type LoadOptions } from '../../model/model.js';
 import { parseQuant, type QuantMode } from '../../model/weights.js';
 import { profileKernels } from '../kernel-profile.js';
@@ -66,11 +67,6 @@ export function benchPrompt(c: DeepSeekConfig, n: number): number[] {
   return ids.slice(0, n);
 }
 
-function argmax(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
-  return best;
-}
 
 const MB = 1024 * 1024;
 

@@ -1,5 +1,6 @@
 import { writeSafetensors, type TensorToWrite } from '../../checkpoint/safetensors.js';
 import { fail } from '../../errors.js';
+import { argmax } from '../../generate/sampler.js';
 import { parseQuant } from '../../model/weights.js';
 import { loadWithProgress } from '../load.js';
 import { CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
@@ -74,8 +75,3 @@ export const logitsCommand: Command = {
   },
 };
 
-function argmax(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
-  return best;
-}
