@@ -75,8 +75,16 @@ export function weightBytes(fmt: i32, rows: i32, cols: i32): usize {
 
 /** [sum of a's lanes, b's, c's, d's] for four i32x4 (a 4x4 transpose folded into adds: 9 ops). */
 @inline export function tsum(a: v128, b: v128, c: v128, d: v128): v128 {
-  const u = i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
-  const v = i32x4.add(i32x4.shuffle(c, d, 0, 4, 1, 5), i32x4.shuffle(c, d, 2, 6, 3, 7));
+  return tsumJoin(tsumHalf(a, b), tsumHalf(c, d));
+}
+
+/** The first half of tsum: lanes [a0+a2, b0+b2, a1+a3, b1+b3], so a and b need not stay live. */
+@inline export function tsumHalf(a: v128, b: v128): v128 {
+  return i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+}
+
+/** tsum from its two halves. */
+@inline export function tsumJoin(u: v128, v: v128): v128 {
   return i32x4.add(i32x4.shuffle(u, v, 0, 1, 4, 5), i32x4.shuffle(u, v, 2, 3, 6, 7));
 }
 

@@ -14,18 +14,23 @@
 // four groups would load 24 vectors up front and spill them. A store of each group's partial result
 // to a per-thread "fence" slot pins the arithmetic between the loads (measured 14 -> 18 GB/s decode,
 // 10 -> 12 GMAC/s prefill on one core).
-import { Q8, PANEL, hsum, panelOffset, tsum } from './format';
+import { Q8, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
 
 // ---- plain SIMD: weights widened by shift/mask, activations i16 [8 evens | 8 odds] per 16 values ----
 
 /** Lanes of the result sum to 256 * (32 int8 weights at w) . (32 i16 activations at x). */
 @inline function groupI16(w: usize, x: usize, hi: v128): v128 {
+  return groupI16Of(w, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48), hi);
+}
+
+/** groupI16 with the group's four activation vectors already loaded. */
+@inline function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128): v128 {
   const a = v128.load(w);
   const b = v128.load(w, 16);
-  const d0 = i32x4.dot_i16x8_s(i16x8.shl(a, 8), v128.load(x));
-  const d1 = i32x4.dot_i16x8_s(v128.and(a, hi), v128.load(x, 16));
-  const d2 = i32x4.dot_i16x8_s(i16x8.shl(b, 8), v128.load(x, 32));
-  const d3 = i32x4.dot_i16x8_s(v128.and(b, hi), v128.load(x, 48));
+  const d0 = i32x4.dot_i16x8_s(i16x8.shl(a, 8), x0);
+  const d1 = i32x4.dot_i16x8_s(v128.and(a, hi), x1);
+  const d2 = i32x4.dot_i16x8_s(i16x8.shl(b, 8), x2);
+  const d3 = i32x4.dot_i16x8_s(v128.and(b, hi), x3);
   return i32x4.add(i32x4.add(d0, d1), i32x4.add(d2, d3));
 }
 
@@ -105,36 +110,114 @@ export function q8Tile4I16(
 
 // ---- relaxed SIMD (compiled only into the relaxed build): activations [|q| 32 bytes | sign masks 32] ----
 
-/** Lanes sum to (32 int8 weights at w) . (32 activations stored as |q|, sign at x + 32). */
-@inline function groupSigned(w: usize, x: usize): v128 {
+/** Lanes sum to (32 int8 weights at w) . (32 activations: |q| in q0, q1 and sign masks in s0, s1). */
+@inline function groupSignedOf(w: usize, q0: v128, q1: v128, s0: v128, s1: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    const s0 = v128.load(x, 32);
-    const s1 = v128.load(x, 48);
     const w0 = i8x16.sub(v128.xor(v128.load(w), s0), s0);
     const w1 = i8x16.sub(v128.xor(v128.load(w, 16), s1), s1);
-    return i32x4.relaxed_dot_i8x16_i7x16_add_s(w1, v128.load(x, 16), i32x4.relaxed_dot_i8x16_i7x16_add_s(w0, v128.load(x), i32x4.splat(0)));
+    return i32x4.relaxed_dot_i8x16_i7x16_add_s(w1, q1, i32x4.relaxed_dot_i8x16_i7x16_add_s(w0, q0, i32x4.splat(0)));
   } else {
     unreachable();
     return i32x4.splat(0);
   }
 }
 
-export function q8RowSigned(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
-  let acc = f32x4.splat(0);
+// ---- decode: one token, rows from four pages at once ----
+
+/** One group of one row against activations already loaded (64 bytes in either layout). */
+@inline function groupOf(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128, signed: bool): v128 {
+  return signed ? groupSignedOf(w, x0, x1, x2, x3) : groupI16Of(w, x0, x1, x2, x3, hi);
+}
+
+/**
+ * The integer sums of four groups of two rows (weights at wa and wb, activations at px), each row's
+ * four group sums in one vector, stored at fence + slot and fence + slot + 16.
+ */
+@inline function pairSums(wa: usize, wb: usize, px: usize, hi: v128, signed: bool, fence: usize, slot: usize): void {
+  let x0 = v128.load(px);
+  let x1 = v128.load(px, 16);
+  let x2 = v128.load(px, 32);
+  let x3 = v128.load(px, 48);
+  const a0 = groupOf(wa, x0, x1, x2, x3, hi, signed);
+  v128.store(fence, a0);
+  const b0 = groupOf(wb, x0, x1, x2, x3, hi, signed);
+  v128.store(fence, b0, 16);
+  x0 = v128.load(px, 64);
+  x1 = v128.load(px, 80);
+  x2 = v128.load(px, 96);
+  x3 = v128.load(px, 112);
+  const a1 = groupOf(wa + 32, x0, x1, x2, x3, hi, signed);
+  v128.store(fence, a1, 32);
+  const b1 = groupOf(wb + 32, x0, x1, x2, x3, hi, signed);
+  v128.store(fence, b1, 48);
+  const ua = tsumHalf(a0, a1);
+  const ub = tsumHalf(b0, b1);
+  x0 = v128.load(px, 128);
+  x1 = v128.load(px, 144);
+  x2 = v128.load(px, 160);
+  x3 = v128.load(px, 176);
+  const a2 = groupOf(wa + 64, x0, x1, x2, x3, hi, signed);
+  v128.store(fence, a2, 64);
+  const b2 = groupOf(wb + 64, x0, x1, x2, x3, hi, signed);
+  v128.store(fence, b2, 80);
+  x0 = v128.load(px, 192);
+  x1 = v128.load(px, 208);
+  x2 = v128.load(px, 224);
+  x3 = v128.load(px, 240);
+  const a3 = groupOf(wa + 96, x0, x1, x2, x3, hi, signed);
+  v128.store(fence, a3, 96);
+  const b3 = groupOf(wb + 96, x0, x1, x2, x3, hi, signed);
+  v128.store(fence + slot, tsumJoin(ua, tsumHalf(a2, a3)));
+  v128.store(fence + slot, tsumJoin(ub, tsumHalf(b2, b3)), 16);
+}
+
+@inline function scaled(acc: v128, sums: usize, ws: usize, sx: v128): v128 {
+  return f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(v128.load(sums)), f32x4.mul(v128.load(ws), sx)));
+}
+
+/**
+ * Rows r, r + step, r + 2 step, r + 3 step (count 4), r and r + step (count 2) or r alone (count 1,
+ * step 0: the pair's second row is r again, computed and not written) of one panel against one token (layout signed or i16), written or added to out. Streams from several 4 KiB pages at once
+ * keep more cache misses in flight (the hardware prefetcher follows one stream per page): from DRAM
+ * one core streamed 66% of a one-stream read probe row by row, 83% two rows 4+ KiB apart at a time,
+ * and only 52% two neighbouring 1 KiB rows (bench/RESULTS.md). The activations are loaded once for
+ * a pair of rows. Every row's arithmetic is the same whichever rows it runs with, so results are
+ * bit-identical for any split.
+ */
+function q8DecodeRows(
+  w: usize, ws: usize, pw: i32, gp: i32, x: usize, xs: usize, out: usize, r: i32, step: i32, count: i32,
+  first: bool, signed: bool, fence: usize, hi: v128,
+): void {
+  const dw = <usize>step * <usize>pw;
+  const ds = <usize>(step * gp) << 2;
+  const w0 = w + <usize>r * <usize>pw;
+  const s0 = ws + (<usize>(r * gp) << 2);
+  let acc0 = f32x4.splat(0);
+  let acc1 = acc0;
+  let acc2 = acc0;
+  let acc3 = acc0;
   for (let g = 0; g < gp; g += 4) {
-    const pw = w + (<usize>g << 5);
+    const o = <usize>g << 5;
     const px = x + (<usize>g << 6);
-    const a = groupSigned(pw, px);
-    v128.store(fence, a);
-    const b = groupSigned(pw + 32, px + 64);
-    v128.store(fence, b, 16);
-    const c = groupSigned(pw + 64, px + 128);
-    v128.store(fence, c, 32);
-    const d = groupSigned(pw + 96, px + 192);
-    const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(a, b, c, d)), f));
+    const so = <usize>g << 2;
+    const sx = v128.load(xs + so);
+    pairSums(w0 + o, w0 + dw + o, px, hi, signed, fence, 128);
+    acc0 = scaled(acc0, fence + 128, s0 + so, sx);
+    acc1 = scaled(acc1, fence + 144, s0 + ds + so, sx);
+    if (count == 4) {
+      pairSums(w0 + 2 * dw + o, w0 + 3 * dw + o, px, hi, signed, fence, 160);
+      acc2 = scaled(acc2, fence + 160, s0 + 2 * ds + so, sx);
+      acc3 = scaled(acc3, fence + 176, s0 + 3 * ds + so, sx);
+    }
   }
-  return hsum(acc);
+  const o = out + (<usize>r << 2);
+  const d = <usize>step << 2;
+  put(o, first, hsum(acc0));
+  if (count > 1) put(o + d, first, hsum(acc1));
+  if (count == 4) {
+    put(o + 2 * d, first, hsum(acc2));
+    put(o + 3 * d, first, hsum(acc3));
+  }
 }
 
 // ---- the parallel step ----
@@ -168,11 +251,13 @@ export function q8Rows(
     const xp = x + (<usize>g0 << 6);
     const xsp = xs + (<usize>g0 << 2);
     if (tc == 1) {
-      for (let r = begin; r < end; r++) {
-        const wr = base + <usize>r * <usize>pw;
-        const sr = scales + (<usize>(r * gp) << 2);
-        const v = signed ? q8RowSigned(wr, sr, xp, xsp, gp, fence) : q8RowI16(wr, sr, xp, xsp, gp, fence, hi);
-        put(out + (<usize>r << 2), first, v);
+      // A quarter of the rows apart: four rows in four different pages. The last rows go in pairs of
+      // neighbours, and a lone last row pairs with itself (computed twice, written once).
+      const q = (end - begin) >> 2;
+      for (let r = begin; r < begin + q; r++) q8DecodeRows(base, scales, pw, gp, xp, xsp, out, r, q, 4, first, signed, fence, hi);
+      for (let r = begin + 4 * q; r < end; r += 2) {
+        const two = r + 1 < end;
+        q8DecodeRows(base, scales, pw, gp, xp, xsp, out, r, two ? 1 : 0, two ? 2 : 1, first, signed, fence, hi);
       }
       continue;
     }
