@@ -299,7 +299,7 @@ test('fp8 decode covers every e4m3 code (subnormals, zero, negative zero, the la
   rt.arena.release(mark);
 });
 
-test('1 and 2 threads, and the plain and relaxed builds, give bit-identical q8 and q4 results; fp8 across threads', async () => {
+test('1, 2 and 3 threads, and the plain and relaxed builds, give bit-identical q8 and q4 results; fp8 across threads', async () => {
   const rng = new Rng(3);
   const rows = 37;
   const cols = 2100;
@@ -310,7 +310,7 @@ test('1 and 2 threads, and the plain and relaxed builds, give bit-identical q8 a
       const fp8 = fmt === FMT_FP8 ? fp8Matrix(rng, rows, cols) : undefined;
       const results: { key: string; out: Float32Array }[] = [];
       for (const build of BUILDS) {
-        for (const threads of [1, 2]) {
+        for (const threads of [1, 2, 3]) {
           const rt = await rtFor(build, threads);
           const mark = rt.arena.mark();
           let blob: number;

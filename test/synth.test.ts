@@ -355,7 +355,8 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   assert.match(r.stdout, /decode +6 tokens in .* tok\/s/);
   assert.match(r.stdout, /peak RSS \d+ MB/);
   const json = JSON.parse(lines[lines.length - 1]);
-  assert.equal(Object.keys(json), ['prefill_tok_s', 'decode_tok_s', 'peak_rss_mb']);
+  assert.match(r.stdout, /read +[\d.]+ GB\/s read probe around decode .*: decode streams \d+% of it/);
+  assert.equal(Object.keys(json), ['prefill_tok_s', 'decode_tok_s', 'peak_rss_mb', 'decode_gb_s', 'read_probe_gb_s']);
   for (const v of Object.values(json)) assert.ok(typeof v === 'number' && v > 0, JSON.stringify(json));
 
   const plain = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--threads', '1');

@@ -10,27 +10,37 @@
 // Relaxed SIMD splits the bytes into low and high nibbles (0..15, a valid 7-bit operand) and runs
 // i16x8.relaxed_dot_i8x16_i7x16_s against int8 activations stored in the matching byte order. Both
 // produce the same integer sums, so plain and relaxed results are bit-identical.
-import { Q4, PANEL, hsum, panelOffset, tsum } from './format';
+import { Q4, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
 import { put, put4 } from './q8';
 
 // ---- plain SIMD: activations i16, per group [x0..7 * 256 | x8..15 * 16 | x16..23 | x24..31 * 256] ----
 
 @inline function groupI16(w: usize, x: usize, m0: v128, m1: v128, m2: v128): v128 {
+  return groupI16Of(w, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48), m0, m1, m2);
+}
+
+/** groupI16 with the group's four activation vectors already loaded. */
+@inline function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, m0: v128, m1: v128, m2: v128): v128 {
   const v = v128.load(w);
-  const d0 = i32x4.dot_i16x8_s(v128.and(v, m0), v128.load(x));
-  const d1 = i32x4.dot_i16x8_s(v128.and(v, m1), v128.load(x, 16));
-  const d2 = i32x4.dot_i16x8_s(v128.and(v, m2), v128.load(x, 32));
-  const d3 = i32x4.dot_i16x8_s(i16x8.shr_u(v, 12), v128.load(x, 48));
+  const d0 = i32x4.dot_i16x8_s(v128.and(v, m0), x0);
+  const d1 = i32x4.dot_i16x8_s(v128.and(v, m1), x1);
+  const d2 = i32x4.dot_i16x8_s(v128.and(v, m2), x2);
+  const d3 = i32x4.dot_i16x8_s(i16x8.shr_u(v, 12), x3);
   return i32x4.add(i32x4.add(d0, d1), i32x4.add(d2, d3));
 }
 
 // ---- relaxed SIMD: activations int8, per group [x0 x16 x1 x17 .. x7 x23 | x8 x24 .. x15 x31] ----
 
 @inline function groupI8(w: usize, x: usize): v128 {
+  return groupI8Of(w, v128.load(x), v128.load(x, 16));
+}
+
+/** groupI8 with the group's two activation vectors already loaded. */
+@inline function groupI8Of(w: usize, x0: v128, x1: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
     const m = i8x16.splat(0x0f);
     const v = v128.load(w);
-    return nibbleDot(v128.and(v, m), v128.and(i16x8.shr_u(v, 4), m), x);
+    return nibbleDotOf(v128.and(v, m), v128.and(i16x8.shr_u(v, 4), m), x0, x1);
   } else {
     unreachable();
     return i32x4.splat(0);
@@ -44,8 +54,12 @@ import { put, put4 } from './q8';
  * instructions on CPUs without AVX-VNNI, such as this AMD Zen 4.)
  */
 @inline function nibbleDot(lo: v128, hi: v128, x: usize): v128 {
+  return nibbleDotOf(lo, hi, v128.load(x), v128.load(x, 16));
+}
+
+@inline function nibbleDotOf(lo: v128, hi: v128, x0: v128, x1: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    return i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x, 16), hi)));
+    return i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi)));
   } else {
     unreachable();
     return i32x4.splat(0);
@@ -85,6 +99,111 @@ export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(S), f));
   }
   return hsum(acc);
+}
+
+// ---- decode: one token, rows from four pages at once (see q8DecodeRows) ----
+
+/** One group of one row against its activations, already loaded (x2, x3 unused by the relaxed layout). */
+@inline function groupOf(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, m0: v128, m1: v128, m2: v128): v128 {
+  return ASC_FEATURE_RELAXED_SIMD ? groupI8Of(w, x0, x1) : groupI16Of(w, x0, x1, x2, x3, m0, m1, m2);
+}
+
+/** Where group k of the four whose activations start at px begins. */
+@inline function actAt(px: usize, k: i32): usize {
+  return px + <usize>(k * Q4_GROUP_BYTES);
+}
+
+/**
+ * The integer sums (before corrections) of four groups of two rows (weights at wa and wb, activations
+ * at px), each row's four group sums in one vector, stored at fence + slot and fence + slot + 16.
+ */
+@inline function pairSums(wa: usize, wb: usize, px: usize, m0: v128, m1: v128, m2: v128, fence: usize, slot: usize): void {
+  let p = actAt(px, 0);
+  let x0 = v128.load(p);
+  let x1 = v128.load(p, 16);
+  let x2 = ASC_FEATURE_RELAXED_SIMD ? x0 : v128.load(p, 32);
+  let x3 = ASC_FEATURE_RELAXED_SIMD ? x1 : v128.load(p, 48);
+  const a0 = groupOf(wa, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence, a0);
+  const b0 = groupOf(wb, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence, b0, 16);
+  p = actAt(px, 1);
+  x0 = v128.load(p);
+  x1 = v128.load(p, 16);
+  x2 = ASC_FEATURE_RELAXED_SIMD ? x0 : v128.load(p, 32);
+  x3 = ASC_FEATURE_RELAXED_SIMD ? x1 : v128.load(p, 48);
+  const a1 = groupOf(wa + 16, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence, a1, 32);
+  const b1 = groupOf(wb + 16, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence, b1, 48);
+  const ua = tsumHalf(a0, a1);
+  const ub = tsumHalf(b0, b1);
+  p = actAt(px, 2);
+  x0 = v128.load(p);
+  x1 = v128.load(p, 16);
+  x2 = ASC_FEATURE_RELAXED_SIMD ? x0 : v128.load(p, 32);
+  x3 = ASC_FEATURE_RELAXED_SIMD ? x1 : v128.load(p, 48);
+  const a2 = groupOf(wa + 32, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence, a2, 64);
+  const b2 = groupOf(wb + 32, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence, b2, 80);
+  p = actAt(px, 3);
+  x0 = v128.load(p);
+  x1 = v128.load(p, 16);
+  x2 = ASC_FEATURE_RELAXED_SIMD ? x0 : v128.load(p, 32);
+  x3 = ASC_FEATURE_RELAXED_SIMD ? x1 : v128.load(p, 48);
+  const a3 = groupOf(wa + 48, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence, a3, 96);
+  const b3 = groupOf(wb + 48, x0, x1, x2, x3, m0, m1, m2);
+  v128.store(fence + slot, tsumJoin(ua, tsumHalf(a2, a3)));
+  v128.store(fence + slot, tsumJoin(ub, tsumHalf(b2, b3)), 16);
+}
+
+@inline function scaled(acc: v128, sums: usize, corr: v128, ws: usize, sx: v128): v128 {
+  const S = i32x4.add(v128.load(sums), corr);
+  return f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(S), f32x4.mul(v128.load(ws), sx)));
+}
+
+/**
+ * Rows r, r + step, r + 2 step, r + 3 step (count 4), r and r + step (count 2) or r alone (count 1,
+ * step 0) of one panel against one token, written or added to out; every row with q4Row's arithmetic.
+ * Same reasons and measurements as q8DecodeRows.
+ */
+function q4DecodeRows(
+  w: usize, ws: usize, rowBytes: usize, gp: i32, x: usize, xs: usize, xc: usize, out: usize, r: i32, step: i32, count: i32,
+  first: bool, fence: usize, m0: v128, m1: v128, m2: v128,
+): void {
+  const dw = <usize>step * rowBytes;
+  const ds = <usize>(step * gp) << 2;
+  const w0 = w + <usize>r * rowBytes;
+  const s0 = ws + (<usize>(r * gp) << 2);
+  let acc0 = f32x4.splat(0);
+  let acc1 = acc0;
+  let acc2 = acc0;
+  let acc3 = acc0;
+  for (let g = 0; g < gp; g += 4) {
+    const o = <usize>g << 4;
+    const px = x + <usize>(g * Q4_GROUP_BYTES);
+    const so = <usize>g << 2;
+    const sx = v128.load(xs + so);
+    const corr = v128.load(xc + so);
+    pairSums(w0 + o, w0 + dw + o, px, m0, m1, m2, fence, 128);
+    acc0 = scaled(acc0, fence + 128, corr, s0 + so, sx);
+    acc1 = scaled(acc1, fence + 144, corr, s0 + ds + so, sx);
+    if (count == 4) {
+      pairSums(w0 + 2 * dw + o, w0 + 3 * dw + o, px, m0, m1, m2, fence, 160);
+      acc2 = scaled(acc2, fence + 160, corr, s0 + 2 * ds + so, sx);
+      acc3 = scaled(acc3, fence + 176, corr, s0 + 3 * ds + so, sx);
+    }
+  }
+  const o = out + (<usize>r << 2);
+  const d = <usize>step << 2;
+  put(o, first, hsum(acc0));
+  if (count > 1) put(o + d, first, hsum(acc1));
+  if (count == 4) {
+    put(o + 2 * d, first, hsum(acc2));
+    put(o + 3 * d, first, hsum(acc3));
+  }
 }
 
 /** The integer sum for one token of a tile: nibble vectors n0..n3 already split (plain) or lo/hi (relaxed). */
@@ -173,6 +292,15 @@ export function q4Rows(
     const xp = x + <usize>g0 * <usize>Q4_GROUP_BYTES;
     const xsp = xs + (<usize>g0 << 2);
     const xcp = xc + (<usize>g0 << 2);
+    if (tc == 1) {
+      const q = (end - begin) >> 2;
+      for (let r = begin; r < begin + q; r++) q4DecodeRows(base, scales, rowBytes, gp, xp, xsp, xcp, out, r, q, 4, first, fence, m0, m1, m2);
+      for (let r = begin + 4 * q; r < end; r += 2) {
+        const two = r + 1 < end;
+        q4DecodeRows(base, scales, rowBytes, gp, xp, xsp, xcp, out, r, two ? 1 : 0, two ? 2 : 1, first, fence, m0, m1, m2);
+      }
+      continue;
+    }
     for (let rb = begin; rb < end; rb += ROW_BLOCK) {
       const re = min(end, rb + ROW_BLOCK);
       let t = 0;

@@ -13,11 +13,14 @@ export const MAX_MEMORY_BYTES = 65536 * PAGE;
  * turn them negative.
  */
 export class Arena {
+  /** The first address the arena hands out. */
+  readonly start: number;
   private top: number;
   private high: number;
 
   constructor(readonly memory: WebAssembly.Memory, base: number) {
-    this.top = alignUp(base >>> 0);
+    this.start = alignUp(base >>> 0);
+    this.top = this.start;
     this.high = this.top;
   }
 

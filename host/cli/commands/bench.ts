@@ -4,6 +4,7 @@ import { fail } from '../../errors.js';
 import { argmax } from '../../generate/sampler.js';
 import { Model, type LoadOptions } from '../../model/model.js';
 import { parseQuant, type QuantMode } from '../../model/weights.js';
+import type { Runtime } from '../../runtime/runtime.js';
 import { profileKernels } from '../kernel-profile.js';
 import { loadProgress } from '../progress.js';
 import { MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
@@ -69,15 +70,35 @@ export function benchPrompt(c: DeepSeekConfig, n: number): number[] {
 
 
 const MB = 1024 * 1024;
+const PROBE_MAX_BYTES = 1024 * MB;
+/** Below this the probed bytes may sit in the last-level cache (300 MiB on some hosts). */
+const PROBE_CACHE_BYTES = 512 * MB;
+
+/**
+ * The read bandwidth of this machine, now, with the model's threads: the read_probe kernel streaming the
+ * first GiB of the model's own memory (its weights), median of three passes, in GB/s.
+ */
+function probeBandwidth(rt: Runtime, bytes: number): number {
+  const out = rt.arena.alloc(4 * rt.threads, 'probe sums');
+  const rates: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const t = performance.now();
+    rt.kernels.read_probe(rt.arena.start, bytes, out);
+    rates.push(bytes / (performance.now() - t) / 1e6);
+  }
+  rt.arena.release(out);
+  return rates.sort((a, b) => a - b)[1];
+}
 
 export const benchCommand: Command = {
   name: 'bench',
   summary: 'measure prefill and decode speed and peak memory on a checkpoint',
   description:
     'Loads the model, runs a deterministic prompt of --prompt-tokens ids as one prefill pass, then decodes --gen-tokens ' +
-    'greedy tokens, and prints prefill tok/s, decode tok/s (with the GB/s of weights that implies) and peak memory. ' +
+    'greedy tokens, and prints prefill tok/s, decode tok/s (with the GB/s of weights that implies), the read bandwidth ' +
+    'the read_probe kernel measures over the model\'s memory right before and after decode, and peak memory. ' +
     'One warm-up token runs first and is forgotten. With --json the last stdout line is ' +
-    '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..}.',
+    '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..,"decode_gb_s":..,"read_probe_gb_s":..}.',
   flags: [
     { ...MODEL_FLAG, required: true },
     QUANT_FLAG,
@@ -125,16 +146,22 @@ export const benchCommand: Command = {
       model.forward(prompt.slice(0, 1));
       model.reset();
 
+      // The probe runs right before and after decode, so the two see the same machine.
+      const probeBytes = Math.floor(Math.min(model.rt.arena.used - model.rt.arena.start, PROBE_MAX_BYTES) / 64) * 64;
       let t = performance.now();
       let logits = model.forward(prompt);
       const prefillMs = performance.now() - t;
+      const probeBefore = probeBandwidth(model.rt, probeBytes);
       t = performance.now();
       for (let k = 0; k < genTokens; k++) logits = model.forward([argmax(logits)]);
       const decodeMs = performance.now() - t;
+      const readGbs = (probeBefore + probeBandwidth(model.rt, probeBytes)) / 2;
 
       const prefillTokS = (promptTokens * 1000) / prefillMs;
       const decodeTokS = (genTokens * 1000) / decodeMs;
       const activeBytes = params.active * bytesPerParam;
+      const decodeGbs = (activeBytes * decodeTokS) / 1e9;
+      const probeNote = probeBytes < PROBE_CACHE_BYTES ? `; only ${(probeBytes / MB).toFixed(0)} MiB, which may sit in cache` : '';
       const peakRssMb = process.resourceUsage().maxRSS / 1024;
       const arenaMb = model.rt.arena.highWater / MB;
       const lines = [
@@ -144,7 +171,9 @@ export const benchCommand: Command = {
         `load     ${loadSecs.toFixed(1)} s`,
         `prefill  ${promptTokens} tokens in ${(prefillMs / 1000).toFixed(2)} s: ${prefillTokS.toFixed(2)} tok/s`,
         `decode   ${genTokens} tokens in ${(decodeMs / 1000).toFixed(2)} s: ${decodeTokS.toFixed(2)} tok/s ` +
-          `(${(decodeMs / genTokens).toFixed(1)} ms/token, ~${(activeBytes / 1e6).toFixed(0)} MB of weights each: ${((activeBytes * decodeTokS) / 1e9).toFixed(1)} GB/s)`,
+          `(${(decodeMs / genTokens).toFixed(1)} ms/token, ~${(activeBytes / 1e6).toFixed(0)} MB of weights each: ${decodeGbs.toFixed(1)} GB/s)`,
+        `read     ${readGbs.toFixed(1)} GB/s read probe around decode (same threads, ${(probeBytes / MB).toFixed(0)} MiB of model memory${probeNote}): ` +
+          `decode streams ${((100 * decodeGbs) / readGbs).toFixed(0)}% of it`,
         `memory   peak RSS ${peakRssMb.toFixed(0)} MB, wasm arena ${arenaMb.toFixed(0)} MiB`,
       ];
       if (flags.profile === true) {
@@ -160,7 +189,14 @@ export const benchCommand: Command = {
       process.stdout.write(lines.join('\n') + '\n');
       if (flags.json === true) {
         const round = (x: number): number => Math.round(x * 100) / 100;
-        process.stdout.write(JSON.stringify({ prefill_tok_s: round(prefillTokS), decode_tok_s: round(decodeTokS), peak_rss_mb: round(peakRssMb) }) + '\n');
+        const json = {
+          prefill_tok_s: round(prefillTokS),
+          decode_tok_s: round(decodeTokS),
+          peak_rss_mb: round(peakRssMb),
+          decode_gb_s: round(decodeGbs),
+          read_probe_gb_s: round(readGbs),
+        };
+        process.stdout.write(JSON.stringify(json) + '\n');
       }
     } finally {
       await model.close();
