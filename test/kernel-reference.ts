@@ -301,7 +301,7 @@ export interface MlaCase {
  * q [T, heads, nope + ropeDim], kvB [heads * (nope + vDim), rank], cache [>= pos0 + T, rank + ropeDim],
  * out [T, heads, vDim].
  *
- * Bound, for the float32 absorbed kernel (qAbs = W_UK^T q_nope; score = qAbs . c + q_rope . k_rope;
+ * Bound, for the float32 absorbed path (qAbs = W_UK^T q_nope by matmul; score = qAbs . c + q_rope . k_rope;
  * oLat = sum p_s c_s; out = W_UV oLat): each score is a sum over nope * rank + ropeDim products, so its
  * error is at most D = (nope + rank + ropeDim + 4) U scale (sum_r A_r |c_sr| + sum |q_rope k_rope|)
  * with A_r = sum_i |q_i W_UK[i, r]|. Score errors D change p_s by at most p_s (2 D + (2 n + 8) U)
@@ -316,7 +316,7 @@ export function mlaNaiveRef(q: ArrayLike<number>, kvB: ArrayLike<number>, cache:
   const positions = pos0 + tokens;
   const value = new Float64Array(tokens * heads * vDim);
   const bound = new Float64Array(tokens * heads * vDim);
-  // Expanded keys and values of every head at every position: what the absorbed kernel never builds.
+  // Expanded keys and values of every head at every position: what the absorbed path never builds.
   const kNope = new Float64Array(heads * positions * nope);
   const vals = new Float64Array(heads * positions * vDim);
   for (let h = 0; h < heads; h++) {

@@ -11,6 +11,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Model } from '../host/model/model.js';
+import { perHeadMatmul } from '../host/model/per-head.js';
+import type { Matrix } from '../host/model/weights.js';
 import {
   FMT_BF16, FMT_F32, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../host/runtime/kernels.js';
@@ -545,63 +547,101 @@ const MLA_CASES: MlaCase[] = [
   { tokens: 7, heads: 4, nope: 16, ropeDim: 8, vDim: 16, rank: 67, pos0: 2, scale: 0.2 },
   { tokens: 9, heads: 1, nope: 5, ropeDim: 1, vDim: 1, rank: 1, pos0: 0, scale: 0.5 },
   { tokens: 2, heads: 5, nope: 3, ropeDim: 7, vDim: 9, rank: 17, pos0: 30, scale: 0.4 },
+  // More heads than one grouped step takes (GROUPED_MAX), for one token and for several.
+  { tokens: 1, heads: 70, nope: 3, ropeDim: 2, vDim: 2, rank: 9, pos0: 5, scale: 0.5 },
+  { tokens: 3, heads: 70, nope: 3, ropeDim: 2, vDim: 2, rank: 9, pos0: 1, scale: 0.5 },
   // Large enough that every thread is busy at once (a scratch shared between threads would show).
   { tokens: 8, heads: 8, nope: 32, ropeDim: 16, vDim: 32, rank: 128, pos0: 120, scale: 0.15 },
+  { tokens: 1, heads: 16, nope: 32, ropeDim: 16, vDim: 32, rank: 128, pos0: 200, scale: 0.15 },
 ];
 
+/** A [rows, cols] matrix of values exact in fmt (f32, or bf16 when they are bf16 values) in r's memory. */
+function putMatrix(r: Runtime, values: Float32Array, rows: number, cols: number, fmt: typeof FMT_F32 | typeof FMT_BF16): Matrix {
+  if (fmt === FMT_F32) {
+    const ptr = r.arena.allocF32(values.length, 'f32 matrix');
+    r.f32(ptr, values.length).set(values);
+    return { fmt, ptr, rows, cols, stored: 'F32' };
+  }
+  const bits = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) bits[i] = f32Bits(values[i]) >>> 16;
+  const ptr = r.arena.alloc(bits.byteLength, 'bf16 matrix');
+  new Uint16Array(r.memory.buffer, ptr, bits.length).set(bits);
+  return { fmt, ptr, rows, cols, stored: 'BF16' };
+}
+
+/** n floats between canaries in r's memory, the body NaN; check() fails if anything beside it was written. */
+function fenced(r: Runtime, n: number, what: string) {
+  const base = r.arena.allocF32(n + 2 * GUARD, what);
+  const all = () => new Uint32Array(r.memory.buffer, base, n + 2 * GUARD);
+  all().fill(CANARY).fill(UNWRITTEN, GUARD, GUARD + n);
+  return {
+    ptr: base + GUARD * 4,
+    check() {
+      const a = all();
+      for (let i = 0; i < GUARD; i++) {
+        if (a[i] !== CANARY || a[GUARD + n + i] !== CANARY) assert.unreachable(`${what}: written outside it`);
+      }
+    },
+  };
+}
+
 /**
- * Writes one MLA problem into r's memory and runs the kernel `repeat` times back to back (so that
- * workers are awake and their shares overlap: a race between threads shows as runs that differ);
- * returns the output and the inputs.
+ * Writes one MLA problem into r's memory and runs the absorbed path as host/model/attention.ts does
+ * (kv_b cut into W_UK^T and W_UV per head: the per-head matmuls around the latent core) `repeat` times
+ * back to back (so that workers are awake and their shares overlap: a race between threads shows as
+ * runs that differ); returns the output and the inputs.
  */
-function runMla(r: Runtime, c: MlaCase, fmt: number, seed: number, repeat = 8) {
+function runMla(r: Runtime, c: MlaCase, fmt: typeof FMT_F32 | typeof FMT_BF16, seed: number, repeat = 8) {
   const rng = new Rng(seed);
   const qDim = c.nope + c.ropeDim;
   const latent = c.rank + c.ropeDim;
   const positions = c.pos0 + c.tokens;
   const q = rng.normals(c.tokens * c.heads * qDim);
   const kv32 = rng.normals(c.heads * (c.nope + c.vDim) * c.rank, 0.5);
-  const { bits, widened } = bf16Matrix(kv32);
+  const kv = fmt === FMT_BF16 ? bf16Matrix(kv32).widened : kv32;
   const cache = rng.normals(positions * latent);
   const a = r.arena;
+  const wUK: Matrix[] = [];
+  const wUV: Matrix[] = [];
+  for (let h = 0; h < c.heads; h++) {
+    const first = h * (c.nope + c.vDim) * c.rank;
+    const ukT = new Float32Array(c.rank * c.nope);
+    for (let i = 0; i < c.nope; i++) for (let j = 0; j < c.rank; j++) ukT[j * c.nope + i] = kv[first + i * c.rank + j];
+    wUK.push(putMatrix(r, ukT, c.rank, c.nope, fmt));
+    wUV.push(putMatrix(r, kv.slice(first + c.nope * c.rank, first + (c.nope + c.vDim) * c.rank), c.vDim, c.rank, fmt));
+  }
   const qPtr = a.allocF32(q.length, 'q');
   r.f32(qPtr, q.length).set(q);
-  let kvPtr: number;
-  if (fmt === FMT_BF16) {
-    kvPtr = a.alloc(bits.byteLength, 'kv_b');
-    new Uint16Array(r.memory.buffer, kvPtr, bits.length).set(bits);
-  } else {
-    kvPtr = a.allocF32(kv32.length, 'kv_b');
-    r.f32(kvPtr, kv32.length).set(kv32);
-  }
   // Rows past the last position are NaN: reading beyond the sequence would poison the output.
   const cachePtr = a.allocF32((positions + 3) * latent, 'cache');
   r.f32(cachePtr, (positions + 3) * latent).fill(NaN).set(cache);
-  const scratchFloats = r.threads * r.kernels.mla_scratch_floats(c.rank, c.ropeDim, positions);
+  const scratchFloats = r.threads * r.kernels.mla_scratch_floats(positions);
   const scratch = a.allocF32(scratchFloats, 'scratch');
   r.f32(scratch, scratchFloats).fill(NaN);
+  const lat = c.heads * c.tokens * c.rank;
+  const qLat = fenced(r, lat, 'q_lat');
+  const oLat = fenced(r, lat, 'mla_attention output');
   const n = c.tokens * c.heads * c.vDim;
-  const base = a.allocF32(n + 2 * GUARD, 'attention output');
-  new Uint32Array(r.memory.buffer, base, n + 2 * GUARD).fill(CANARY);
-  const out = base + GUARD * 4;
+  const out = fenced(r, n, 'attention output');
   let first: Uint32Array | undefined;
   for (let k = 0; k < repeat; k++) {
-    r.kernels.mla_attention(fmt, out, qPtr, kvPtr, cachePtr, scratch, c.tokens, c.heads, c.nope, c.ropeDim, c.vDim, c.rank, c.pos0, c.scale);
-    const bits = new Uint32Array(r.memory.buffer, out, n).slice();
+    perHeadMatmul(r, wUK, qLat.ptr, c.tokens * c.rank, c.rank, qPtr, qDim, c.heads * qDim, c.tokens);
+    r.kernels.mla_attention(oLat.ptr, qLat.ptr, qPtr, cachePtr, scratch, c.tokens, c.heads, c.nope, c.ropeDim, c.rank, c.pos0, c.scale);
+    perHeadMatmul(r, wUV, out.ptr, c.vDim, c.heads * c.vDim, oLat.ptr, c.tokens * c.rank, c.rank, c.tokens);
+    const bits = new Uint32Array(r.memory.buffer, out.ptr, n).slice();
     if (!first) first = bits;
-    else if (!equalU32(first, bits)) assert.unreachable(`mla_attention with ${r.threads} threads: run ${k} differs from run 0`);
+    else if (!equalU32(first, bits)) assert.unreachable(`mla with ${r.threads} threads: run ${k} differs from run 0`);
   }
-  const all = new Uint32Array(r.memory.buffer, base, n + 2 * GUARD);
-  for (let i = 0; i < GUARD; i++) {
-    if (all[i] !== CANARY || all[GUARD + n + i] !== CANARY) assert.unreachable('mla_attention wrote outside its output');
-  }
-  return { out: r.f32(out, n).slice(), q, kv: fmt === FMT_BF16 ? widened : kv32, cache };
+  qLat.check();
+  oLat.check();
+  out.check();
+  return { out: r.f32(out.ptr, n).slice(), q, kv, cache };
 }
 
-test('mla_attention (absorbed) equals naive expanded attention: f32 and bf16 kv_b, causal, several shapes', () => {
+test('absorbed MLA (per-head W_UK^T, mla_attention, per-head W_UV) equals naive expanded attention: f32 and bf16, causal, several shapes', () => {
   let seed = 100;
   for (const c of MLA_CASES) {
-    for (const fmt of [FMT_F32, FMT_BF16]) {
+    for (const fmt of [FMT_F32, FMT_BF16] as const) {
       scoped(() => {
         const cs = { ...c, scale: Math.fround(c.scale) };
         const { out, q, kv, cache } = runMla(rt, cs, fmt, seed++);
@@ -612,19 +652,19 @@ test('mla_attention (absorbed) equals naive expanded attention: f32 and bf16 kv_
 });
 
 test('mla_attention: token t sees exactly positions 0..pos0+t', () => {
-  // One head whose values are the position (v_s = s via W_UV = [1] and c_s = [s]) and scores of 0:
-  // the output is the mean of the positions it sees, (pos0 + t) / 2.
+  // One head whose latent is the position (c_s = [s]) and scores of 0 (q_lat and q_rope zero): the
+  // latent output is the mean of the positions it sees, (pos0 + t) / 2.
   scoped(() => {
     const tokens = 4;
     const pos0 = 3;
     const positions = pos0 + tokens;
     const q = new Float32Array(tokens * 2); // nope 1, rope 1, all zero -> uniform attention
-    const kv = new Float32Array([0, 1]); // W_UK = [0], W_UV = [1]
+    const qLat = new Float32Array(tokens);
     const cache = new Float32Array(positions * 2);
     for (let s = 0; s < positions; s++) cache[s * 2] = s;
-    const scratch = rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(1, 1, positions), 'scratch');
+    const scratch = rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(positions), 'scratch');
     const out = new Out(tokens);
-    rt.kernels.mla_attention(FMT_F32, out.ptr, put(q), put(kv), put(cache), scratch, tokens, 1, 1, 1, 1, 1, pos0, 1);
+    rt.kernels.mla_attention(out.ptr, put(qLat), put(q), put(cache), scratch, tokens, 1, 1, 1, 1, pos0, 1);
     const got = out.get();
     for (let t = 0; t < tokens; t++) assert.ok(Math.abs(got[t] - (pos0 + t) / 2) < 1e-6, `token ${t}: ${got[t]}`);
   });
@@ -632,7 +672,7 @@ test('mla_attention: token t sees exactly positions 0..pos0+t', () => {
 
 // ---- 1 and N threads: bit-identical ----
 
-test('1, 2 and 3 threads give bit-identical matmul (f32, bf16; T = 1, 7; rows 1..300) and mla_attention', async () => {
+test('1, 2 and 3 threads give bit-identical matmul (f32, bf16; T = 1, 7; rows 1..300) and absorbed MLA', async () => {
   const runtimes = [await Runtime.create(1), await Runtime.create(2), await Runtime.create(3)];
   try {
     const rng = new Rng(11);
@@ -673,7 +713,7 @@ test('1, 2 and 3 threads give bit-identical matmul (f32, bf16; T = 1, 7; rows 1.
     }
     assert.is(compared, 2 * 2 * maxRows);
     for (const c of MLA_CASES) {
-      for (const fmt of [FMT_F32, FMT_BF16]) {
+      for (const fmt of [FMT_F32, FMT_BF16] as const) {
         const outs = runtimes.map((r) => {
           const mark = r.arena.mark();
           const { out } = runMla(r, c, fmt, 7);

@@ -101,6 +101,13 @@ export function weightBytes(fmt: i32, rows: i32, cols: i32): usize {
   return reinterpret<f32>(<u32>load<u16>(p) << 16);
 }
 
+/** a * b + c; fused (f32x4.relaxed_madd, one vfmadd on x86) in the relaxed build, so results there differ
+ * from the plain build's in the last bit, but not between threads of one build. */
+@inline export function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
+}
+
 /** a . b over n f32 values; four accumulators hide the add latency. */
 export function dotF32(a: usize, b: usize, n: i32): f32 {
   let s0 = f32x4.splat(0);

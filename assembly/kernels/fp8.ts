@@ -10,7 +10,7 @@
 // stay normal floats, and each row's sum is multiplied by 2^56 at the end. The 16 bytes of a chunk
 // decode into the orders [w0 w2 w4 w6], [w8 .. w14], [w1 w3 w5 w7], [w9 .. w15]; quantize.ts stores the
 // activations in that order. The relaxed build uses f32x4.relaxed_madd (fused) for the products.
-import { FP8, FP8_BLOCK, PANEL, hsum, panelOffset } from './format';
+import { FP8, FP8_BLOCK, PANEL, hsum, madd, panelOffset } from './format';
 import { put } from './q8';
 
 /** 2^56: undoes the 2^-120 of the decode and the 2^64 of the activations. */
@@ -30,11 +30,6 @@ const UNSCALE: f32 = 72057594037927936.0;
 
 @inline function highF32(z: v128, b: v128): v128 {
   return i16x8.shuffle(z, b, 4, 12, 5, 13, 6, 14, 7, 15);
-}
-
-@inline function madd(a: v128, b: v128, c: v128): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
-  return f32x4.add(f32x4.mul(a, b), c);
 }
 
 /** One row of one panel (pw columns, a multiple of 128) against one token. */

@@ -115,6 +115,10 @@ function main(): void {
   const q = alloc(maxTokens * heads * qDim * 4);
   const qa = alloc(maxTokens * max(qRank, 1) * 4);
   const kv = alloc(maxTokens * latent * 4);
+  const qNope = alloc(maxTokens * nope * 4);
+  const qLat = alloc(maxTokens * heads * rank * 4);
+  const oLat = alloc(maxTokens * heads * rank * 4);
+  const headOut = alloc(maxTokens * vDim * 4);
   const attn = alloc(maxTokens * heads * vDim * 4);
   const gu = alloc(maxTokens * 2 * inter * 4);
   const act = alloc(maxTokens * inter * 4);
@@ -151,13 +155,26 @@ function main(): void {
         matmul(bf, q, bp, qa, heads * qDim, qRank, tokens);
       }
       rope(q + (<usize>nope << 2), tokens, heads, heads * qDim, qDim, cos, sin, pos0, half);
-      const kvf = next(), kvp = ptr(), kvn = ptr(), kbf = next(), kbp = ptr(), oF = next(), oP = ptr();
+      const kvf = next(), kvp = ptr(), kvn = ptr();
       matmul(kvf, kv, kvp, h, latent, hidden, tokens);
       const crow = cache + (<usize>pos0 * <usize>latent << 2);
       rmsnorm(crow, latent, kv, latent, kvn, rank, tokens, eps);
       copy_rows(crow + (<usize>rank << 2), latent, kv + (<usize>rank << 2), latent, ropeDim, tokens);
       rope(crow + (<usize>rank << 2), tokens, 1, latent, 0, cos, sin, pos0, half);
-      mla_attention(kbf, attn, q, kbp, cache, scratch, tokens, heads, nope, ropeDim, vDim, rank, pos0, smScale);
+      // Absorbed kv_b, one matmul per head (host/model/per-head.ts): q_lat[h] = W_UK^T[h] q_nope[:, h],
+      // the latent core, then attn[:, h] = W_UV[h] o_lat[h].
+      for (let hd = 0; hd < heads; hd++) {
+        const f = next(), p = ptr();
+        copy_rows(qNope, nope, q + (<usize>(hd * qDim) << 2), heads * qDim, nope, tokens);
+        matmul(f, qLat + (<usize>(hd * tokens * rank) << 2), p, qNope, rank, nope, tokens);
+      }
+      mla_attention(oLat, qLat, q, cache, scratch, tokens, heads, nope, ropeDim, rank, pos0, smScale);
+      for (let hd = 0; hd < heads; hd++) {
+        const f = next(), p = ptr();
+        matmul(f, headOut, p, oLat + (<usize>(hd * tokens * rank) << 2), vDim, rank, tokens);
+        copy_rows(attn + (<usize>(hd * vDim) << 2), heads * vDim, headOut, vDim, vDim, tokens);
+      }
+      const oF = next(), oP = ptr();
       matmul(oF, y, oP, attn, hidden, heads * vDim, tokens);
       add(x, y, tokens * hidden);
       rmsnorm(h, hidden, x, hidden, ffnNorm, hidden, tokens, eps);

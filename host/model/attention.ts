@@ -1,12 +1,15 @@
 import type { DeepSeekConfig } from '../checkpoint/config.js';
 import type { Runtime } from '../runtime/runtime.js';
+import { perHeadMatmul } from './per-head.js';
 import type { Matrix, WeightReader } from './weights.js';
 
 /**
  * Multi-head latent attention (MLA). Queries come from a low-rank path (q_a -> norm -> q_b) or one
  * q_proj; keys and values are compressed into one latent c per token (kv_a -> norm) plus a single
- * roped key shared by all heads. Only [c | k_rope] is cached; assembly/blocks/mla.ts absorbs
- * kv_b_proj into the query and the output instead of expanding keys and values per head.
+ * roped key shared by all heads. Only [c | k_rope] is cached. kv_b_proj is absorbed, as in DeepSeek's
+ * inference/model.py (attn_impl "absorb"): its key half moves onto the query (q_lat = W_UK^T q_nope),
+ * its value half onto the output (out = W_UV o_lat), so that keys and values are never expanded per
+ * head; assembly/blocks/mla.ts attends in the latent space between the two.
  */
 /** What every layer's attention shares, made once at load: the rotary tables cos and sin
  * [positions, half] in wasm memory, the softmax scale, and the kernel's per-thread scratch sized for
@@ -25,7 +28,10 @@ export class Attention {
     readonly q: { a: Matrix; aNorm: number; b: Matrix } | { proj: Matrix },
     readonly kvA: Matrix,
     readonly kvANorm: number,
-    readonly kvB: Matrix,
+    /** Per head: W_UK^T [kv_lora_rank, qk_nope_head_dim], the transposed key rows of kv_b_proj. */
+    readonly wUK: Matrix[],
+    /** Per head: W_UV [v_head_dim, kv_lora_rank], the value rows of kv_b_proj. */
+    readonly wUV: Matrix[],
     readonly o: Matrix,
   ) {}
 
@@ -47,12 +53,15 @@ export class Attention {
       hidden,
     );
     const kvANorm = w.vector(`${prefix}.kv_a_layernorm.weight`, rank, 'kv_lora_rank');
-    const kvB = w.matrix(
-      [{ name: `${prefix}.kv_b_proj.weight`, rows: heads * (nope + v), why: 'num_attention_heads * (qk_nope_head_dim + v_head_dim) x kv_lora_rank' }],
-      rank,
-    );
+    // kv_b_proj [heads * (nope + v), rank]: head h's rows h * (nope + v) + [0, nope) are W_UK, the next v W_UV.
+    const kvB = { name: `${prefix}.kv_b_proj.weight`, rows: heads * (nope + v), why: 'num_attention_heads * (qk_nope_head_dim + v_head_dim) x kv_lora_rank' };
+    const firstRows = Array.from({ length: heads }, (_, h) => h * (nope + v));
+    const cut = w.cuts(kvB, rank, [
+      ...firstRows.map((row) => ({ row, rows: nope, transpose: true })),
+      ...firstRows.map((row) => ({ row: row + nope, rows: v, transpose: false })),
+    ]);
     const o = w.matrix([{ name: `${prefix}.o_proj.weight`, rows: hidden, why: 'hidden_size x num_attention_heads * v_head_dim' }], heads * v);
-    return new Attention(cfg, q, kvA, kvANorm, kvB, o);
+    return new Attention(cfg, q, kvA, kvANorm, cut.slice(0, heads), cut.slice(heads), o);
   }
 
   /** out[T, hidden] = attention(x[T, hidden]) for tokens at positions pos0.., writing their latents
@@ -87,8 +96,15 @@ export class Attention {
     k.copy_rows(rows + rank * 4, latent, kv + rank * 4, latent, ropeDim, tokens);
     k.rope(rows + rank * 4, tokens, 1, latent, 0, shared.cos, shared.sin, pos0, shared.half);
 
+    // q_lat [heads, T, rank]: q_lat[h, t] = W_UK^T[h] q_nope[t, h].
+    const qLat = arena.allocF32(heads * tokens * rank, 'latent queries');
+    perHeadMatmul(rt, this.wUK, qLat, tokens * rank, rank, q, qDim, heads * qDim, tokens);
+    // o_lat [heads, T, rank]: softmax((q_lat . c + q_rope . k_rope) * scale) over the cache, applied to c.
+    const oLat = arena.allocF32(heads * tokens * rank, 'latent outputs');
+    k.mla_attention(oLat, qLat, q, cache, shared.scratch, tokens, heads, nope, ropeDim, rank, pos0, shared.softmaxScale);
+    // attn [T, heads, v]: attn[t, h] = W_UV[h] o_lat[h, t]; then o_proj.
     const attn = arena.allocF32(tokens * heads * v, 'attention outputs');
-    k.mla_attention(this.kvB.fmt, attn, q, this.kvB.ptr, cache, shared.scratch, tokens, heads, nope, ropeDim, v, rank, pos0, shared.softmaxScale);
+    perHeadMatmul(rt, this.wUV, attn, v, heads * v, oLat, tokens * rank, rank, tokens);
     k.matmul(this.o.fmt, out, this.o.ptr, attn, this.o.rows, this.o.cols, tokens);
     arena.release(mark);
   }

@@ -111,7 +111,7 @@ export class Model {
         sin: rt.arena.allocF32(tables.sin.length, 'rope sin'),
         half: tables.half,
         softmaxScale: softmaxScale(cfg),
-        scratch: rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(cfg.kvLoraRank, cfg.qkRopeHeadDim, contextLength), 'attention scratch'),
+        scratch: rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(contextLength), 'attention scratch'),
       };
       rt.f32(attention.cos, tables.cos.length).set(tables.cos);
       rt.f32(attention.sin, tables.sin.length).set(tables.sin);

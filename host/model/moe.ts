@@ -1,24 +1,11 @@
 import type { DeepSeekConfig } from '../checkpoint/config.js';
+import { GROUPED_MAX, putEntry } from '../runtime/grouped.js';
 import {
   GROUPED_DESC_BYTES, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../runtime/kernels.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { Mlp } from './mlp.js';
 import type { Matrix, WeightReader } from './weights.js';
-
-/** Most entries one grouped decode step takes: the quantized scratch holds this many inputs of the
- * widest matrix (QUANT_CHUNK_TOKENS in host/runtime/runtime.ts). */
-const GROUPED_MAX = 64;
-
-/** Entry i of a matmul_grouped table (assembly/kernels/grouped.ts). */
-function putEntry(i32: Int32Array, desc: number, i: number, out: number, w: number, x: number, rows: number, cols: number): void {
-  const d = (desc + i * GROUPED_DESC_BYTES) / 4;
-  i32[d] = out;
-  i32[d + 1] = w;
-  i32[d + 2] = x;
-  i32[d + 3] = rows;
-  i32[d + 4] = cols;
-}
 
 const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITED_GREEDY, noaux_tc: ROUTE_NOAUX_TC };
 

@@ -66,7 +66,8 @@ export function packModel(model: Model): Uint8Array {
     }
     mat(a.kvA);
     t.push(a.kvANorm);
-    mat(a.kvB);
+    a.wUK.forEach(mat);
+    a.wUV.forEach(mat);
     mat(a.o);
     if (!moe) mlp(b.ffn as Mlp);
     else {

@@ -24,6 +24,13 @@ export interface Part {
   why: string;
 }
 
+/** One matrix cut from a checkpoint tensor: `rows` rows from `row`, transposed ([cols, rows]) when asked. */
+export interface Cut {
+  row: number;
+  rows: number;
+  transpose: boolean;
+}
+
 /** The weight formats --quant names (docs/quantized-format.md). */
 export type QuantName = 'f32' | 'bf16' | 'q8' | 'q4' | 'fp8';
 export const QUANT_NAMES: readonly QuantName[] = ['f32', 'bf16', 'q8', 'q4', 'fp8'];
@@ -69,7 +76,8 @@ export function resolveQuant(ckpt: Checkpoint, requested?: QuantName): QuantMode
 
 /**
  * Matrices that stay f32 or bf16 whatever the mode: the embeddings (read a row at a time by the embed
- * kernel), MLA's kv_b (absorbed per head by the attention block) and the MoE router (its logits stay
+ * kernel), MLA's kv_b as one tensor (what `deepwasm convert` writes; attention loads it through
+ * WeightReader.cuts, as per-head matrices in the mode's format) and the MoE router (its logits stay
  * float32). Recognised by their checkpoint names.
  */
 export function keepsFloat(name: string): boolean {
@@ -130,6 +138,46 @@ export class WeightReader {
       row += n;
     }
     return { fmt, ptr, rows, cols, stored: entries[0].dtype };
+  }
+
+  /**
+   * Matrices cut from one float tensor [part.rows, cols] (MLA's kv_b: each head's W_UK^T and W_UV), each
+   * its own blob: a quantized blob keeps each column panel's scales after the panel's weights, so a
+   * range of its rows is not a matrix the kernels can take. They load in the mode's format like other
+   * matrices, except that fp8 mode keeps them float (bf16 stays bf16, others f32): a transposed cut no
+   * longer has DeepSeek's 128x128 blocks.
+   */
+  cuts(part: Part, cols: number, cuts: Cut[]): Matrix[] {
+    const e = this.ckpt.get(part.name);
+    expectShape(e, [part.rows, cols], part.why);
+    const floatFmt: WeightFormat = e.dtype === 'BF16' ? FMT_BF16 : FMT_F32;
+    const mode = this.mode;
+    const fmt = mode === 'f32' ? FMT_F32 : mode === 'bf16' ? FMT_BF16 : mode === 'q8' ? FMT_Q8 : mode === 'q4' ? FMT_Q4 : floatFmt;
+    const k = this.rt.kernels;
+    const arena = this.rt.arena;
+    const out = cuts.map((c): Matrix => {
+      const [rows, mCols] = c.transpose ? [cols, c.rows] : [c.rows, cols];
+      if (fmt === FMT_Q8 || fmt === FMT_Q4) this.rt.ensureQuantScratch(mCols);
+      const ptr = arena.alloc(k.weight_bytes(fmt, rows, mCols) >>> 0, `${part.name} [${c.row}, +${c.rows})${c.transpose ? '^T' : ''}`);
+      return { fmt, ptr, rows, cols: mCols, stored: e.dtype };
+    });
+    const mark = arena.mark();
+    const all = arena.allocF32(part.rows * cols, `${e.name} (staging)`);
+    this.readAsF32(e, all, part.rows, cols);
+    const most = Math.max(...cuts.map((c) => c.rows));
+    const one = arena.allocF32(most * cols, `${e.name} (one cut)`);
+    for (const [i, c] of cuts.entries()) {
+      const m = out[i];
+      const src = this.rt.f32(all + c.row * cols * 4, c.rows * cols);
+      const dst = this.rt.f32(one, c.rows * cols);
+      if (!c.transpose) dst.set(src);
+      else for (let r = 0; r < c.rows; r++) for (let j = 0; j < cols; j++) dst[j * c.rows + r] = src[r * cols + j];
+      if (fmt === FMT_F32) this.rt.f32(m.ptr, m.rows * m.cols).set(dst);
+      else if (fmt === FMT_BF16) f32ToBf16(dst, new Uint16Array(this.rt.memory.buffer, m.ptr, m.rows * m.cols));
+      else k.quantize_rows(fmt, m.ptr, m.rows, FMT_F32, one, m.rows, m.cols, 0);
+    }
+    arena.release(mark);
+    return out;
   }
 
   vector(name: string, size: number, why: string): number {

@@ -74,11 +74,16 @@ export interface Kernels {
     groups: number, keepGroups: number, k: number, normalize: number, routedScale: number,
     outExperts: number, outWeights: number, scratch: number,
   ): void;
+  /**
+   * MLA's latent core (assembly/blocks/mla.ts): oLat[h, t] = sum_s softmax_s((qLat[h, t] . c_s + q_rope[t, h] . k_rope_s)
+   * * scale) c_s over positions s <= pos0 + t. oLat, qLat [heads, T, rank]; q [T, heads, nope + ropeDim];
+   * cache [pos0 + T, rank + ropeDim]; scratch: threads * mla_scratch_floats(positions) floats.
+   */
   mla_attention(
-    fmt: number, out: number, q: number, kvB: number, cache: number, scratch: number,
-    tokens: number, heads: number, nope: number, ropeDim: number, vDim: number, rank: number, pos0: number, softmaxScale: number,
+    oLat: number, qLat: number, q: number, cache: number, scratch: number,
+    tokens: number, heads: number, nope: number, ropeDim: number, rank: number, pos0: number, softmaxScale: number,
   ): void;
-  mla_scratch_floats(rank: number, ropeDim: number, positions: number): number;
+  mla_scratch_floats(positions: number): number;
   read_probe(src: number, bytes: number, out: number): void;
 }
 

@@ -126,8 +126,9 @@ export interface RuntimeOptions {
 const MIN_QUANT_SCRATCH = 4 * 1024 * 1024;
 /** Bytes after the job board for the scratch descriptor: BOARD_EXTRA_BYTES in assembly/kernels/quantize.ts. */
 const BOARD_EXTRA_BYTES = 64;
-/** Tokens a quantized prefill takes per pass over the weights, at least. */
-const QUANT_CHUNK_TOKENS = 64;
+/** Tokens a quantized prefill takes per pass over the weights, at least (so also the inputs of that
+ * width one matmul_grouped step can take: host/runtime/grouped.ts). */
+export const QUANT_CHUNK_TOKENS = 64;
 
 export function defaultThreads(): number {
   return availableParallelism();
