@@ -31,14 +31,13 @@ import { put, put4 } from './q8';
 
 // ---- relaxed SIMD: activations int8, per group [x0 x16 x1 x17 .. x7 x23 | x8 x24 .. x15 x31] ----
 
-@inline function groupI8(w: usize, x: usize): v128 {
-  return groupI8Of(w, v128.load(x), v128.load(x, 16));
+@inline function groupI8(w: usize, x: usize, m: v128): v128 {
+  return groupI8Of(w, v128.load(x), v128.load(x, 16), m);
 }
 
-/** groupI8 with the group's two activation vectors already loaded. */
-@inline function groupI8Of(w: usize, x0: v128, x1: v128): v128 {
+/** groupI8 with the group's two activation vectors already loaded; m: 0x0f in every byte. */
+@inline function groupI8Of(w: usize, x0: v128, x1: v128, m: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    const m = i8x16.splat(0x0f);
     const v = v128.load(w);
     return nibbleDotOf(v128.and(v, m), v128.and(i16x8.shr_u(v, 4), m), x0, x1);
   } else {
@@ -48,10 +47,11 @@ import { put, put4 } from './q8';
 }
 
 /**
- * sum over 32 products of nibbles (lo, hi: 0..15 per byte) and int8 activations at x, as i32x4 lanes.
- * i16x8.relaxed_dot_i8x16_i7x16_s is one vpmaddubsw on x86; a pair sum is at most 2 * 15 * 127, so the
- * two dots add in i16 without overflow and widen once. (V8 lowers the i32x4 ..._add_s form to five
- * instructions on CPUs without AVX-VNNI, such as this AMD Zen 4.)
+ * sum over 32 products of nibbles (lo, hi: 0..15 per byte, a valid 7-bit operand) and int8 activations
+ * at x, as i32x4 lanes. Node 24's V8 lowers i32x4.relaxed_dot_i8x16_i7x16_add_s to one vpdpbusd on CPUs
+ * with AVX-VNNI (this Xeon): q4 decode streamed 13-15 GB/s with it against 12-14 with the i16x8 form and
+ * a widening add (bench/RESULTS.md). Node 22's V8, and CPUs without AVX-VNNI (AMD Zen 4), get five
+ * instructions instead, where the i16x8 form was the faster one.
  */
 @inline function nibbleDot(lo: v128, hi: v128, x: usize): v128 {
   return nibbleDotOf(lo, hi, v128.load(x), v128.load(x, 16));
@@ -59,7 +59,7 @@ import { put, put4 } from './q8';
 
 @inline function nibbleDotOf(lo: v128, hi: v128, x0: v128, x1: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    return i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi)));
+    return i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, hi, i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, lo, i32x4.splat(0)));
   } else {
     unreachable();
     return i32x4.splat(0);
@@ -77,13 +77,13 @@ export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i
     let a: v128, b: v128, c: v128, d: v128;
     if (ASC_FEATURE_RELAXED_SIMD) {
       const px = x + (<usize>g << 5);
-      a = groupI8(pw, px);
+      a = groupI8(pw, px, m0);
       v128.store(fence, a);
-      b = groupI8(pw + 16, px + 32);
+      b = groupI8(pw + 16, px + 32, m0);
       v128.store(fence, b, 16);
-      c = groupI8(pw + 32, px + 64);
+      c = groupI8(pw + 32, px + 64, m0);
       v128.store(fence, c, 32);
-      d = groupI8(pw + 48, px + 96);
+      d = groupI8(pw + 48, px + 96, m0);
     } else {
       const px = x + (<usize>g << 6);
       a = groupI16(pw, px, m0, m1, m2);
@@ -105,7 +105,7 @@ export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i
 
 /** One group of one row against its activations, already loaded (x2, x3 unused by the relaxed layout). */
 @inline function groupOf(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, m0: v128, m1: v128, m2: v128): v128 {
-  return ASC_FEATURE_RELAXED_SIMD ? groupI8Of(w, x0, x1) : groupI16Of(w, x0, x1, x2, x3, m0, m1, m2);
+  return ASC_FEATURE_RELAXED_SIMD ? groupI8Of(w, x0, x1, m0) : groupI16Of(w, x0, x1, x2, x3, m0, m1, m2);
 }
 
 /** Where group k of the four whose activations start at px begins. */
@@ -233,9 +233,8 @@ export function q4Tile4(
     let n0: v128, n1: v128, n2: v128, n3: v128;
     let px: usize;
     if (ASC_FEATURE_RELAXED_SIMD) {
-      const m = i8x16.splat(0x0f);
-      n0 = v128.and(v, m);
-      n1 = v128.and(i16x8.shr_u(v, 4), m);
+      n0 = v128.and(v, m0);
+      n1 = v128.and(i16x8.shr_u(v, 4), m0);
       n2 = n0;
       n3 = n1;
       px = x + (<usize>g << 5);
@@ -275,7 +274,8 @@ export function q4Rows(
   // The nibble masks go through memory (the thread's scratch slot) into parameters: V8 re-materializes
   // a constant vector at every use inside a loop (3 instructions), but keeps a parameter in a register.
   const slot = fence + 192;
-  v128.store(slot, i16x8.splat(0x000f));
+  // The relaxed build splits bytes into nibbles with 0x0f in every byte; the plain one masks u16 lanes.
+  v128.store(slot, ASC_FEATURE_RELAXED_SIMD ? i8x16.splat(0x0f) : i16x8.splat(0x000f));
   v128.store(slot, i16x8.splat(0x00f0), 16);
   v128.store(slot, i16x8.splat(0x0f00), 32);
   const m0 = v128.load(slot);
