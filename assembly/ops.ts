@@ -5,3 +5,4 @@ export const OP_READ_PROBE: i32 = 2;
 export const OP_MATMUL_QUANT: i32 = 3;
 export const OP_QUANTIZE: i32 = 4;
 export const OP_MATMUL_GROUPED: i32 = 5;
+export const OP_SILU_MUL: i32 = 6;
