@@ -3,7 +3,7 @@
 // F32 and BF16 rows are read as stored; the quantized formats (q8, q4, fp8: q8.ts, q4.ts, fp8.ts) first
 // bring the activations into the kernels' layout (quantize.ts) in a scratch area the host registers
 // once with set_scratch, so a decode step allocates nothing.
-import { BF16, FP8, Q4, Q8, bf16High, bf16Low, dotRow, hsum, isQuantized, paddedCols, rowBytes } from './format';
+import { BF16, FP8, Q4, Q8, bf16At, bf16High, bf16Low, dotRow, hsum, isQuantized, paddedCols, rowBytes } from './format';
 import { argI, argP, parallel, setI, setP } from '../pool';
 import { OP_MATMUL, OP_MATMUL_QUANT } from '../ops';
 import {
@@ -130,6 +130,20 @@ export function matmulTask(begin: i32, end: i32): void {
   const wStride = rowBytes(fmt, cols);
   const xStride = <usize>cols << 2;
   const outStride = <usize>rows << 2;
+  if (tokens == 1) {
+    // Row r pairs with row r + half: two weight streams in different pages (see q8DecodeRows).
+    const half = (end - begin) >> 1;
+    for (let r = begin; r < begin + half; r++) {
+      const a = w + <usize>r * wStride;
+      const b = w + <usize>(r + half) * wStride;
+      const o = out + (<usize>r << 2);
+      const ob = out + (<usize>(r + half) << 2);
+      if (fmt == BF16) dotPairBF16(a, b, x, cols, o, ob);
+      else dotPairF32(a, b, x, cols, o, ob);
+    }
+    if ((end - begin) & 1) store<f32>(out + (<usize>(end - 1) << 2), dotRow(fmt, w + <usize>(end - 1) * wStride, x, cols));
+    return;
+  }
   for (let r = begin; r < end; r++) {
     const wr = w + <usize>r * wStride;
     const o = out + (<usize>r << 2);
@@ -142,6 +156,104 @@ export function matmulTask(begin: i32, end: i32): void {
     }
     for (; t < tokens; t++) store<f32>(o + <usize>t * outStride, dotRow(fmt, wr, x + <usize>t * xStride, cols));
   }
+}
+
+// Two weight rows against one token vector, each row with exactly dotF32's / dotBF16's arithmetic (so
+// a row's result does not depend on which row it pairs with), the activations loaded once for both.
+function dotPairF32(a: usize, b: usize, x: usize, n: i32, outA: usize, outB: usize): void {
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  let b0 = a0;
+  let b1 = a0;
+  let b2 = a0;
+  let b3 = a0;
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const o = <usize>i << 2;
+    const x0 = v128.load(x + o);
+    const x1 = v128.load(x + o, 16);
+    const x2 = v128.load(x + o, 32);
+    const x3 = v128.load(x + o, 48);
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(a + o), x0));
+    b0 = f32x4.add(b0, f32x4.mul(v128.load(b + o), x0));
+    a1 = f32x4.add(a1, f32x4.mul(v128.load(a + o, 16), x1));
+    b1 = f32x4.add(b1, f32x4.mul(v128.load(b + o, 16), x1));
+    a2 = f32x4.add(a2, f32x4.mul(v128.load(a + o, 32), x2));
+    b2 = f32x4.add(b2, f32x4.mul(v128.load(b + o, 32), x2));
+    a3 = f32x4.add(a3, f32x4.mul(v128.load(a + o, 48), x3));
+    b3 = f32x4.add(b3, f32x4.mul(v128.load(b + o, 48), x3));
+  }
+  for (; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    const xv = v128.load(x + o);
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(a + o), xv));
+    b0 = f32x4.add(b0, f32x4.mul(v128.load(b + o), xv));
+  }
+  let sa = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+  let sb = hsum(f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
+  for (; i < n; i++) {
+    const o = <usize>i << 2;
+    const xv = load<f32>(x + o);
+    sa += load<f32>(a + o) * xv;
+    sb += load<f32>(b + o) * xv;
+  }
+  store<f32>(outA, sa);
+  store<f32>(outB, sb);
+}
+
+function dotPairBF16(a: usize, b: usize, x: usize, n: i32, outA: usize, outB: usize): void {
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  let b0 = a0;
+  let b1 = a0;
+  let b2 = a0;
+  let b3 = a0;
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const pw = <usize>i << 1;
+    const px = x + (<usize>i << 2);
+    const x0 = v128.load(px);
+    const x1 = v128.load(px, 16);
+    const x2 = v128.load(px, 32);
+    const x3 = v128.load(px, 48);
+    const va0 = v128.load(a + pw);
+    const vb0 = v128.load(b + pw);
+    a0 = f32x4.add(a0, f32x4.mul(bf16Low(va0), x0));
+    b0 = f32x4.add(b0, f32x4.mul(bf16Low(vb0), x0));
+    a1 = f32x4.add(a1, f32x4.mul(bf16High(va0), x1));
+    b1 = f32x4.add(b1, f32x4.mul(bf16High(vb0), x1));
+    const va1 = v128.load(a + pw, 16);
+    const vb1 = v128.load(b + pw, 16);
+    a2 = f32x4.add(a2, f32x4.mul(bf16Low(va1), x2));
+    b2 = f32x4.add(b2, f32x4.mul(bf16Low(vb1), x2));
+    a3 = f32x4.add(a3, f32x4.mul(bf16High(va1), x3));
+    b3 = f32x4.add(b3, f32x4.mul(bf16High(vb1), x3));
+  }
+  for (; i + 8 <= n; i += 8) {
+    const pw = <usize>i << 1;
+    const px = x + (<usize>i << 2);
+    const x0 = v128.load(px);
+    const x1 = v128.load(px, 16);
+    const va = v128.load(a + pw);
+    const vb = v128.load(b + pw);
+    a0 = f32x4.add(a0, f32x4.mul(bf16Low(va), x0));
+    b0 = f32x4.add(b0, f32x4.mul(bf16Low(vb), x0));
+    a1 = f32x4.add(a1, f32x4.mul(bf16High(va), x1));
+    b1 = f32x4.add(b1, f32x4.mul(bf16High(vb), x1));
+  }
+  let sa = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+  let sb = hsum(f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
+  for (; i < n; i++) {
+    const xv = load<f32>(x + (<usize>i << 2));
+    sa += bf16At(a + (<usize>i << 1)) * xv;
+    sb += bf16At(b + (<usize>i << 1)) * xv;
+  }
+  store<f32>(outA, sa);
+  store<f32>(outB, sb);
 }
 
 // One weight row against four consecutive token vectors.
