@@ -114,7 +114,7 @@ export function quantizedMatmulTask(begin: i32, end: i32, tid: i32): void {
   const xRow = <usize>argI(11);
   const xsT = argP(12);
   const xcT = argP(13);
-  if (fmt == Q8) q8Rows(out, w, xq, xs, xsT, rows, cp, tc, xRow, layout == ACT_Q8_SIGNED, begin, end, fence);
+  if (fmt == Q8) q8Rows(out, w, xq, xs, xsT, rows, cp, tc, xRow, begin, end, fence);
   else if (fmt == Q4) q4Rows(out, w, xq, xs, xc, xsT, xcT, rows, cp, tc, xRow, begin, end, fence);
   else if (fmt == FP8) fp8Rows(out, w, xq, rows, cp, tc, xRow, begin, end, fence);
 }

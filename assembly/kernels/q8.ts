@@ -125,30 +125,30 @@ export function q8Tile4I16(
 // ---- decode: one token, rows from four pages at once ----
 
 /** One group of one row against activations already loaded (64 bytes in either layout). */
-@inline function groupOf(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128, signed: bool): v128 {
-  return signed ? groupSignedOf(w, x0, x1, x2, x3) : groupI16Of(w, x0, x1, x2, x3, hi);
+@inline function groupOf(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128): v128 {
+  return ASC_FEATURE_RELAXED_SIMD ? groupSignedOf(w, x0, x1, x2, x3) : groupI16Of(w, x0, x1, x2, x3, hi);
 }
 
 /**
  * The integer sums of four groups of two rows (weights at wa and wb, activations at px), each row's
  * four group sums in one vector, stored at fence + slot and fence + slot + 16.
  */
-@inline function pairSums(wa: usize, wb: usize, px: usize, hi: v128, signed: bool, fence: usize, slot: usize): void {
+@inline function pairSums(wa: usize, wb: usize, px: usize, hi: v128, fence: usize, slot: usize): void {
   let x0 = v128.load(px);
   let x1 = v128.load(px, 16);
   let x2 = v128.load(px, 32);
   let x3 = v128.load(px, 48);
-  const a0 = groupOf(wa, x0, x1, x2, x3, hi, signed);
+  const a0 = groupOf(wa, x0, x1, x2, x3, hi);
   v128.store(fence, a0);
-  const b0 = groupOf(wb, x0, x1, x2, x3, hi, signed);
+  const b0 = groupOf(wb, x0, x1, x2, x3, hi);
   v128.store(fence, b0, 16);
   x0 = v128.load(px, 64);
   x1 = v128.load(px, 80);
   x2 = v128.load(px, 96);
   x3 = v128.load(px, 112);
-  const a1 = groupOf(wa + 32, x0, x1, x2, x3, hi, signed);
+  const a1 = groupOf(wa + 32, x0, x1, x2, x3, hi);
   v128.store(fence, a1, 32);
-  const b1 = groupOf(wb + 32, x0, x1, x2, x3, hi, signed);
+  const b1 = groupOf(wb + 32, x0, x1, x2, x3, hi);
   v128.store(fence, b1, 48);
   const ua = tsumHalf(a0, a1);
   const ub = tsumHalf(b0, b1);
@@ -156,17 +156,17 @@ export function q8Tile4I16(
   x1 = v128.load(px, 144);
   x2 = v128.load(px, 160);
   x3 = v128.load(px, 176);
-  const a2 = groupOf(wa + 64, x0, x1, x2, x3, hi, signed);
+  const a2 = groupOf(wa + 64, x0, x1, x2, x3, hi);
   v128.store(fence, a2, 64);
-  const b2 = groupOf(wb + 64, x0, x1, x2, x3, hi, signed);
+  const b2 = groupOf(wb + 64, x0, x1, x2, x3, hi);
   v128.store(fence, b2, 80);
   x0 = v128.load(px, 192);
   x1 = v128.load(px, 208);
   x2 = v128.load(px, 224);
   x3 = v128.load(px, 240);
-  const a3 = groupOf(wa + 96, x0, x1, x2, x3, hi, signed);
+  const a3 = groupOf(wa + 96, x0, x1, x2, x3, hi);
   v128.store(fence, a3, 96);
-  const b3 = groupOf(wb + 96, x0, x1, x2, x3, hi, signed);
+  const b3 = groupOf(wb + 96, x0, x1, x2, x3, hi);
   v128.store(fence + slot, tsumJoin(ua, tsumHalf(a2, a3)));
   v128.store(fence + slot, tsumJoin(ub, tsumHalf(b2, b3)), 16);
 }
@@ -177,8 +177,10 @@ export function q8Tile4I16(
 
 /**
  * Rows r, r + step, r + 2 step, r + 3 step (count 4), r and r + step (count 2) or r alone (count 1,
- * step 0: the pair's second row is r again, computed and not written) of one panel against one token (layout signed or i16), written or added to out. Streams from several 4 KiB pages at once
- * keep more cache misses in flight (the hardware prefetcher follows one stream per page): from DRAM
+ * step 0: the pair's second row is r again, computed and not written) of one panel against one token,
+ * written or added to out. One token's activations are in the signed layout in the relaxed build and
+ * in the i16 layout in the plain one, a compile-time choice: with it a run-time flag, V8 kept both
+ * paths in the loop. Streams from several 4 KiB pages at once keep more cache misses in flight (the hardware prefetcher follows one stream per page): from DRAM
  * one core streamed 66% of a one-stream read probe row by row, 83% two rows 4+ KiB apart at a time,
  * and only 52% two neighbouring 1 KiB rows (bench/RESULTS.md). The activations are loaded once for
  * a pair of rows. Every row's arithmetic is the same whichever rows it runs with, so results are
@@ -186,7 +188,7 @@ export function q8Tile4I16(
  */
 function q8DecodeRows(
   w: usize, ws: usize, pw: i32, gp: i32, x: usize, xs: usize, out: usize, r: i32, step: i32, count: i32,
-  first: bool, signed: bool, fence: usize, hi: v128,
+  first: bool, fence: usize, hi: v128,
 ): void {
   const dw = <usize>step * <usize>pw;
   const ds = <usize>(step * gp) << 2;
@@ -201,11 +203,11 @@ function q8DecodeRows(
     const px = x + (<usize>g << 6);
     const so = <usize>g << 2;
     const sx = v128.load(xs + so);
-    pairSums(w0 + o, w0 + dw + o, px, hi, signed, fence, 128);
+    pairSums(w0 + o, w0 + dw + o, px, hi, fence, 128);
     acc0 = scaled(acc0, fence + 128, s0 + so, sx);
     acc1 = scaled(acc1, fence + 144, s0 + ds + so, sx);
     if (count == 4) {
-      pairSums(w0 + 2 * dw + o, w0 + 3 * dw + o, px, hi, signed, fence, 160);
+      pairSums(w0 + 2 * dw + o, w0 + 3 * dw + o, px, hi, fence, 160);
       acc2 = scaled(acc2, fence + 160, s0 + 2 * ds + so, sx);
       acc3 = scaled(acc3, fence + 176, s0 + 3 * ds + so, sx);
     }
@@ -227,11 +229,11 @@ const ROW_BLOCK: i32 = 64;
 
 /**
  * Rows [begin, end) of out[t, r] for the tc tokens whose activations quantize.ts wrote at x (xRow bytes
- * per token, layout `signed` or i16) with scales at xs (G per token) and, for each tile of four tokens,
- * transposed at xsT (G x 4 per tile).
+ * per token: for one token the build's decode layout, for several the i16 layout) with scales at xs
+ * (G per token) and, for each tile of four tokens, transposed at xsT (G x 4 per tile).
  */
 export function q8Rows(
-  out: usize, w: usize, x: usize, xs: usize, xsT: usize, rows: i32, cp: i32, tc: i32, xRow: usize, signed: bool,
+  out: usize, w: usize, x: usize, xs: usize, xsT: usize, rows: i32, cp: i32, tc: i32, xRow: usize,
   begin: i32, end: i32, fence: usize,
 ): void {
   const G = cp >> 5;
@@ -254,10 +256,10 @@ export function q8Rows(
       // A quarter of the rows apart: four rows in four different pages. The last rows go in pairs of
       // neighbours, and a lone last row pairs with itself (computed twice, written once).
       const q = (end - begin) >> 2;
-      for (let r = begin; r < begin + q; r++) q8DecodeRows(base, scales, pw, gp, xp, xsp, out, r, q, 4, first, signed, fence, hi);
+      for (let r = begin; r < begin + q; r++) q8DecodeRows(base, scales, pw, gp, xp, xsp, out, r, q, 4, first, fence, hi);
       for (let r = begin + 4 * q; r < end; r += 2) {
         const two = r + 1 < end;
-        q8DecodeRows(base, scales, pw, gp, xp, xsp, out, r, two ? 1 : 0, two ? 2 : 1, first, signed, fence, hi);
+        q8DecodeRows(base, scales, pw, gp, xp, xsp, out, r, two ? 1 : 0, two ? 2 : 1, first, fence, hi);
       }
       continue;
     }
