@@ -7,7 +7,7 @@ import { BF16, FP8, Q4, Q8, bf16At, bf16High, bf16Low, dotRow, hsum, isQuantized
 import { argI, argP, parallel, setI, setP } from '../pool';
 import { OP_MATMUL, OP_MATMUL_QUANT } from '../ops';
 import {
-  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_SIGNED, MAX_THREADS, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
+  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_I8, ACT_Q8_SIGNED, MAX_THREADS, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
   scratchBytes, scratchPtr, threadScratch,
 } from './quantize';
 import { q8Rows } from './q8';
@@ -60,7 +60,7 @@ function quantizedMatmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, co
     const tc = min(chunk, tokens - t0);
     let layout = ACT_F32;
     if (fmt == Q4) layout = ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
-    else if (fmt == Q8) layout = ASC_FEATURE_RELAXED_SIMD && tc == 1 ? ACT_Q8_SIGNED : ACT_Q8_I16;
+    else if (fmt == Q8) layout = ASC_FEATURE_RELAXED_SIMD ? (tc == 1 ? ACT_Q8_SIGNED : ACT_Q8_I8) : ACT_Q8_I16;
     const xRow = <usize>G * <usize>actGroupBytes(layout);
     const xq = area;
     const xs = xq + <usize>tc * xRow;

@@ -5,10 +5,12 @@
 //
 // Plain SIMD (every build) widens weights to i16 with one op per 8 values: shl(v, 8) gives 256 * the
 // even bytes, and(v, 0xff00) gives 256 * the odd bytes, both exact in i16; the activations are stored
-// as i16 with evens and odds apart, and their scale carries the 1/256. Relaxed SIMD (the relaxed build,
-// decode only) uses i32x4.relaxed_dot_i8x16_i7x16_add_s, whose second operand must be 0..127: the
-// activations are stored as |q| and a sign mask, and the sign moves onto the weights. Both paths form
-// the same integer group sums, so the relaxed build's q8 results are bit-identical to the plain one's.
+// as i16 with evens and odds apart, and their scale carries the 1/256. The relaxed build uses
+// i32x4.relaxed_dot_i8x16_i7x16_add_s (one vpdpbusd with AVX-VNNI), whose second operand must be
+// 0..127: for one token the activations are stored as |q| and a sign mask and the sign moves onto the
+// weights; for several tokens the weights give |w| once per tile and the sign moves onto each token's
+// activations. All paths form the same integer group sums and the same float steps, so the relaxed
+// build's q8 results are bit-identical to the plain one's.
 //
 // V8 issues a basic block's loads in program order and sinks the arithmetic to its uses, so a block of
 // four groups would load 24 vectors up front and spill them. A store of each group's partial result
@@ -120,6 +122,80 @@ export function q8Tile4I16(
     unreachable();
     return i32x4.splat(0);
   }
+}
+
+// ---- relaxed SIMD, several tokens: activations plain int8 [q0..q31] per group ----
+// The relaxed dot's second operand must be 0..127, and a tile reuses each weight vector for four
+// tokens: the weights give |w| and their sign mask once, and each token's activations take the sign
+// (two ops per vector, against the plain path's four loads and four i16 dots per group and token).
+
+/** Lanes sum to (32 int8 weights, as |w| in u0, u1 and sign masks s0, s1) . (32 int8 activations at x). */
+@inline function groupI8(u0: v128, u1: v128, s0: v128, s1: v128, x: usize): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    const x0 = i8x16.sub(v128.xor(v128.load(x), s0), s0);
+    const x1 = i8x16.sub(v128.xor(v128.load(x, 16), s1), s1);
+    return i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, u1, i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, u0, i32x4.splat(0)));
+  } else {
+    unreachable();
+    return i32x4.splat(0);
+  }
+}
+
+/** q8RowI16 for the int8 layout (relaxed build): the same float arithmetic on the same integer sums. */
+export function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
+  let acc = f32x4.splat(0);
+  for (let g = 0; g < gp; g += 4) {
+    const pw = w + (<usize>g << 5);
+    const px = x + (<usize>g << 5);
+    let va = v128.load(pw);
+    let vb = v128.load(pw, 16);
+    const a = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px);
+    v128.store(fence, a);
+    va = v128.load(pw, 32);
+    vb = v128.load(pw, 48);
+    const b = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px + 32);
+    v128.store(fence, b, 16);
+    va = v128.load(pw, 64);
+    vb = v128.load(pw, 80);
+    const c = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px + 64);
+    v128.store(fence, c, 32);
+    va = v128.load(pw, 96);
+    vb = v128.load(pw, 112);
+    const d = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px + 96);
+    const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(a, b, c, d)), f));
+  }
+  return hsum(acc);
+}
+
+/** q8Tile4I16 for the int8 layout (relaxed build): same float arithmetic, same integer sums. */
+export function q8Tile4I8(
+  w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32, out: usize, outStride: usize, first: bool, fence: usize,
+): void {
+  let acc = f32x4.splat(0);
+  for (let g = 0; g < gp; g++) {
+    const pw = w + (<usize>g << 5);
+    const va = v128.load(pw);
+    const vb = v128.load(pw, 16);
+    const u0 = i8x16.abs(va);
+    const u1 = i8x16.abs(vb);
+    const s0 = i8x16.lt_s(va, i8x16.splat(0));
+    const s1 = i8x16.lt_s(vb, i8x16.splat(0));
+    let px = x + (<usize>g << 5);
+    const d0 = groupI8(u0, u1, s0, s1, px);
+    v128.store(fence, d0);
+    px += xStride;
+    const d1 = groupI8(u0, u1, s0, s1, px);
+    v128.store(fence, d1, 16);
+    px += xStride;
+    const d2 = groupI8(u0, u1, s0, s1, px);
+    v128.store(fence, d2, 32);
+    px += xStride;
+    const d3 = groupI8(u0, u1, s0, s1, px);
+    const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + (<usize>g << 4)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(d0, d1, d2, d3)), f));
+  }
+  put4(out, outStride, first, acc);
 }
 
 // ---- decode: one token, rows from four pages at once ----
@@ -250,7 +326,7 @@ export function q8Rows(
     const base = w + panelOffset(Q8, rows, c0);
     const scales = base + <usize>rows * <usize>pw;
     const first = c0 == 0;
-    const xp = x + (<usize>g0 << 6);
+    const xp = x + (<usize>g0 << (tc > 1 && ASC_FEATURE_RELAXED_SIMD ? 5 : 6));
     const xsp = xs + (<usize>g0 << 2);
     if (tc == 1) {
       // A quarter of the rows apart: four rows in four different pages. The last rows go in pairs of
@@ -268,15 +344,22 @@ export function q8Rows(
       let t = 0;
       for (; t + 4 <= tc; t += 4) {
         for (let r = rb; r < re; r++) {
-          q8Tile4I16(
-            base + <usize>r * <usize>pw, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xRow,
-            xsT + (<usize>(t * G + 4 * g0) << 2), gp, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence, hi,
-          );
+          const wr = base + <usize>r * <usize>pw;
+          const sr = scales + (<usize>(r * gp) << 2);
+          const xt = xp + <usize>t * xRow;
+          const st = xsT + (<usize>(t * G + 4 * g0) << 2);
+          const o = out + <usize>t * outStride + (<usize>r << 2);
+          if (ASC_FEATURE_RELAXED_SIMD) q8Tile4I8(wr, sr, xt, xRow, st, gp, o, outStride, first, fence);
+          else q8Tile4I16(wr, sr, xt, xRow, st, gp, o, outStride, first, fence, hi);
         }
       }
       for (; t < tc; t++) {
         for (let r = rb; r < re; r++) {
-          const v = q8RowI16(base + <usize>r * <usize>pw, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xsp + <usize>t * sRow, gp, fence, hi);
+          const wr = base + <usize>r * <usize>pw;
+          const sr = scales + (<usize>(r * gp) << 2);
+          const xt = xp + <usize>t * xRow;
+          const st = xsp + <usize>t * sRow;
+          const v = ASC_FEATURE_RELAXED_SIMD ? q8RowI8(wr, sr, xt, st, gp, fence) : q8RowI16(wr, sr, xt, st, gp, fence, hi);
           put(out + <usize>t * outStride + (<usize>r << 2), first, v);
         }
       }
