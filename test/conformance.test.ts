@@ -35,4 +35,32 @@ for (const name of MODEL_FIXTURES) {
   }
 }
 
+test('a prompt longer than one pass (passTokens 5) gives the same logits, every position and the last', async () => {
+  for (const name of ['v3-tiny', 'v2-lite-tiny']) {
+    const dir = `${FIXTURES}models/${name}`;
+    const ref = readExpected(`${dir}/expected.safetensors`);
+    const V = ref.vocab;
+    const T = ref.inputIds.length;
+    assert.ok(T > 10, `${name}: the prompt must span several passes (${T} tokens)`);
+    const whole = await Model.load(dir, { threads: 2 });
+    const passes = await Model.load(dir, { threads: 2, passTokens: 5 });
+    try {
+      const one = whole.forward(ref.inputIds, { allLogits: true });
+      const many = passes.forward(ref.inputIds, { allLogits: true });
+      assert.is(many.length, T * V);
+      assert.ok(maxAbsDiff(many, ref.logits) < TOLERANCE, `${name}: passes vs reference`);
+      assert.ok(maxAbsDiff(many, one) < 1e-4, `${name}: passes vs one pass: ${maxAbsDiff(many, one)}`);
+      passes.reset();
+      const lastOnly = passes.forward(ref.inputIds).slice();
+      assert.ok(maxAbsDiff(lastOnly, one.subarray((T - 1) * V)) < 1e-4, `${name}: last logits in passes`);
+      assert.is(passes.position, T);
+      const next = passes.forward([ref.genIds[0]]);
+      assert.ok(maxAbsDiff(next, ref.genLogits.subarray(V, 2 * V)) < TOLERANCE, `${name}: decode after passes`);
+    } finally {
+      await whole.close();
+      await passes.close();
+    }
+  }
+});
+
 test.run();

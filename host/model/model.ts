@@ -36,6 +36,13 @@ export interface LoadOptions {
   simd?: SimdChoice;
   /** The compiled core to run (either build), instead of reading build/*.wasm from disk; `simd` is then unused. */
   wasm?: WebAssembly.Module;
+  /**
+   * Most tokens one pass through the layers takes (default 256): a longer prompt runs in passes of
+   * this many, so its temporaries stay bounded (MLA's per-head buffers alone take heads x tokens x
+   * kv_lora_rank floats twice: 128 MiB for 4096 tokens of a 16-head model). 256 keeps every reuse of the
+   * weights inside a pass (4-token tiles, 64-token quantization chunks).
+   */
+  passTokens?: number;
 }
 
 export interface ForwardOptions {
@@ -66,6 +73,7 @@ export class Model {
     private readonly logits: Float32Array,
     /** The weight format the matrices were loaded in ('stored': f32/bf16 as in the checkpoint). */
     readonly quant: QuantMode,
+    private readonly passTokens: number,
   ) {}
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<Model> {
@@ -76,6 +84,8 @@ export class Model {
   static async fromCheckpoint(ckpt: Checkpoint, opts: LoadOptions = {}): Promise<Model> {
     const cfg = ckpt.config;
     const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
+    const passTokens = opts.passTokens ?? 256;
+    if (!Number.isInteger(passTokens) || passTokens < 1) fail(`passTokens must be a whole number of at least 1, got ${passTokens}`);
     if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
       fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
     }
@@ -116,7 +126,7 @@ export class Model {
       rt.f32(attention.cos, tables.cos.length).set(tables.cos);
       rt.f32(attention.sin, tables.sin.length).set(tables.sin);
       const logits = rt.f32(rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
-      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, attention, logits, w.mode);
+      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, attention, logits, w.mode, passTokens);
     } catch (e) {
       await rt.close();
       throw e;
@@ -136,12 +146,29 @@ export class Model {
 
   /** Runs ids through the model after the tokens already cached; returns [1 or T, vocab] logits. */
   forward(ids: ArrayLike<number>, opts?: ForwardOptions): Float32Array {
+    this.check(ids);
+    const tokens = ids.length;
+    if (tokens <= this.passTokens) return this.pass(ids, opts?.allLogits ? 'all' : 'last');
+    const vocab = this.config.vocabSize;
+    const all = opts?.allLogits ? new Float32Array(tokens * vocab) : null;
+    let logits = this.logits;
+    for (let start = 0; start < tokens; start += this.passTokens) {
+      const end = Math.min(tokens, start + this.passTokens);
+      const part = Array.from({ length: end - start }, (_, i) => ids[start + i]);
+      // Only the last pass needs the head (236 MB of weights on v3-2k6), unless every position's logits are wanted.
+      logits = this.pass(part, all ? 'all' : end === tokens ? 'last' : 'none');
+      all?.set(logits, start * vocab);
+    }
+    return all ?? logits;
+  }
+
+  /** One pass of checked ids through every layer; 'none' leaves out the final norm and the head. */
+  private pass(ids: ArrayLike<number>, want: 'none' | 'last' | 'all'): Float32Array {
     const cfg = this.config;
     const { rt } = this;
     const k = rt.kernels;
     const tokens = ids.length;
     const pos0 = this.position;
-    this.check(ids);
     const hidden = cfg.hiddenSize;
     const vocab = cfg.vocabSize;
     const mark = rt.arena.mark();
@@ -162,17 +189,18 @@ export class Model {
       k.add(x, y, tokens * hidden);
     }
 
-    const rows = opts?.allLogits ? tokens : 1;
-    const last = x + (tokens - rows) * hidden * 4;
-    k.rmsnorm(h, hidden, last, hidden, this.norm, hidden, rows, cfg.rmsNormEps);
-    let result: Float32Array;
-    if (rows === 1) {
-      k.matmul(this.head.fmt, this.logits.byteOffset, this.head.ptr, h, vocab, hidden, 1);
-      result = this.logits;
-    } else {
-      const all = rt.arena.allocF32(rows * vocab, 'logits');
-      k.matmul(this.head.fmt, all, this.head.ptr, h, vocab, hidden, rows);
-      result = rt.f32(all, rows * vocab).slice();
+    let result = this.logits;
+    if (want !== 'none') {
+      const rows = want === 'all' ? tokens : 1;
+      const last = x + (tokens - rows) * hidden * 4;
+      k.rmsnorm(h, hidden, last, hidden, this.norm, hidden, rows, cfg.rmsNormEps);
+      if (rows === 1) {
+        k.matmul(this.head.fmt, this.logits.byteOffset, this.head.ptr, h, vocab, hidden, 1);
+      } else {
+        const all = rt.arena.allocF32(rows * vocab, 'logits');
+        k.matmul(this.head.fmt, all, this.head.ptr, h, vocab, hidden, rows);
+        result = rt.f32(all, rows * vocab).slice();
+      }
     }
     rt.arena.release(mark);
     this.position += tokens;
