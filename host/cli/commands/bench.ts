@@ -94,7 +94,7 @@ export const benchCommand: Command = {
   name: 'bench',
   summary: 'measure prefill and decode speed and peak memory on a checkpoint',
   description:
-    'Loads the model, runs a deterministic prompt of --prompt-tokens ids as one prefill pass, then decodes --gen-tokens ' +
+    'Loads the model, runs a deterministic prompt of --prompt-tokens ids as one prefill (in passes of 256 tokens when longer), then decodes --gen-tokens ' +
     'greedy tokens, and prints prefill tok/s, decode tok/s (with the GB/s of weights that implies), the read bandwidth ' +
     'the read_probe kernel measures over the model\'s memory right before and after decode, and peak memory. ' +
     'One warm-up token runs first and is forgotten. With --json the last stdout line is ' +
