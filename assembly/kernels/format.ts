@@ -1,5 +1,5 @@
-// Weight formats and the row primitives every kernel builds on. A format's dot product and axpy sit
-// side by side so that a new format (q8, q4, fp8) is one more case here, not a new kernel family.
+// Weight formats and the row primitives every kernel builds on, so that a new format (q8, q4, fp8) is
+// one more case here, not a new kernel family.
 
 export const F32: i32 = 0;
 export const BF16: i32 = 1;
@@ -161,31 +161,4 @@ export function dotBF16(w: usize, x: usize, n: i32): f32 {
 
 @inline export function dotRow(fmt: i32, w: usize, x: usize, n: i32): f32 {
   return fmt == BF16 ? dotBF16(w, x, n) : dotF32(w, x, n);
-}
-
-/** y += a * w over n values of a row in format fmt. */
-export function axpyRow(fmt: i32, y: usize, w: usize, a: f32, n: i32): void {
-  const va = f32x4.splat(a);
-  let i = 0;
-  if (fmt == BF16) {
-    for (; i + 8 <= n; i += 8) {
-      const v = v128.load(w + (<usize>i << 1));
-      const py = y + (<usize>i << 2);
-      v128.store(py, f32x4.add(v128.load(py), f32x4.mul(va, bf16Low(v))));
-      v128.store(py, f32x4.add(v128.load(py, 16), f32x4.mul(va, bf16High(v))), 16);
-    }
-    for (; i < n; i++) {
-      const py = y + (<usize>i << 2);
-      store<f32>(py, load<f32>(py) + a * bf16At(w + (<usize>i << 1)));
-    }
-    return;
-  }
-  for (; i + 4 <= n; i += 4) {
-    const py = y + (<usize>i << 2);
-    v128.store(py, f32x4.add(v128.load(py), f32x4.mul(va, v128.load(w + (<usize>i << 2)))));
-  }
-  for (; i < n; i++) {
-    const py = y + (<usize>i << 2);
-    store<f32>(py, load<f32>(py) + a * load<f32>(w + (<usize>i << 2)));
-  }
 }
