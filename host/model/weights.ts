@@ -165,17 +165,22 @@ export class WeightReader {
     const mark = arena.mark();
     const all = arena.allocF32(part.rows * cols, `${e.name} (staging)`);
     this.readAsF32(e, all, part.rows, cols);
-    const most = Math.max(...cuts.map((c) => c.rows));
-    const one = arena.allocF32(most * cols, `${e.name} (one cut)`);
+    // A transposed cut is staged once more; a plain one is read where it lies.
+    const most = Math.max(0, ...cuts.filter((c) => c.transpose).map((c) => c.rows));
+    const turned = arena.allocF32(most * cols, `${e.name} (one transposed cut)`);
     for (const [i, c] of cuts.entries()) {
       const m = out[i];
-      const src = this.rt.f32(all + c.row * cols * 4, c.rows * cols);
-      const dst = this.rt.f32(one, c.rows * cols);
-      if (!c.transpose) dst.set(src);
-      else for (let r = 0; r < c.rows; r++) for (let j = 0; j < cols; j++) dst[j * c.rows + r] = src[r * cols + j];
-      if (fmt === FMT_F32) this.rt.f32(m.ptr, m.rows * m.cols).set(dst);
-      else if (fmt === FMT_BF16) f32ToBf16(dst, new Uint16Array(this.rt.memory.buffer, m.ptr, m.rows * m.cols));
-      else k.quantize_rows(fmt, m.ptr, m.rows, FMT_F32, one, m.rows, m.cols, 0);
+      let from = all + c.row * cols * 4;
+      if (c.transpose) {
+        const src = this.rt.f32(from, c.rows * cols);
+        const dst = this.rt.f32(turned, c.rows * cols);
+        for (let r = 0; r < c.rows; r++) for (let j = 0; j < cols; j++) dst[j * c.rows + r] = src[r * cols + j];
+        from = turned;
+      }
+      const values = this.rt.f32(from, c.rows * cols);
+      if (fmt === FMT_F32) this.rt.f32(m.ptr, m.rows * m.cols).set(values);
+      else if (fmt === FMT_BF16) f32ToBf16(values, new Uint16Array(this.rt.memory.buffer, m.ptr, m.rows * m.cols));
+      else k.quantize_rows(fmt, m.ptr, m.rows, FMT_F32, from, m.rows, m.cols, 0);
     }
     arena.release(mark);
     return out;
