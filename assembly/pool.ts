@@ -2,11 +2,17 @@
 // thread publishes a step (operation, item count, arguments) on a job board in that memory, wakes the
 // workers through memory.atomic.notify, takes its own share and waits for a counter to reach zero.
 // Work is split by output items (rows, heads), each item computed by the same code whatever the
-// thread count, so results are bit-identical for 1 and N threads.
+// thread count and whichever thread takes it, so results are bit-identical for 1 and N threads.
+//
+// Threads claim the items in shrinking chunks (guided scheduling) rather than fixed equal shares: the
+// cores of a shared VM do not run at one speed (a neighbour's work slows one of them), and with fixed
+// shares the faster thread waited for the slower one at the end of every step. The first chunks are
+// large, so a decode matmul still streams long runs of rows.
 
 // Job board layout (bytes from the board's base; the host allocates BOARD_BYTES, 64-byte aligned).
 const GEN: usize = 0; // generation: bumped once per step; workers wait on it
 const PENDING: usize = 64; // workers still busy with the current step (own cache line)
+const NEXT: usize = 96; // the first item no thread has claimed yet
 const THREADS: usize = 128;
 const STOP: usize = 132;
 const OP: usize = 136;
@@ -47,12 +53,23 @@ let board: usize = 0;
   store<f32>(board + ARGS + (<usize>(MAX_ARGS + k) << 2), v);
 }
 
+/** Claims and runs chunks of the current step until none is left: each chunk a 1 / (2 * threads) share
+ * of the items still unclaimed, so the chunks shrink towards the end and threads finish together. */
 function runShare(tid: i32): void {
   const n = load<i32>(board + ITEMS);
-  const threads = load<i32>(board + THREADS);
-  const begin = <i32>((<i64>n * tid) / threads);
-  const end = <i32>((<i64>n * (tid + 1)) / threads);
-  if (begin < end) runTask(load<i32>(board + OP), begin, end, tid);
+  const op = load<i32>(board + OP);
+  const parts = 2 * load<i32>(board + THREADS);
+  let begin = atomic.load<i32>(board + NEXT);
+  while (begin < n) {
+    const end = begin + max(1, (n - begin) / parts);
+    const seen = atomic.cmpxchg<i32>(board + NEXT, begin, end);
+    if (seen == begin) {
+      runTask(op, begin, end, tid);
+      begin = atomic.load<i32>(board + NEXT);
+    } else {
+      begin = seen;
+    }
+  }
 }
 
 export function pool_init(boardPtr: usize, threads: i32): void {
@@ -74,7 +91,8 @@ export function parallel(op: i32, items: i32): void {
     return;
   }
   atomic.store<i32>(board + PENDING, threads - 1);
-  atomic.add<i32>(board + GEN, 1); // seq-cst: publishes OP, ITEMS and the arguments
+  atomic.store<i32>(board + NEXT, 0);
+  atomic.add<i32>(board + GEN, 1); // seq-cst: publishes OP, ITEMS, NEXT and the arguments
   atomic.notify(board + GEN, threads - 1);
   runShare(0);
   let spins = 0;

@@ -17,7 +17,7 @@ export function runTask(op: i32, begin: i32, end: i32, tid: i32): void {
       mlaTask(begin, end, tid);
       break;
     case OP_READ_PROBE:
-      readProbeTask(begin, end, tid);
+      readProbeTask(begin, end);
       break;
     case OP_MATMUL_QUANT:
       quantizedMatmulTask(begin, end, tid);

@@ -170,7 +170,7 @@ for (const threads of threadCounts) {
 
   // Bandwidth: the pages are written first, so the probe reads real memory rather than the zero page.
   const probe = arena.alloc(PROBE_BYTES, 'bandwidth probe buffer');
-  const probeOut = arena.alloc(4 * threads, 'probe sums');
+  const probeOut = arena.alloc(4, 'probe sum');
   rt.bytes(probe, PROBE_BYTES).fill(0x55);
   cases.push({ name: 'read_probe 1 GiB (wasm SIMD)', threads, bytes: PROBE_BYTES, flops: 0, bound: 'memory', fn: () => rt.kernels.read_probe(probe, PROBE_BYTES, probeOut) });
   if (threads === 1) {

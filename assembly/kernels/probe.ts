@@ -6,7 +6,7 @@
 import { argI, argP, parallel, setI, setP } from '../pool';
 import { OP_READ_PROBE } from '../ops';
 
-/** Reads `bytes` bytes (a multiple of 64) at src on all threads; writes one i32 per thread to out. */
+/** Reads `bytes` bytes (a multiple of 64) at src on all threads and adds their i32 words (wrapping) to the i32 at out. */
 export function read_probe(src: usize, bytes: i32, out: usize): void {
   setP(0, src);
   setI(1, bytes >>> 6);
@@ -14,7 +14,7 @@ export function read_probe(src: usize, bytes: i32, out: usize): void {
   parallel(OP_READ_PROBE, bytes >>> 6);
 }
 
-export function readProbeTask(begin: i32, end: i32, tid: i32): void {
+export function readProbeTask(begin: i32, end: i32): void {
   const src = argP(0);
   const quarter = (end - begin) >> 2;
   const stride = <usize>quarter << 6;
@@ -42,5 +42,5 @@ export function readProbeTask(begin: i32, end: i32, tid: i32): void {
     d = i32x4.add(d, v128.load(p, 48));
   }
   const s = i32x4.add(i32x4.add(a, b), i32x4.add(c, d));
-  store<i32>(argP(2) + (<usize>tid << 2), i32x4.extract_lane(s, 0) ^ i32x4.extract_lane(s, 3));
+  atomic.add<i32>(argP(2), i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3));
 }

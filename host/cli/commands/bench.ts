@@ -79,7 +79,7 @@ const PROBE_CACHE_BYTES = 512 * MB;
  * first GiB of the model's own memory (its weights), median of three passes, in GB/s.
  */
 function probeBandwidth(rt: Runtime, bytes: number): number {
-  const out = rt.arena.alloc(4 * rt.threads, 'probe sums');
+  const out = rt.arena.alloc(4, 'probe sum');
   const rates: number[] = [];
   for (let i = 0; i < 3; i++) {
     const t = performance.now();
