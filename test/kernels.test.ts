@@ -327,8 +327,12 @@ test('silu_mul: every size, with saturating gates', () => {
     for (const tokens of [1, 3]) {
       scoped(() => {
         const gu = rng.normals(tokens * 2 * n, 4);
-        const extremes = [-100, -90, -88, 0, 30, 100];
-        for (let i = 0; i < Math.min(extremes.length, n); i++) gu[i] = extremes[i];
+        // At both ends of the gates, so both the four-lane loop and the one-value tail see them.
+        const extremes = [-100, -90, -88, -87.5, 0, 30, 88.5, 100];
+        for (let i = 0; i < Math.min(extremes.length, n); i++) {
+          gu[i] = extremes[i];
+          gu[n - 1 - i] = extremes[i];
+        }
         const out = new Out(tokens * n);
         rt.kernels.silu_mul(out.ptr, put(gu), n, tokens);
         expectClose(out.get(), siluMulRef(gu, n, tokens), `silu_mul n=${n} T=${tokens}`);
