@@ -372,9 +372,20 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   const total = Number(/profile +([\d.]+) ms\/token inside kernels/.exec(prof.stdout)?.[1]);
   const rows = [...prof.stdout.matchAll(/^ {2}(\w+) +([\d.]+) ms\/token +([\d.]+) calls\/token$/gm)];
   const byName = new Map(rows.map((m) => [m[1], Number(m[3])]));
+  const byMs = new Map(rows.map((m) => [m[1], Number(m[2])]));
   assert.is(byName.get('mla_attention'), TINY_V3.num_hidden_layers, 'one attention call per layer per token');
   const sum = rows.reduce((n, m) => n + Number(m[2]), 0);
   assert.ok(Math.abs(sum - total) < 0.01 * rows.length + 1e-9, `rows sum to ${sum}, total says ${total}`);
+  // The same matmul calls again by weights: they add up to the matmul kernels' rows, and the head
+  // (vocab x hidden, as stored: synth's default bf16) runs once per token.
+  const matrices = [...prof.stdout.matchAll(/^ {2}(.+?) +([\d.]+) ms\/token +([\d.]+) calls\/token +([\d.]+) MB\/token +([\d.]+) GB\/s +\d+%$/gm)];
+  const matmulMs = (byMs.get('matmul') ?? 0) + (byMs.get('matmul_grouped') ?? 0);
+  const matrixMs = matrices.reduce((n, m) => n + Number(m[2]), 0);
+  assert.ok(Math.abs(matrixMs - matmulMs) < 0.001 * (matrices.length + 2), `matrices sum to ${matrixMs} ms, the matmul kernels to ${matmulMs}`);
+  const head = matrices.find((m) => m[1] === `bf16 ${TINY_V3.vocab_size}x${TINY_V3.hidden_size}`);
+  assert.ok(head, `a row for the head in:\n${prof.stdout}`);
+  assert.is(Number(head![3]), 1);
+  assert.ok(Math.abs(Number(head![4]) - (TINY_V3.vocab_size * TINY_V3.hidden_size * 2) / 1e6) < 0.06, `head MB/token: ${head![4]}`);
   const badQuant = cli('bench', '--model', dir, '--quant', 'q3');
   assert.is(badQuant.status, 1);
   assert.match(badQuant.stderr, /--quant is "q3": expected one of f32, bf16, q8, q4, fp8/);

@@ -5,7 +5,7 @@ import { argmax } from '../../generate/sampler.js';
 import { Model, type LoadOptions } from '../../model/model.js';
 import { parseQuant, type QuantMode } from '../../model/weights.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { profileKernels } from '../kernel-profile.js';
+import { profileKernels, type KernelTime } from '../kernel-profile.js';
 import { loadProgress } from '../progress.js';
 import { MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
@@ -180,10 +180,18 @@ export const benchCommand: Command = {
         const times = profileKernels(model.rt, () => {
           for (let k = 0; k < genTokens; k++) logits = model.forward([argmax(logits)]);
         });
-        const total = times.reduce((n, t) => n + t.ms, 0) / genTokens;
+        const total = times.kernels.reduce((n, t) => n + t.ms, 0) / genTokens;
+        const perToken = (t: KernelTime): string =>
+          `${(t.ms / genTokens).toFixed(3).padStart(8)} ms/token  ${(t.calls / genTokens).toFixed(1).padStart(5)} calls/token`;
         lines.push(`profile  ${total.toFixed(2)} ms/token inside kernels, by kernel:`);
-        for (const t of times) {
-          lines.push(`  ${t.name.padEnd(16)} ${(t.ms / genTokens).toFixed(3).padStart(8)} ms/token  ${(t.calls / genTokens).toFixed(1).padStart(5)} calls/token`);
+        for (const t of times.kernels) lines.push(`  ${t.name.padEnd(16)} ${perToken(t)}`);
+        lines.push(`by matrix (the matmul rows above, by weights; GB/s of weights read, and its share of the ${readGbs.toFixed(1)} GB/s probe):`);
+        for (const m of times.matrices) {
+          const gbs = m.bytes / m.ms / 1e6;
+          lines.push(
+            `  ${m.name.padEnd(40)} ${perToken(m)} ${(m.bytes / genTokens / 1e6).toFixed(1).padStart(7)} MB/token ` +
+              `${gbs.toFixed(1).padStart(5)} GB/s ${((100 * gbs) / readGbs).toFixed(0).padStart(3)}%`,
+          );
         }
       }
       process.stdout.write(lines.join('\n') + '\n');
