@@ -3,14 +3,13 @@
 // share as four streams at once, a quarter each: the hardware prefetcher follows one stream per
 // 4 KiB page, and one stream per core left a third of the bandwidth unused (one core here: 9.3-9.9
 // GB/s with one stream, 12-14 with two, 15-17 with four).
-import { argI, argP, parallel, setI, setP } from '../pool';
+import { argP, parallel, setP } from '../pool';
 import { OP_READ_PROBE } from '../ops';
 
 /** Reads `bytes` bytes (a multiple of 64) at src on all threads and adds their i32 words (wrapping) to the i32 at out. */
 export function read_probe(src: usize, bytes: i32, out: usize): void {
   setP(0, src);
-  setI(1, bytes >>> 6);
-  setP(2, out);
+  setP(1, out);
   parallel(OP_READ_PROBE, bytes >>> 6);
 }
 
@@ -42,5 +41,5 @@ export function readProbeTask(begin: i32, end: i32): void {
     d = i32x4.add(d, v128.load(p, 48));
   }
   const s = i32x4.add(i32x4.add(a, b), i32x4.add(c, d));
-  atomic.add<i32>(argP(2), i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3));
+  atomic.add<i32>(argP(1), i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3));
 }
