@@ -35,6 +35,8 @@ export interface DeepSeekConfig {
   intermediateSize: number;
   moeIntermediateSize: number;
   numHiddenLayers: number;
+  /** DeepSeek-V3's multi-token-prediction layers (num_nextn_predict_layers), after the decoder layers. */
+  numNextnPredictLayers: number;
   numAttentionHeads: number;
   /** null: one q_proj (V2-Lite); else q_a_proj -> q_a_layernorm -> q_b_proj. */
   qLoraRank: number | null;
@@ -225,6 +227,7 @@ export function parseConfig(raw: unknown, path: string): DeepSeekConfig {
     intermediateSize: f.int('intermediate_size'),
     moeIntermediateSize: moeInt('moe_intermediate_size'),
     numHiddenLayers: f.int('num_hidden_layers'),
+    numNextnPredictLayers: f.int('num_nextn_predict_layers', { min: 0, default: 0 }),
     numAttentionHeads: f.int('num_attention_heads'),
     qLoraRank: f.isSet('q_lora_rank') ? f.int('q_lora_rank') : null,
     kvLoraRank: f.int('kv_lora_rank'),

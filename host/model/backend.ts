@@ -1,0 +1,90 @@
+// The interface every backend implements (the wasm model in host/model/model.ts, the CUDA model in
+// host/backends/cuda/): load once, then sequences, each with its own latent KV cache from a pool sized at
+// load, and forward() over a batch of (sequence, tokens). Continuous batching (many sequences, one token
+// each), speculative verification (one sequence, K + 1 tokens, then truncate), beam search (sequences
+// forked from one prompt) and chunked prefill are all this one call.
+import type { DeepSeekConfig } from '../checkpoint/config.js';
+import type { SimdChoice } from '../runtime/features.js';
+import type { QuantName } from './weights.js';
+
+export type BackendName = 'cpu' | 'cuda';
+export const BACKEND_NAMES: readonly BackendName[] = ['cpu', 'cuda'];
+
+/** A sequence of tokens with its KV cache in one slot of its backend's pool; made by the backend. */
+export interface Sequence {
+  /** Its slot in the pool: 0 to maxSequences - 1. */
+  readonly slot: number;
+  /** Tokens in its cache: the position of its next token. */
+  readonly position: number;
+}
+
+/** Which logits rows forward() returns for an entry: its last token's, every token's, or none. */
+export type LogitsRows = 'last' | 'all' | 'none';
+
+export interface BatchEntry {
+  sequence: Sequence;
+  /** Token ids to append: a prompt chunk or one decode token. */
+  tokens: ArrayLike<number>;
+  /** Default 'last'. */
+  logits?: LogitsRows;
+}
+
+export interface LoadOptions {
+  /** Where to run (default 'cpu': the WebAssembly core). */
+  backend?: BackendName;
+  /** Most tokens a sequence may hold (prompt and generated); default min(max_position_embeddings, 4096). */
+  contextLength?: number;
+  /** Sequences that may hold a cache at once (default 1): the pool holds maxSequences x contextLength tokens. */
+  maxSequences?: number;
+  /**
+   * Weight format of the matrices (docs/quantized-format.md). CPU default: as stored when the checkpoint
+   * is at most 1 GiB, q8 above that for bf16/f32 checkpoints; FP8 checkpoints stay fp8 and `deepwasm
+   * convert` output loads in its own format. CUDA: as stored, or q8; it refuses q4.
+   */
+  quant?: QuantName;
+  /** Called as weight bytes are read, with the total to read. */
+  onProgress?: (bytesRead: number, totalBytes: number) => void;
+  /** CPU: threads taking part in each kernel, this one included (default: all cores). */
+  threads?: number;
+  /** CPU: 'plain' forces the SIMD128 build, 'relaxed' the relaxed-SIMD one; default DEEPWASM_SIMD or auto-detect. */
+  simd?: SimdChoice;
+  /** CPU: the compiled core to run (either build), instead of reading build/*.wasm from disk; `simd` is then unused. */
+  wasm?: WebAssembly.Module;
+  /**
+   * CPU: most tokens one pass through the layers takes (default 256): a longer prompt runs in passes of
+   * this many, so its temporaries stay bounded (MLA's per-head buffers alone take heads x tokens x
+   * kv_lora_rank floats twice: 128 MiB for 4096 tokens of a 16-head model). 256 keeps every reuse of the
+   * weights inside a pass (4-token tiles, 64-token quantization chunks).
+   */
+  passTokens?: number;
+  /** CUDA: path of libdwcuda.so (default: $DEEPWASM_CUDA_LIB or kernels-gpu/build/). */
+  cudaLibrary?: string;
+}
+
+/** A loaded model on one backend. */
+export interface ModelBackend {
+  readonly backend: BackendName;
+  readonly config: DeepSeekConfig;
+  readonly contextLength: number;
+  readonly maxSequences: number;
+  /** The weight format in memory, as --quant names it, or 'stored' (as the checkpoint holds it). */
+  readonly quant: string;
+  /** What it runs on, for summaries: "CPU, wasm relaxed SIMD, 2 threads" or the GPU's name. */
+  readonly device: string;
+  /** A new empty sequence; throws when all maxSequences slots are in use. */
+  createSequence(): Sequence;
+  /**
+   * Runs each entry's tokens after the tokens its sequence holds and returns, per entry, its logits rows
+   * ([rows, vocab], empty for 'none'). An entry's sequence may appear once per batch. The arrays may be
+   * views of the backend's memory, valid until its next call.
+   */
+  forward(batch: readonly BatchEntry[]): Float32Array[];
+  /** Forgets the sequence's tokens from `position` on (0 empties it). */
+  truncate(sequence: Sequence, position: number): void;
+  /** A new sequence holding a copy of this one's tokens and cache. */
+  fork(sequence: Sequence): Sequence;
+  /** Gives the sequence's slot back; the sequence cannot be used afterwards. */
+  free(sequence: Sequence): void;
+  /** Frees the backend's memory and threads; nothing can be used afterwards. */
+  close(): Promise<void>;
+}

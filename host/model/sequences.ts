@@ -1,0 +1,85 @@
+// The bookkeeping of sequences that every backend shares: which slots of the KV-cache pool are taken,
+// each sequence's position, and the checks on a batch before any kernel runs. The backends own the caches
+// themselves (wasm memory, device memory) and only copy rows on fork.
+import type { DeepSeekConfig } from '../checkpoint/config.js';
+import { fail } from '../errors.js';
+import type { BatchEntry, Sequence } from './backend.js';
+
+class Slot implements Sequence {
+  position = 0;
+  freed = false;
+  constructor(readonly slot: number, readonly pool: SequencePool) {}
+}
+
+export class SequencePool {
+  private readonly taken: (Slot | null)[];
+
+  constructor(
+    private readonly config: DeepSeekConfig,
+    readonly contextLength: number,
+    readonly maxSequences: number,
+  ) {
+    if (!Number.isInteger(maxSequences) || maxSequences < 1) fail(`maxSequences must be a whole number of at least 1, got ${maxSequences}`);
+    this.taken = new Array(maxSequences).fill(null);
+  }
+
+  create(): Sequence {
+    const slot = this.taken.indexOf(null);
+    if (slot < 0) {
+      fail(`all ${this.maxSequences} sequences of this model are in use; free one, or load the model with more (maxSequences, --parallel)`);
+    }
+    const s = new Slot(slot, this);
+    this.taken[slot] = s;
+    return s;
+  }
+
+  /** The sequence as this pool's own: it must come from this pool and not be freed. */
+  own(sequence: Sequence): Slot {
+    const s = sequence as Slot;
+    if (!(s instanceof Slot) || s.pool !== this) fail('this sequence belongs to another model');
+    if (s.freed) fail(`sequence ${s.slot} was freed; create a new one`);
+    return s;
+  }
+
+  free(sequence: Sequence): void {
+    const s = this.own(sequence);
+    s.freed = true;
+    this.taken[s.slot] = null;
+  }
+
+  truncate(sequence: Sequence, position: number): void {
+    const s = this.own(sequence);
+    if (!Number.isInteger(position) || position < 0 || position > s.position) {
+      fail(`cannot truncate sequence ${s.slot} to ${position}: it holds ${s.position} tokens (expected 0 to ${s.position})`);
+    }
+    s.position = position;
+  }
+
+  /** Checks the whole batch (ids in the vocabulary, room in each context, each sequence once) before anything runs. */
+  check(batch: readonly BatchEntry[]): Slot[] {
+    if (batch.length === 0) fail('forward() needs at least one (sequence, tokens) entry');
+    const vocab = this.config.vocabSize;
+    const seen = new Set<Slot>();
+    return batch.map((entry, b) => {
+      const s = this.own(entry.sequence);
+      if (seen.has(s)) fail(`sequence ${s.slot} appears twice in one batch; give it one entry with all its tokens`);
+      seen.add(s);
+      const ids = entry.tokens;
+      if (ids.length === 0) fail('no tokens to run: the prompt is empty');
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i];
+        if (!Number.isInteger(id) || id < 0 || id >= vocab) {
+          fail(`token id ${id} at index ${i}${batch.length > 1 ? ` of batch entry ${b}` : ''} is outside the vocabulary (expected 0 to ${vocab - 1}, vocab_size in config.json)`);
+        }
+      }
+      const end = s.position + ids.length;
+      if (end > this.config.maxPositionEmbeddings) {
+        fail(`${end} tokens exceed max_position_embeddings (${this.config.maxPositionEmbeddings}) in config.json`);
+      }
+      if (end > this.contextLength) {
+        fail(`${end} tokens exceed the context length (${this.contextLength}); load the model with a larger context (--context)`);
+      }
+      return s;
+    });
+  }
+}

@@ -1,0 +1,82 @@
+/* generated from assembly/constants.ts by tools/gen-constants.mjs (npm run build): edit that file, not this one. */
+#ifndef DW_CONSTANTS_H
+#define DW_CONSTANTS_H
+
+/* Weight formats: how a matrix lies in memory, in wasm and on the GPU alike (docs/quantized-format.md). */
+#define DW_FMT_F32 0
+#define DW_FMT_BF16 1
+/* int8 weights, one f32 scale per group of QUANT_GROUP along each row. */
+#define DW_FMT_Q8 2
+/* 4-bit weights (stored q + 8), one f32 scale per group of QUANT_GROUP along each row. */
+#define DW_FMT_Q4 3
+/* e4m3 weights with DeepSeek's FP8_BLOCK x FP8_BLOCK block scales, dequantized inside the kernel. */
+#define DW_FMT_FP8 4
+/* Weights and activations of q8 and q4 share one scale per this many values along a row. */
+#define DW_QUANT_GROUP 32
+/* DeepSeek's FP8 weight_block_size. */
+#define DW_FP8_BLOCK 128
+
+/* Element types of checkpoint data handed over as it is stored (dw_load). */
+#define DW_DTYPE_F32 0
+#define DW_DTYPE_BF16 1
+#define DW_DTYPE_F16 2
+#define DW_DTYPE_F8_E4M3 3
+
+/* MoE routing: config.json's topk_method and scoring_func. */
+#define DW_ROUTE_GREEDY 0
+#define DW_ROUTE_GROUP_LIMITED_GREEDY 1
+#define DW_ROUTE_NOAUX_TC 2
+#define DW_SCORE_SOFTMAX 0
+#define DW_SCORE_SIGMOID 1
+
+/* Tensor roles (host/model/schema.ts): what a tensor is in its layer. The CUDA library's load slots. */
+
+/* Per-layer roles come with a layer index; the MTP layers' indices follow the decoder layers'. */
+#define DW_ROLE_ATTN_NORM 0
+#define DW_ROLE_Q_PROJ 1
+#define DW_ROLE_Q_A 2
+#define DW_ROLE_Q_A_NORM 3
+#define DW_ROLE_Q_B 4
+#define DW_ROLE_KV_A 5
+#define DW_ROLE_KV_A_NORM 6
+#define DW_ROLE_KV_B 7
+#define DW_ROLE_O_PROJ 8
+#define DW_ROLE_FFN_NORM 9
+/* Dense MLP: gate and up stacked by rows [2 * inter, hidden]. */
+#define DW_ROLE_GATE_UP 10
+#define DW_ROLE_DOWN 11
+#define DW_ROLE_ROUTER 12
+#define DW_ROLE_ROUTER_BIAS 13
+/* Routed expert e (its index given beside the role): gate and up stacked by rows. */
+#define DW_ROLE_EXP_GATE_UP 14
+#define DW_ROLE_EXP_DOWN 15
+#define DW_ROLE_SH_GATE_UP 16
+#define DW_ROLE_SH_DOWN 17
+/* MTP layer: norm of the next token's embedding. */
+#define DW_ROLE_MTP_ENORM 18
+/* MTP layer: norm of the previous layer's hidden state. */
+#define DW_ROLE_MTP_HNORM 19
+/* MTP layer: [hidden, 2 * hidden], from [enorm(e) | hnorm(h)] to the block's input. */
+#define DW_ROLE_MTP_EH_PROJ 20
+#define DW_ROLE_MTP_HEAD_NORM 21
+#define DW_ROLE_MTP_HEAD 22
+#define DW_ROLE_MTP_EMBED 23
+/* Cut from kv_b at load (wasm): head h's W_UK^T [kv_lora_rank, qk_nope_head_dim], h given beside the role. */
+#define DW_ROLE_W_UK_T 24
+/* Cut from kv_b at load (wasm): head h's W_UV [v_head_dim, kv_lora_rank]. */
+#define DW_ROLE_W_UV 25
+#define DW_LAYER_ROLES 26
+#define DW_ROLE_EMBED 32
+#define DW_ROLE_FINAL_NORM 33
+#define DW_ROLE_LM_HEAD 34
+/* Rotary tables [context, qk_rope_head_dim / 2] f32, YaRN's attention factor included. */
+#define DW_ROLE_ROPE_COS 35
+#define DW_ROLE_ROPE_SIN 36
+
+/* Layouts in wasm memory that the host writes and the kernels read. */
+/* Bytes per entry of matmul_grouped's descriptor table (assembly/kernels/grouped.ts). */
+#define DW_GROUPED_DESC_BYTES 32
+/* Bytes after the job board where set_scratch keeps the quantized kernels' scratch descriptor. */
+#define DW_BOARD_EXTRA_BYTES 64
+
+#endif
