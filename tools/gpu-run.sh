@@ -10,11 +10,10 @@
 # ignored folder .gpu-carry/ (see kernels-gpu/README.md): node.xz, node_modules/, dist/, build/.
 #
 # Environment: OUT (results folder), DW_SKIP_BENCH=1 (tests only), DW_SKIP_TESTS=1 (bench only),
-# DW_CONFIGS (switch sets to fall back through, see below), DW_BENCH_ALT (a second benchmark),
-# DW_VARIANTS (decode-only timings of switch sets: 'name:ENV=v,ENV=v;name2:...', to variants.json),
+# DW_BENCH_Q8=1 (the benchmark once more with q8 weights, to bench-q8.json),
 # DW_PREBUILT=1 (use kernels-gpu/build/libdwcuda.so as carried instead of rebuilding),
-# DW_SYNC=1 (synchronize and check after every kernel: slow, names a failing kernel),
-# DW_TEST_TIMEOUT (seconds per test run, default 240).
+# DW_SYNC (default 1 for the tests: synchronize and check after every kernel, so a fault names its
+# kernel; the fixtures are tiny), DW_TEST_TIMEOUT (seconds for the test run, default 240).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -93,25 +92,12 @@ if [ ! -f dist/test/cuda.test.js ]; then
 fi
 
 # --- tests ---------------------------------------------------------------------------------------
-# DW_CONFIGS: switch sets tried in order until the tests pass ("default" = all fast paths on); the
-# benchmark then runs with the first that passed. DW_DOWN=0: the first expert-down kernel (one warp
-# per output row); DW_MEGA=1: every layer of a decode step in one launch (experimental, slower);
-# DW_PDL=0: no programmatic dependent launch; DW_ABSORB=0: the simple query-absorption kernel.
-configs="${DW_CONFIGS:-default DW_DOWN=0}"
 rc=0
-chosen=default
 if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
-  rc=1
-  for cfg in $configs; do
-    envs=""
-    [ "$cfg" != default ] && envs="${cfg//,/ }"
-    say "GPU tests ($cfg)"
-    # DW_SYNC=1 checks every kernel as it ends, so a fault names its kernel (the fixtures are tiny).
-    env $envs DW_SYNC="${DW_SYNC:-1}" DW_RESULTS="$OUT/correctness.json" timeout "${DW_TEST_TIMEOUT:-240}" $NODE dist/test/cuda.test.js 2>&1 | tee -a "$OUT/test.log"
-    rc=${PIPESTATUS[0]}
-    say "tests ($cfg) exit code $rc"
-    if [ $rc = 0 ]; then chosen=$cfg; break; fi
-  done
+  say "GPU tests"
+  DW_SYNC="${DW_SYNC:-1}" DW_RESULTS="$OUT/correctness.json" timeout "${DW_TEST_TIMEOUT:-240}" $NODE dist/test/cuda.test.js 2>&1 | tee -a "$OUT/test.log"
+  rc=${PIPESTATUS[0]}
+  say "tests exit code $rc"
   if [ $rc != 0 ] && [ $have_gpu = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
     say "tests failed: memcheck of one CLI run (v3-tiny) -> $OUT/memcheck.log"
     timeout 120 compute-sanitizer --tool memcheck --print-limit 20 $NODE dist/host/cli/main.js logits \
@@ -123,21 +109,14 @@ fi
 
 # --- benchmark --------------------------------------------------------------------------------------
 if [ $have_gpu = 1 ] && [ "${DW_SKIP_BENCH:-0}" != 1 ]; then
-  envs=""
-  [ "$chosen" != default ] && envs="${chosen//,/ }"
-  say "16B benchmark ($chosen)"
-  env $envs timeout 300 $NODE dist/host/backends/cuda-bench.js --out "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"
+  say "16B benchmark (bf16)"
+  timeout 300 $NODE dist/bench/cuda.bench.js --out "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"
   brc=${PIPESTATUS[0]}
   say "bench exit code $brc"
   [ $rc = 0 ] && rc=$brc
-  # DW_BENCH_ALT: one more switch set to compare against (e.g. DW_PDL=0), written to bench-alt.json.
-  if [ -n "${DW_BENCH_ALT:-}" ]; then
-    say "16B benchmark (${DW_BENCH_ALT})"
-    env ${DW_BENCH_ALT//,/ } timeout 200 $NODE dist/host/backends/cuda-bench.js --out "$OUT/bench-alt.json" 2>&1 | tee -a "$OUT/bench.log"
-  fi
-  if [ -n "${DW_VARIANTS:-}" ]; then
-    say "decode variants"
-    env $envs timeout 200 $NODE dist/host/backends/cuda-bench.js --variants "$DW_VARIANTS" --out "$OUT/variants.json" 2>&1 | tee -a "$OUT/bench.log"
+  if [ "${DW_BENCH_Q8:-0}" = 1 ]; then
+    say "16B benchmark (q8)"
+    timeout 300 $NODE dist/bench/cuda.bench.js --quant q8 --out "$OUT/bench-q8.json" 2>&1 | tee -a "$OUT/bench.log"
   fi
 elif [ $have_gpu = 0 ]; then
   say "no GPU: benchmark skipped"

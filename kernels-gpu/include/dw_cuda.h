@@ -1,11 +1,18 @@
 /*
  * DeepWasm CUDA bridge: the C ABI of libdwcuda.so.
  *
- * One model per handle; batch 1. Weights, the latent KV cache and every step of the forward pass
- * live on the device. The host (host/backends/cuda.ts) reads the checkpoint and hands each tensor
- * to dw_load; prefill runs cuBLAS GEMMs and the attention kernels; a decode step is one CUDA
- * graph replay that ends with the argmax on the device, so only the next token id (and the
- * logits, when asked for) come back.
+ * One model per handle. Weights, a pool of latent KV caches (max_sequences x max_context positions
+ * per layer) and every step of the forward pass live on the device. The host (host/backends/cuda/)
+ * reads the checkpoint, declares each weight's device format, checks the memory plan against the
+ * device's free memory, then hands each tensor to dw_load. The host owns the sequences: every run
+ * names the sequence's slot in the pool and the position of its first token. Prefill runs cuBLAS
+ * GEMMs and the attention kernels; a decode step is one CUDA graph replay (sequence, position and
+ * token are read from device memory, so one captured graph serves them all) that ends with the
+ * argmax on the device, so only the next token id (and the logits, when asked for) come back.
+ *
+ * Numbers shared with the wasm core and the host (formats DW_FMT_*, element types DW_DTYPE_*,
+ * routing DW_ROUTE_* / DW_SCORE_*, tensor roles DW_ROLE_*) come from dw_constants.h, which is
+ * generated from assembly/constants.ts.
  *
  * Every function that returns int returns a negative number on failure; dw_last_error() then says
  * what failed (the CUDA/cuBLAS call, its file and line, and the error text).
@@ -14,61 +21,29 @@
 #define DW_CUDA_H
 
 #include <stdint.h>
+#include "dw_constants.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define DW_ABI_VERSION 1
+#define DW_ABI_VERSION 2
 
-/* Element types of the data handed to dw_load (and of weights kept on the device). */
-enum {
-  DW_F32 = 0,
-  DW_BF16 = 1,
-  DW_F16 = 2, /* widened to f32 on load */
-  DW_FP8 = 3, /* e4m3 with f32 block scales (weight_scale_inv) */
-  DW_Q8 = 4   /* device-only: int8 with one f32 scale per row and 64 columns (dw_config.quant = 1) */
-};
-
-/* Where a tensor goes. Per-layer slots take layer >= 0; global ones take layer = -1. */
-enum {
-  DW_ATTN_NORM = 0,   /* [hidden] */
-  DW_Q_PROJ = 1,      /* [heads*(nope+rope), hidden]   (q_lora_rank == 0) */
-  DW_Q_A = 2,         /* [q_lora_rank, hidden] */
-  DW_Q_A_NORM = 3,    /* [q_lora_rank] */
-  DW_Q_B = 4,         /* [heads*(nope+rope), q_lora_rank] */
-  DW_KV_A = 5,        /* [kv_lora_rank + rope, hidden] */
-  DW_KV_A_NORM = 6,   /* [kv_lora_rank] */
-  DW_KV_B = 7,        /* [heads*(nope+v), kv_lora_rank] */
-  DW_O_PROJ = 8,      /* [hidden, heads*v] */
-  DW_FFN_NORM = 9,    /* [hidden] */
-  DW_GATE_UP = 10,    /* dense MLP [2*inter, hidden]: gate rows at row_offset 0, up rows at inter */
-  DW_DOWN = 11,       /* dense MLP [hidden, inter] */
-  DW_ROUTER = 12,     /* [n_routed, hidden] */
-  DW_ROUTER_BIAS = 13,/* [n_routed] e_score_correction_bias (optional) */
-  DW_EXP_GATE_UP = 14,/* expert e: [2*moe_inter, hidden] */
-  DW_EXP_DOWN = 15,   /* expert e: [hidden, moe_inter] */
-  DW_SH_GATE_UP = 16, /* shared experts [2*moe_inter*n_shared, hidden] */
-  DW_SH_DOWN = 17,    /* [hidden, moe_inter*n_shared] */
-  DW_LAYER_SLOTS = 18,
-  DW_EMBED = 32,      /* [vocab, hidden] */
-  DW_FINAL_NORM = 33, /* [hidden] */
-  DW_LM_HEAD = 34,    /* [vocab, hidden] */
-  DW_ROPE_COS = 35,   /* [max_context, rope/2] f32, YaRN and attention factor included */
-  DW_ROPE_SIN = 36    /* [max_context, rope/2] */
-};
-
-/* The model's shape, as config.json gives it (all fields 4 bytes, no padding: 28 x 4 bytes). */
+/* The model's shape as config.json gives it, the pool's size and how the decode step runs. All
+ * fields 4 bytes, no padding: 28 int32 then 4 float (128 bytes). */
 typedef struct dw_config {
   int32_t vocab, hidden, inter, moe_inter;
   int32_t layers, heads, q_lora_rank /* 0: one q_proj */, kv_lora_rank;
   int32_t nope, rope, v_dim, n_routed;
   int32_t n_shared, topk, first_dense, moe_freq;
-  int32_t n_group, topk_group, topk_method /* 0 greedy, 1 group_limited_greedy, 2 noaux_tc */,
-      scoring /* 0 softmax, 1 sigmoid */;
-  int32_t norm_topk, max_context, max_prefill /* tokens per prefill chunk (0: 256) */,
-      quant /* 0: keep the checkpoint's formats, 1: q8 for every weight matrix */;
-  float routed_scale, rms_eps, softmax_scale, reserved;
+  int32_t n_group, topk_group, topk_method /* DW_ROUTE_* */, scoring /* DW_SCORE_* */;
+  int32_t norm_topk, max_context /* positions per sequence */, max_sequences /* sequences in the pool */,
+      max_prefill /* tokens per prefill chunk (0: 256) */;
+  int32_t pdl /* 1: programmatic dependent launch in the decode graph */,
+      attn_splits /* splits of a decode step's attention, 1..32 (0: 2 x SMs / heads, at most 32) */,
+      sync_launches /* 1: synchronise and check after every kernel (debug: names a faulting kernel) */,
+      reserved;
+  float routed_scale, rms_eps, softmax_scale, reserved_f;
 } dw_config;
 
 int dw_abi_version(void);
@@ -77,33 +52,46 @@ const char *dw_last_error(void);
 /* Number of CUDA devices (0 when the driver is missing or sees none, with the reason in
  * dw_last_error); writes the first device's name and memory into info. */
 int dw_device_info(char *info, int32_t len);
+/* Free and total memory of the device, in bytes. */
+int dw_device_memory(int64_t *free_bytes, int64_t *total_bytes);
 
 void *dw_create(const dw_config *cfg);
-/* Copies one tensor (or the part of a stacked one starting at row_offset) to the device.
- * expert: routed expert index for DW_EXP_* slots, else 0. FP8 data needs scales
- * [ceil(rows/block_rows), ceil(cols/block_cols)] f32; other types pass NULL. */
-int dw_load(void *m, int32_t layer, int32_t slot, int32_t expert, int32_t dtype, const void *data,
-            int64_t rows, int64_t cols, int64_t row_offset, const float *scales, int32_t block_rows,
-            int32_t block_cols);
-/* Fills every slot not loaded yet with random bf16 weights (norms 1, bias 0), on the device. */
+/* The device format (DW_FMT_F32, _BF16, _Q8 or _FP8) of a matrix role of a layer (all its
+ * experts), or of a global one (layer -1). Every matrix is declared before the memory plan and
+ * before its first load; vectors (norms, bias, rope tables) are always f32. */
+int dw_declare(void *m, int32_t layer, int32_t role, int32_t fmt);
+/* Bytes the model will hold once finalized: weights in their declared formats, the KV-cache pool,
+ * and scratch (prefill and decode buffers, load staging, cuBLAS and runtime headroom). Nothing is
+ * allocated; call it before loading to refuse a model that cannot fit. */
+int dw_memory_plan(void *m, int64_t *weights, int64_t *kv_cache, int64_t *scratch);
+/* Copies one tensor (or the part of a stacked one starting at row_offset) to the device in the
+ * role's declared format. expert: routed expert index for DW_ROLE_EXP_*, else 0. dtype: DW_DTYPE_*.
+ * F8_E4M3 data needs scales [ceil(rows/block_rows), ceil(cols/block_cols)] f32; others pass NULL. */
+int dw_load(void *m, int32_t layer, int32_t role, int32_t expert, int32_t dtype, const void *data, int64_t rows,
+            int64_t cols, int64_t row_offset, const float *scales, int32_t block_rows, int32_t block_cols);
+/* Fills every weight not loaded yet with random values made on the device (uniform, standard
+ * deviation 1/sqrt(cols)), in its declared format (bf16 when undeclared); norms 1, no bias. */
 int dw_fill_random(void *m, uint64_t seed);
-/* Checks that every weight is present, allocates the KV cache and scratch, loads cuBLAS. */
+/* Checks that every weight is present, allocates the KV-cache pool and scratch, loads cuBLAS. */
 int dw_finalize(void *m);
 
-/* Runs n tokens after the cached ones (chunks of max_prefill). logits (may be NULL) receives
- * [n, vocab] when all_rows, else [vocab] for the last token. Returns the argmax of the last row. */
-int dw_prefill(void *m, const int32_t *ids, int32_t n, float *logits, int32_t all_rows);
-/* One decode step (graph replay) for token; logits (may be NULL) receives [vocab]. Returns argmax. */
-int dw_decode(void *m, int32_t token, float *logits);
-/* Greedy: feeds token, then each argmax, n steps without leaving the device; out_ids gets n ids. */
-int dw_generate(void *m, int32_t token, int32_t n, int32_t *out_ids);
-/* Runs one decode step for token (at the current position, which does not advance) with CUDA
- * events between its stages and writes a table (stage, count, ms, MB of weights, GB/s) to out. */
-int dw_profile_decode(void *m, int32_t token, char *out, int32_t len);
-/* Top k (k <= 256) of the last logits row, largest first, computed on the device. */
+/* Runs n tokens of sequence seq at positions pos .. pos + n - 1 (chunks of max_prefill); the cache
+ * rows before pos are the sequence's. logits (may be NULL) receives [n, vocab] when all_rows, else
+ * [vocab] for the last token. Returns the argmax of the last row. */
+int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n, float *logits, int32_t all_rows);
+/* One decode step (graph replay) of token at position pos of sequence seq; logits (may be NULL)
+ * receives [vocab]. Returns the argmax. */
+int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits);
+/* Greedy: feeds token at pos, then each argmax at the next positions, n steps without leaving the
+ * device; out_ids gets the n ids. */
+int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, int32_t *out_ids);
+/* Runs one decode step of token at (seq, pos) with CUDA events between its stages and writes a
+ * table (stage, count, ms, MB of weights, GB/s) to out. */
+int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, char *out, int32_t len);
+/* Copies the first n_positions cache rows of sequence src to sequence dst, every layer (fork). */
+int dw_seq_copy(void *m, int32_t dst, int32_t src, int32_t n_positions);
+/* Top k (k <= 256) of the most recent logits row (of whichever run came last), largest first. */
 int dw_topk(void *m, int32_t k, float *values, int32_t *ids);
-int dw_reset(void *m);
-int32_t dw_position(void *m);
 /* Bytes of weights on the device. */
 int64_t dw_weight_bytes(void *m);
 /* Bytes read per decode step at batch 1 (active weights), for rooflines. */

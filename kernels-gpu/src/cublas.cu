@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
-#include "kernels.cuh"
+#include "ops.cuh"
 
 // The few cuBLAS declarations used here (cublas_api.h of CUDA 12/13), as function-pointer types
 // only: the real header is never included, so the build is the same with or without it.

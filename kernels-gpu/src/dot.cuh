@@ -1,58 +1,10 @@
-// Warp dot products of weight rows (any format) with an f32 vector in shared memory: each lane
-// streams 8 weights per load, U loads in flight before the first use.
+// The dot products of the kernels, each defined once for every weight format (format.cuh): a warp
+// streams rows with each lane loading 8 weights at a time, U loads in flight before the first use
+// (the role ggml's vecdotq.cuh plays). Activations are f32, in shared memory or read through L2.
 #pragma once
-#include "common.cuh"
+#include "format.cuh"
 
 constexpr int DOT_U = 8;  // 16-byte loads in flight per lane (bf16: 32 registers)
-
-__device__ __forceinline__ float dot8(const float *w, const float *xs) {
-  const float4 a = *reinterpret_cast<const float4 *>(xs);
-  const float4 b = *reinterpret_cast<const float4 *>(xs + 4);
-  float s = w[0] * a.x;
-  s = fmaf(w[1], a.y, s);
-  s = fmaf(w[2], a.z, s);
-  s = fmaf(w[3], a.w, s);
-  s = fmaf(w[4], b.x, s);
-  s = fmaf(w[5], b.y, s);
-  s = fmaf(w[6], b.z, s);
-  s = fmaf(w[7], b.w, s);
-  return s;
-}
-
-// Prefetch the first `chunks` 8-column groups of a row into L2 (before pdl_wait: weights only).
-template <int F>
-__device__ __forceinline__ void prefetch_row(const char *rowp, int cols) {
-  const int lane = threadIdx.x & 31;
-  constexpr int esz = F == F_F32 ? 4 : F == F_BF16 ? 2 : 1;
-  for (int c = lane * 8; c < cols; c += 256) prefetch_l2(rowp + (size_t)c * esz);
-}
-
-// Raw weights as loaded (converted only when used, so that many loads fit in registers).
-template <int F> struct Raw;
-template <> struct Raw<F_F32> { float4 a, b; };
-template <> struct Raw<F_BF16> { uint4 u; };
-template <> struct Raw<F_FP8> { uint2 u; float s; };
-template <> struct Raw<F_Q8> { int2 u; float s; };
-
-template <int F>
-__device__ __forceinline__ Raw<F> load_raw(const char *__restrict__ rowp, const float *__restrict__ srow, int col,
-                                           int sblk) {
-  Raw<F> r;
-  if constexpr (F == F_F32) {
-    const float4 *p = reinterpret_cast<const float4 *>(rowp + (size_t)col * 4);
-    r.a = __ldg(p);
-    r.b = __ldg(p + 1);
-  } else if constexpr (F == F_BF16) {
-    r.u = __ldg(reinterpret_cast<const uint4 *>(rowp + (size_t)col * 2));
-  } else if constexpr (F == F_FP8) {
-    r.u = __ldg(reinterpret_cast<const uint2 *>(rowp + col));
-    r.s = __ldg(srow + col / sblk);
-  } else {
-    r.u = __ldg(reinterpret_cast<const int2 *>(rowp + col));
-    r.s = __ldg(srow + col / sblk);
-  }
-  return r;
-}
 
 // sum_k w[k] * x[k] for the 8 weights of r and x = (a, b).
 template <int F>
@@ -81,11 +33,8 @@ __device__ __forceinline__ float dot_raw4(const Raw<F> &r, const float4 a, const
       fp8x4_to_f32(r.u.x, w);
       fp8x4_to_f32(r.u.y, w + 4);
     } else {
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        w[i] = (float)(int8_t)((r.u.x >> (8 * i)) & 0xff);
-        w[4 + i] = (float)(int8_t)((r.u.y >> (8 * i)) & 0xff);
-      }
+      i8x4_to_f32((uint32_t)r.u.x, w);
+      i8x4_to_f32((uint32_t)r.u.y, w + 4);
     }
     float s = w[0] * a.x;
     s = fmaf(w[1], a.y, s);
@@ -99,198 +48,12 @@ __device__ __forceinline__ float dot_raw4(const Raw<F> &r, const float4 a, const
   }
 }
 
-// The 8 weights of r as f32.
-template <int F>
-__device__ __forceinline__ void raw_to_f32(const Raw<F> &r, float *o) {
-  if constexpr (F == F_F32) {
-    o[0] = r.a.x; o[1] = r.a.y; o[2] = r.a.z; o[3] = r.a.w; o[4] = r.b.x; o[5] = r.b.y; o[6] = r.b.z; o[7] = r.b.w;
-  } else if constexpr (F == F_BF16) {
-    o[0] = bf16_lo(r.u.x); o[1] = bf16_hi(r.u.x); o[2] = bf16_lo(r.u.y); o[3] = bf16_hi(r.u.y);
-    o[4] = bf16_lo(r.u.z); o[5] = bf16_hi(r.u.z); o[6] = bf16_lo(r.u.w); o[7] = bf16_hi(r.u.w);
-  } else {
-    if constexpr (F == F_FP8) {
-      fp8x4_to_f32(r.u.x, o);
-      fp8x4_to_f32(r.u.y, o + 4);
-    } else {
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        o[i] = (float)(int8_t)((r.u.x >> (8 * i)) & 0xff);
-        o[4 + i] = (float)(int8_t)((r.u.y >> (8 * i)) & 0xff);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 8; i++) o[i] *= r.s;
-  }
-}
-
-// Query absorption for one thread: acc[k] += sum over rows i = rg, rg + 8, ... < nope of
-// W[row0 + i][col + k] * qn[i] (qn in shared memory), 8 rows' loads in flight at a time.
-template <int F>
-__device__ __forceinline__ void absorb_acc(const WRef &w, int64_t row0, int nope, int col, int rg, const float *qn,
-                                           float *acc) {
-  constexpr int AB = 8;
-  for (int i0 = rg; i0 < nope; i0 += 8 * AB) {
-    Raw<F> r[AB];
-#pragma unroll
-    for (int b = 0; b < AB; b++) {
-      const int i = i0 + 8 * b;
-      if (i < nope) {
-        const int64_t row = row0 + i;
-        r[b] = load_raw<F>(w.w + row * w.ldb, w.s ? w.s + row * w.sld : nullptr, col, w.sblk);
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < AB; b++) {
-      const int i = i0 + 8 * b;
-      if (i < nope) {
-        float v[8];
-        raw_to_f32<F>(r[b], v);
-        const float qi = qn[i];
-#pragma unroll
-        for (int k = 0; k < 8; k++) acc[k] = fmaf(v[k], qi, acc[k]);
-      }
-    }
-  }
-}
-
 // sum_k w[k] * xs[k] for the 8 weights of r.
 template <int F>
 __device__ __forceinline__ float dot_raw(const Raw<F> &r, const float *xs) {
   const float4 a = *reinterpret_cast<const float4 *>(xs);
   const float4 b = *reinterpret_cast<const float4 *>(xs + 4);
   return dot_raw4<F>(r, a, b);
-}
-
-// Stages x (cols floats; the buffer is zero-padded to a multiple of 8) in shared memory, RMS-
-// normalised with norm when given: xs = x * (1 / rms) * norm. Every load of a thread is issued
-// before the first use (16-byte loads through L2 when cols % 4 == 0). NT threads; ends with a
-// barrier.
-template <int NT>
-__device__ void stage_rms(float *xs, const float *x, const float *norm, float eps, int cols) {
-  __shared__ float red[NT / 32];
-  const int n8 = round_up(cols, 8);
-  float ss = 0.f;
-  if ((cols & 3) == 0) {
-    const int n4 = n8 >> 2;
-    const float4 *x4 = reinterpret_cast<const float4 *>(x);
-    float4 *xs4 = reinterpret_cast<float4 *>(xs);
-    constexpr int B = 4;
-    for (int i0 = threadIdx.x; i0 < n4; i0 += NT * B) {
-      float4 v[B];
-#pragma unroll
-      for (int b = 0; b < B; b++) {
-        const int i = i0 + b * NT;
-        v[b] = i < n4 ? __ldcg(x4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-#pragma unroll
-      for (int b = 0; b < B; b++) {
-        const int i = i0 + b * NT;
-        if (i < n4) {
-          xs4[i] = v[b];
-          ss += v[b].x * v[b].x + v[b].y * v[b].y + v[b].z * v[b].z + v[b].w * v[b].w;
-        }
-      }
-    }
-  } else {
-    for (int i = threadIdx.x; i < n8; i += NT) {
-      const float v = i < cols ? __ldcg(x + i) : 0.f;
-      xs[i] = v;
-      ss += v * v;
-    }
-  }
-  if (norm) {
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    float tot = 0.f;
-#pragma unroll
-    for (int w = 0; w < NT / 32; w++) tot += red[w];
-    const float inv = 1.0f / sqrtf(tot / (float)cols + eps);
-    if ((cols & 3) == 0) {
-      const float4 *n4p = reinterpret_cast<const float4 *>(norm);
-      float4 *xs4 = reinterpret_cast<float4 *>(xs);
-      for (int i = threadIdx.x; i < (cols >> 2); i += NT) {
-        const float4 w = __ldg(n4p + i);
-        float4 v = xs4[i];
-        v.x = v.x * inv * w.x;
-        v.y = v.y * inv * w.y;
-        v.z = v.z * inv * w.z;
-        v.w = v.w * inv * w.w;
-        xs4[i] = v;
-      }
-    } else {
-      for (int i = threadIdx.x; i < cols; i += NT) xs[i] = xs[i] * inv * norm[i];
-    }
-  }
-  __syncthreads();
-}
-
-// The expert down projection for R output rows [j0, j0 + R): the activations of all slots lie
-// side by side in act (slot s at s * inter8, the fixed MLP - shared experts or the dense MLP - at
-// k * inter8); the 8 warps of the block split that concatenated vector, each lane streaming U
-// chunks of 8 columns for each of the R rows (U * R loads in flight) with the activations read
-// through L2 into registers; the partial sums meet in red[8][R] and thread r < R returns row r's
-// sum (others return 0). base/sbase/wt: per slot, the rows' matrix, its scales, its router weight.
-template <int F, int R, typename P, int UU = 2>
-__device__ __forceinline__ float down_rows(const P &p, int j0, const char *const *base, const float *const *sbase,
-                                           const float *wt, float *red) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int routed = p.k * p.inter8;
-  const int total = routed + (p.has_fixed ? round_up(p.finter, 8) : 0);
-  const int nch = total >> 3;
-  const int c_lo = warp * nch / 8, c_hi = (warp + 1) * nch / 8;
-  constexpr int U = F == F_F32 ? 1 : UU;
-  float acc[R];
-#pragma unroll
-  for (int r = 0; r < R; r++) acc[r] = 0.f;
-  for (int c0 = c_lo + lane; c0 < c_hi; c0 += 32 * U) {
-    Raw<F> w[U][R];
-    float4 xa[U], xb[U];
-    float ws[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int c = c0 + 32 * u;
-      ws[u] = 0.f;
-      if (c < c_hi) {
-        const int g = c * 8;
-        const int s = g < routed ? g / p.inter8 : p.k;
-        const int col = g - s * p.inter8;
-        const bool fx = s == p.k;
-        const int64_t ldb = fx ? p.fdn.ldb : p.dn.ldb;
-        const int sld = fx ? p.fdn.sld : p.dn.sld;
-        const int sblk = fx ? p.fdn.sblk : p.dn.sblk;
-        const char *b = base[s];
-        const float *sb = sbase[s];
-        ws[u] = wt[s];
-        xa[u] = __ldcg(reinterpret_cast<const float4 *>(p.act + g));
-        xb[u] = __ldcg(reinterpret_cast<const float4 *>(p.act + g + 4));
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-          const int j = min(j0 + r, p.hidden - 1);  // rows past the end: read a real row, drop the sum
-          w[u][r] = load_raw<F>(b + j * ldb, sb ? sb + (int64_t)j * sld : nullptr, col, sblk);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      if (c0 + 32 * u < c_hi) {
-#pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = fmaf(ws[u], dot_raw4<F>(w[u][r], xa[u], xb[u]), acc[r]);
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    const float v = warp_sum(acc[r]);
-    if (lane == 0) red[warp * R + r] = v;
-  }
-  __syncthreads();
-  float sum = 0.f;
-  if (threadIdx.x < R) {
-#pragma unroll
-    for (int w = 0; w < 8; w++) sum += red[w * R + threadIdx.x];
-  }
-  return sum;
 }
 
 // Dot of one row (cols weights) with xs; the whole warp calls it and every lane gets the sum.
@@ -342,4 +105,102 @@ __device__ __forceinline__ void row_dot2(const char *ra, const float *sa, const 
   }
   oa = warp_sum(acc_a);
   ob = warp_sum(acc_b);
+}
+
+// Query absorption for one thread: acc[k] += sum over rows i = rg, rg + 8, ... < nope of
+// W[row0 + i][col + k] * qn[i] (qn in shared memory), 8 rows' loads in flight at a time.
+template <int F>
+__device__ __forceinline__ void absorb_acc(const WRef &w, int64_t row0, int nope, int col, int rg, const float *qn,
+                                           float *acc) {
+  constexpr int AB = 8;
+  for (int i0 = rg; i0 < nope; i0 += 8 * AB) {
+    Raw<F> r[AB];
+#pragma unroll
+    for (int b = 0; b < AB; b++) {
+      const int i = i0 + 8 * b;
+      if (i < nope) {
+        const int64_t row = row0 + i;
+        r[b] = load_raw<F>(w.w + row * w.ldb, w.s ? w.s + row * w.sld : nullptr, col, w.sblk);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < AB; b++) {
+      const int i = i0 + 8 * b;
+      if (i < nope) {
+        float v[8];
+        raw_to_f32<F>(r[b], v);
+        const float qi = qn[i];
+#pragma unroll
+        for (int k = 0; k < 8; k++) acc[k] = fmaf(v[k], qi, acc[k]);
+      }
+    }
+  }
+}
+
+// The expert down projection for R output rows [j0, j0 + R): the activations of all slots lie
+// side by side in act (slot s at s * inter8, the fixed MLP - shared experts or the dense MLP - at
+// k * inter8); the 8 warps of the block split that concatenated vector, each lane streaming 2
+// chunks of 8 columns for each of the R rows (2 * R loads in flight) with the activations read
+// through L2 into registers; the partial sums meet in red[8][R] and thread r < R returns row r's
+// sum (others return 0). base/sbase/wt: per slot, the rows' matrix, its scales, its router weight.
+template <int F, int R, typename P>
+__device__ __forceinline__ float down_rows(const P &p, int j0, const char *const *base, const float *const *sbase,
+                                           const float *wt, float *red) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int routed = p.k * p.inter8;
+  const int total = routed + (p.has_fixed ? round_up(p.finter, 8) : 0);
+  const int nch = total >> 3;
+  const int c_lo = warp * nch / 8, c_hi = (warp + 1) * nch / 8;
+  constexpr int U = F == F_F32 ? 1 : 2;  // 2 chunks x R rows of 16-byte loads in flight
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.f;
+  for (int c0 = c_lo + lane; c0 < c_hi; c0 += 32 * U) {
+    Raw<F> w[U][R];
+    float4 xa[U], xb[U];
+    float ws[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + 32 * u;
+      ws[u] = 0.f;
+      if (c < c_hi) {
+        const int g = c * 8;
+        const int s = g < routed ? g / p.inter8 : p.k;
+        const int col = g - s * p.inter8;
+        const bool fx = s == p.k;
+        const int64_t ldb = fx ? p.fdn.ldb : p.dn.ldb;
+        const int sld = fx ? p.fdn.sld : p.dn.sld;
+        const int sblk = fx ? p.fdn.sblk : p.dn.sblk;
+        const char *b = base[s];
+        const float *sb = sbase[s];
+        ws[u] = wt[s];
+        xa[u] = __ldcg(reinterpret_cast<const float4 *>(p.act + g));
+        xb[u] = __ldcg(reinterpret_cast<const float4 *>(p.act + g + 4));
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          const int j = min(j0 + r, p.hidden - 1);  // rows past the end: read a real row, drop the sum
+          w[u][r] = load_raw<F>(b + j * ldb, sb ? sb + (int64_t)j * sld : nullptr, col, sblk);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      if (c0 + 32 * u < c_hi) {
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = fmaf(ws[u], dot_raw4<F>(w[u][r], xa[u], xb[u]), acc[r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float v = warp_sum(acc[r]);
+    if (lane == 0) red[warp * R + r] = v;
+  }
+  __syncthreads();
+  float sum = 0.f;
+  if (threadIdx.x < R) {
+#pragma unroll
+    for (int w = 0; w < 8; w++) sum += red[w * R + threadIdx.x];
+  }
+  return sum;
 }

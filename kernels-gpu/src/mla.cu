@@ -1,20 +1,22 @@
 // Multi-head latent attention in the absorbed form over a latent cache [c (rank) | k_rope (rope)]
 // per position (assembly/blocks/mla.ts is the CPU twin). For head h with W_UK, W_UV its rows of
 // kv_b_proj:
-//   qabs_h = [W_UK^T q_nope_h | rope(q_rope_h)]          (mla_prep, with the cache row write)
+//   qabs_h = [W_UK^T q_nope_h | rope(q_rope_h)]          (absorb, which writes the cache row too)
 //   s_t    = scale * qabs_h . cache_t,  p = softmax(s)   (attn: flash-decoding splits of positions)
 //   o_h    = W_UV (sum_t p_t c_t)                         (uv: merges the splits, then W_UV)
 // The same kernels serve decode (tokens = 1, positions split over nsplit blocks) and prefill
-// (tokens = T, nsplit = 1); the position of token 0 is read from device memory, so a captured
-// decode graph replays at any position.
-#include "kernels.cuh"
+// (tokens = T, nsplit = 1). The sequence and the position of token 0 are read from the device-side
+// state, so a captured decode graph replays for any sequence at any position; a sequence's cache
+// rows lie at cache + seq * seq_stride.
+#include "ops.cuh"
 #include "dot.cuh"
-#include <cstdlib>
 
 namespace {
 
 constexpr int MAXJ = 20;  // latent = rank + rope <= 640 (DeepSeek: 512 + 64)
 constexpr int ATT_WARPS = 4;
+
+__device__ __forceinline__ float *seq_cache(const MlaParams &p) { return p.cache + p.state->seq * p.seq_stride; }
 
 // The cache row of token t: the normalised latent, then the roped shared key. Any block size that
 // is a multiple of 32 (at most 1024).
@@ -25,7 +27,7 @@ __device__ void write_cache_row(const MlaParams &p, int t, int pos) {
   const float *cs = p.cos + (int64_t)pos * half;
   const float *sn = p.sin + (int64_t)pos * half;
   const float *kv = p.kv + (int64_t)t * p.kv_ld;
-  float *row = p.cache + (int64_t)pos * (p.rank + p.rope);
+  float *row = seq_cache(p) + (int64_t)pos * (p.rank + p.rope);
   float ss = 0.f;
   for (int i = threadIdx.x; i < p.rank; i += blockDim.x) ss += kv[i] * kv[i];
   ss = warp_sum(ss);
@@ -54,54 +56,23 @@ __device__ __forceinline__ float rope_q(const MlaParams &p, const float *qh, int
   return (j & 1) ? a * s + b * c : a * c - b * s;
 }
 
-// Simple form (DW_ABSORB=0): one thread per latent column, a loop over the head's nope rows.
-__global__ void __launch_bounds__(128) mla_prep_kernel(const __grid_constant__ MlaParams p, int qblocks) {
-  pdl_wait();
-  pdl_trigger();
-  const int t = blockIdx.z;
-  const int pos = *p.pos + t;
-  const int latent = p.rank + p.rope;
-  if ((int)blockIdx.x == p.heads * qblocks) {
-    write_cache_row(p, t, pos);
-    return;
-  }
-  const int h = blockIdx.x / qblocks;
-  const int r = (blockIdx.x % qblocks) * blockDim.x + threadIdx.x;
-  const float *qh = p.q + (int64_t)t * p.q_ld + h * (p.nope + p.rope);
-  float *out = p.qabs + ((int64_t)t * p.heads + h) * latent;
-  if (r < p.rank) {
-    const int64_t row0 = (int64_t)h * (p.nope + p.v);
-    float acc = 0.f;
-#pragma unroll 8
-    for (int i = 0; i < p.nope; i++) {
-      const int64_t row = row0 + i;
-      const float *srow = p.kvb.s ? p.kvb.s + row * p.kvb.sld : nullptr;
-      acc += load1(p.kvb_fmt, p.kvb.w + row * p.kvb.ldb, srow, r, p.kvb.sblk) * qh[i];
-    }
-    out[r] = acc;
-  } else if (r < latent) {
-    out[r] = rope_q(p, qh, r - p.rank, pos);
-  }
-}
-
 // Absorbed query: qabs[h][r] = sum_i W_UK[h][i][r] q_nope[h][i]. A block takes 256 columns of one
 // head: 32 threads x 8 columns (one 16-byte load per row for bf16) x 8 groups of rows, summed in
-// shared memory. Block (heads, 0) writes the token's cache row instead.
-constexpr int ABSORB_MAX_NOPE = 512;
+// shared memory; q_nope (nope floats of dynamic shared memory) is staged first. Block (heads, 0)
+// writes the token's cache row instead.
 template <int F>
 __global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ MlaParams p) {
   __shared__ __align__(16) float red[8][256];
-  __shared__ float qn[ABSORB_MAX_NOPE];
+  extern __shared__ float qn[];
   const int h = blockIdx.x, t = blockIdx.z;
   const int cg = threadIdx.x & 31, rg = threadIdx.x >> 5;
   const int col = blockIdx.y * 256 + cg * 8;
   const int64_t row0 = (int64_t)h * (p.nope + p.v);
-  constexpr int esz = F == F_F32 ? 4 : F == F_BF16 ? 2 : 1;
   if (h < p.heads && col < p.rank)
-    for (int i = rg; i < p.nope; i += 8) prefetch_l2(p.kvb.w + (row0 + i) * p.kvb.ldb + (size_t)col * esz);
+    for (int i = rg; i < p.nope; i += 8) prefetch_l2(p.kvb.w + (row0 + i) * p.kvb.ldb + (size_t)col * elem_bytes<F>);
   pdl_wait();
   pdl_trigger();
-  const int pos = *p.pos + t;
+  const int pos = p.state->pos + t;
   if (h == p.heads) {
     if (blockIdx.y == 0) write_cache_row(p, t, pos);
     return;
@@ -124,7 +95,8 @@ __global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ Mla
     for (int g = 0; g < 8; g++) s += red[g][threadIdx.x];
     out[r] = s;
   }
-  if (blockIdx.y == 0 && threadIdx.x < p.rope) out[p.rank + threadIdx.x] = rope_q(p, qh, threadIdx.x, pos);
+  if (blockIdx.y == 0)
+    for (int j = threadIdx.x; j < p.rope; j += blockDim.x) out[p.rank + j] = rope_q(p, qh, j, pos);
 }
 
 __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_constant__ MlaParams p) {
@@ -135,10 +107,11 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_const
   const int h = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int latent = p.rank + p.rope;
-  const int n = *p.pos + t + 1;
+  const int n = p.state->pos + t + 1;
   const int chunk = ceil_div(n, p.nsplit);
   const int s0 = split * chunk, s1 = min(n, s0 + chunk);
   const float *qa = p.qabs + ((int64_t)t * p.heads + h) * latent;
+  const float *cache = seq_cache(p);
   float q[MAXJ], acc[MAXJ];
 #pragma unroll
   for (int j = 0; j < MAXJ; j++) {
@@ -148,7 +121,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_const
   }
   float m = -INFINITY, l = 0.f;
   for (int s = s0 + warp; s < s1; s += ATT_WARPS) {
-    const float *c = p.cache + (int64_t)s * latent;
+    const float *c = cache + (int64_t)s * latent;
     float cv[MAXJ];
 #pragma unroll
     for (int j = 0; j < MAXJ; j++) {
@@ -203,13 +176,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_const
 }
 
 template <int F>
-__global__ void __launch_bounds__(256) uv_kernel(const __grid_constant__ MlaParams p, int rpw) {
+__global__ void __launch_bounds__(256) uv_kernel(const __grid_constant__ MlaParams p) {
   extern __shared__ __align__(16) float olat[];
   const int h = blockIdx.x, t = blockIdx.z;
-  {
-    const int j0 = (blockIdx.y * 8 + (threadIdx.x >> 5)) * rpw;
-    if (j0 < p.v) prefetch_row<F>(p.kvb.w + ((int64_t)h * (p.nope + p.v) + p.nope + j0) * p.kvb.ldb, p.rank);
-  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int j = blockIdx.y * 8 + warp;  // one W_UV row per warp
+  if (j < p.v) prefetch_row<F>(p.kvb.w + ((int64_t)h * (p.nope + p.v) + p.nope + j) * p.kvb.ldb, p.rank);
   pdl_wait();
   pdl_trigger();
   const float *part = p.part + ((int64_t)t * p.heads + h) * p.nsplit * (p.rank + 2);
@@ -236,9 +208,7 @@ __global__ void __launch_bounds__(256) uv_kernel(const __grid_constant__ MlaPara
     olat[r] = o;
   }
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int j0 = (blockIdx.y * 8 + warp) * rpw, j1 = min(j0 + rpw, p.v);
-  for (int j = j0; j < j1; j++) {
+  if (j < p.v) {
     const int64_t row = (int64_t)h * (p.nope + p.v) + p.nope + j;
     const float *srow = p.kvb.s ? p.kvb.s + row * p.kvb.sld : nullptr;
     const float d = row_dot<F>(p.kvb.w + row * p.kvb.ldb, srow, p.kvb.sblk, olat, p.rank);
@@ -248,37 +218,24 @@ __global__ void __launch_bounds__(256) uv_kernel(const __grid_constant__ MlaPara
 
 }  // namespace
 
-static bool absorb_fast() {
-  static int v = -1;
-  if (v < 0) {
-    const char *e = getenv("DW_ABSORB");
-    v = !(e && *e == '0');
-  }
-  return v;
-}
-
 void launch_mla(cudaStream_t st, const MlaParams &p) {
   const int latent = p.rank + p.rope;
   if (latent > 32 * MAXJ) dw_fail("kv_lora_rank + qk_rope_head_dim > 640 is not supported by the attention kernel");
   if (p.nsplit > 32) dw_fail("internal: more than 32 attention splits");
-  if (absorb_fast() && p.nope <= ABSORB_MAX_NOPE && p.rope <= 256) {
-    FMT_DISPATCH(p.kvb_fmt, F, {
-      launch_k(absorb_kernel<F>, dim3(p.heads + 1, ceil_div(p.rank, 256), p.tokens), 256, 0, st, p);
-    });
-    LAUNCHED("absorb", st);
-  } else {
-    const int qblocks = ceil_div(latent, 128);
-    launch_k(mla_prep_kernel, dim3(p.heads * qblocks + 1, 1, p.tokens), 128, 0, st, p, qblocks);
-    LAUNCHED("mla_prep", st);
-  }
+  const size_t smem0 = (size_t)p.nope * 4;
+  FMT_DISPATCH(p.kvb_fmt, F, {
+    dw_smem_limit(reinterpret_cast<const void *>(absorb_kernel<F>), smem0);
+    launch_k(absorb_kernel<F>, dim3(p.heads + 1, ceil_div(p.rank, 256), p.tokens), 256, smem0, st, p);
+  });
+  LAUNCHED("absorb", st);
   const size_t smem = (size_t)ATT_WARPS * p.rank * 4;
   dw_smem_limit(reinterpret_cast<const void *>(attn_kernel), smem);
   launch_k(attn_kernel, dim3(p.heads, p.nsplit, p.tokens), ATT_WARPS * 32, smem, st, p);
   LAUNCHED("attn", st);
-  const int rpw = 1;
   const size_t smem2 = (size_t)round_up(p.rank, 8) * 4;
   FMT_DISPATCH(p.kvb_fmt, F, {
-    launch_k(uv_kernel<F>, dim3(p.heads, ceil_div(p.v, 8 * rpw), p.tokens), 256, smem2, st, p, rpw);
+    dw_smem_limit(reinterpret_cast<const void *>(uv_kernel<F>), smem2);
+    launch_k(uv_kernel<F>, dim3(p.heads, ceil_div(p.v, 8), p.tokens), 256, smem2, st, p);
   });
   LAUNCHED("uv", st);
 }

@@ -6,13 +6,20 @@
 #pragma once
 #include "common.cuh"
 
+// Routing parameters (one token): config.json's, as dw_config holds them.
+struct RouteArgs {
+  int E, k, groups, keep, method /* DW_ROUTE_* */, scoring /* DW_SCORE_* */, normalize;
+  float scale;
+  const float *bias;  // e_score_correction_bias, or null
+};
+
 // logits: E floats (read through L2: other blocks of the same launch may have written them).
 // sc, ch: E floats of scratch each, gs: `groups` floats (shared memory of the calling block).
 __device__ inline void route_warp(const float *logits, const RouteArgs &a, float *sc, float *ch, float *gs,
                                   int *out_e, float *out_w) {
   const int lane = threadIdx.x & 31;
   const int E = a.E;
-  if (a.scoring == 1) {
+  if (a.scoring == DW_SCORE_SIGMOID) {
     for (int e = lane; e < E; e += 32) sc[e] = 1.f / (1.f + expf(-__ldcg(logits + e)));
   } else {
     float m = -INFINITY;
@@ -29,7 +36,7 @@ __device__ inline void route_warp(const float *logits, const RouteArgs &a, float
   }
   for (int e = lane; e < E; e += 32) ch[e] = sc[e] + (a.bias ? a.bias[e] : 0.f);
   __syncwarp();
-  if (a.method != 0 && a.groups > 1) {
+  if (a.method != DW_ROUTE_GREEDY && a.groups > 1) {
     const int per = E / a.groups;
     for (int g = lane; g < a.groups; g += 32) {
       float best = -INFINITY, second = -INFINITY;
@@ -42,7 +49,7 @@ __device__ inline void route_warp(const float *logits, const RouteArgs &a, float
           second = v;
         }
       }
-      gs[g] = a.method == 2 ? (per > 1 ? best + second : best) : best;
+      gs[g] = a.method == DW_ROUTE_NOAUX_TC ? (per > 1 ? best + second : best) : best;
     }
     __syncwarp();
     if (lane == 0) {

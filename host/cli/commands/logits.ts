@@ -1,6 +1,7 @@
 import { writeSafetensors, type TensorToWrite } from '../../checkpoint/safetensors.js';
 import { fail } from '../../errors.js';
 import { argmax } from '../../generate/sampler.js';
+import type { ModelBackend } from '../../model/backend.js';
 import { parseQuant } from '../../model/weights.js';
 import { loadWithProgress } from '../load.js';
 import { CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
@@ -20,6 +21,16 @@ interface LogitsModel {
   readonly config: { vocabSize: number };
   forward(ids: ArrayLike<number>, opts?: { allLogits?: boolean }): Float32Array;
   close(): Promise<void>;
+}
+
+/** A backend's one sequence as a LogitsModel. */
+function oneSequence(m: ModelBackend): LogitsModel {
+  const sequence = m.createSequence();
+  return {
+    config: m.config,
+    forward: (ids, opts) => m.forward([{ sequence, tokens: ids, logits: opts?.allLogits ? 'all' : 'last' }])[0],
+    close: () => m.close(),
+  };
 }
 
 export const logitsCommand: Command = {
@@ -46,7 +57,10 @@ export const logitsCommand: Command = {
     if (backend !== 'cpu' && backend !== 'cuda') fail(`--backend is "${backend}": expected cpu or cuda`);
     const model: LogitsModel =
       backend === 'cuda'
-        ? await (await import('../../backends/cuda.js')).CudaModel.load(flags.model as string, { contextLength: flags.context as number | undefined })
+        ? oneSequence(await (await import('../../backends/cuda/model.js')).loadCudaModel(flags.model as string, {
+            contextLength: flags.context as number | undefined,
+            quant: flags.quant === undefined ? undefined : parseQuant(flags.quant as string),
+          }))
         : await loadWithProgress(flags.model as string, {
             threads: flags.threads as number | undefined,
             contextLength: flags.context as number | undefined,

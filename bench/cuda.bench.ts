@@ -1,18 +1,16 @@
 // Benchmark of the CUDA backend on the 16B preset (DeepSeek-V2-Lite's shape: 27 layers, 64 experts
-// top-6, 2 shared, no q_lora) with random bf16 weights made on the device, batch 1.
+// top-6, 2 shared, no q_lora) with random weights made on the device (bf16, or q8 with --quant q8),
+// one sequence (batch 1).
 //
-//   node dist/host/backends/cuda-bench.js [--out results.json] [--prompt 128] [--gen 128]
-//   node dist/host/backends/cuda-bench.js --variants 'name:ENV=v,ENV=v;name2:ENV=v' [--out v.json]
+//   node dist/bench/cuda.bench.js [--out results.json] [--prompt 128] [--gen 128] [--quant q8]
 //
-// Prints a table and writes every number (and the method) as JSON. --variants times only decode
-// (device loop) for each set of switches, one model after another in this process (the library
-// reads its switches when a model is created).
+// Prints a table and writes every number (and the method) as JSON.
 import { writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { parseConfig } from '../checkpoint/config.js';
-import { presetConfig } from '../checkpoint/presets.js';
-import { CudaModel } from './cuda.js';
-import { openLibrary } from './cuda-ffi.js';
+import { openLibrary } from '../host/backends/cuda/ffi.js';
+import { randomCudaModel } from '../host/backends/cuda/model.js';
+import { parseConfig } from '../host/checkpoint/config.js';
+import { presetConfig } from '../host/checkpoint/presets.js';
 
 /** DeepSeek-V2-Lite's config (the synth command's 16B preset); weights made up on the device. */
 const PRESET_16B = presetConfig('16B')!;
@@ -24,6 +22,8 @@ export interface BenchOptions {
   seed?: number;
   /** Longer prompts timed once each (prefill throughput at size). */
   longPrompts?: number[];
+  /** Weights made as bf16 (default) or q8. */
+  quant?: 'bf16' | 'q8';
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -50,43 +50,44 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
   const say = (line: string) => console.log(`  ${line}`);
   say(`copy bandwidth ${copyGBs.toFixed(0)} GB/s (bytes read + written)`);
   const t0 = performance.now();
-  const model = await CudaModel.random(cfg, opts.seed ?? 1234, { contextLength: 4096, maxPrefill: 512 });
+  const model = await randomCudaModel(cfg, opts.seed ?? 1234, { contextLength: 4096, passTokens: 512, quant: opts.quant });
   const setupMs = performance.now() - t0;
   try {
     const vocab = cfg.vocabSize;
     const ids = promptIds(prompt, vocab, 7);
+    const seq = model.createSequence();
+    const fresh = () => model.truncate(seq, 0);
 
     // Warm-up: cuBLAS heuristics, the decode graph's capture, every kernel once.
-    model.reset();
-    let next = model.prefill(ids);
-    for (let i = 0; i < 4; i++) next = model.step(next);
-    model.generate(next, 8);
+    let next = model.greedyStep(seq, ids);
+    for (let i = 0; i < 4; i++) next = model.greedyStep(seq, [next]);
+    model.generate(seq, next, 8);
     say(`model ready in ${(setupMs / 1000).toFixed(1)} s: ${(model.weightBytes / 1e9).toFixed(2)} GB of weights, ${(model.activeBytes / 1e9).toFixed(3)} GB read per decode step`);
 
     // Where a step's time goes (events between stages of one uncaptured step).
-    model.reset();
-    next = model.prefill(ids);
-    const profile = model.profileDecode(next);
+    fresh();
+    next = model.greedyStep(seq, ids);
+    const profile = model.profileDecode(seq, next);
     for (const l of profile.split('\n')) if (l.trim()) say(`profile: ${l}`);
 
     const prefillMs: number[] = [];
     for (let r = 0; r < repeats; r++) {
-      model.reset();
+      fresh();
       const t = performance.now();
-      model.prefill(ids);
+      model.greedyStep(seq, ids);
       prefillMs.push(performance.now() - t);
     }
     say(`prefill ${prompt}: ${prefillMs.map((x) => x.toFixed(2)).join(' ')} ms`);
     const long: { tokens: number; ms: number; tokPerS: number }[] = [];
     for (const n of longPrompts) {
       const lid = promptIds(n, vocab, 11);
-      model.reset();
-      model.prefill(lid); // warm
+      fresh();
+      model.greedyStep(seq, lid); // warm
       const runs: number[] = [];
       for (let r = 0; r < 3; r++) {
-        model.reset();
+        fresh();
         const t = performance.now();
-        model.prefill(lid);
+        model.greedyStep(seq, lid);
         runs.push(performance.now() - t);
       }
       const ms = median(runs);
@@ -97,34 +98,44 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
     // Decode driven from TypeScript: one FFI call (graph replay + argmax id back) per token.
     const hostRuns: { tokPerS: number; medianStepMs: number }[] = [];
     for (let r = 0; r < 3; r++) {
-      model.reset();
-      next = model.prefill(ids);
+      fresh();
+      next = model.greedyStep(seq, ids);
       const steps: number[] = [];
       const t = performance.now();
       for (let i = 0; i < gen; i++) {
         const s = performance.now();
-        next = model.step(next);
+        next = model.greedyStep(seq, [next]);
         steps.push(performance.now() - s);
       }
       const total = performance.now() - t;
       hostRuns.push({ tokPerS: (gen / total) * 1000, medianStepMs: median(steps) });
       say(`decode (host loop): ${((gen / total) * 1000).toFixed(1)} tok/s`);
     }
+    // The same through the backend interface: forward() of one token, its logits row copied back.
+    const forwardRuns: number[] = [];
+    for (let r = 0; r < 3; r++) {
+      fresh();
+      next = model.greedyStep(seq, ids);
+      const t = performance.now();
+      for (let i = 0; i < gen; i++) model.forward([{ sequence: seq, tokens: [next] }]);
+      forwardRuns.push((gen / (performance.now() - t)) * 1000);
+      say(`decode (forward, logits back): ${forwardRuns[forwardRuns.length - 1].toFixed(1)} tok/s`);
+    }
     // Decode with the token fed back on the device: graph replays back to back.
     const devRuns: number[] = [];
     for (let r = 0; r < 3; r++) {
-      model.reset();
-      next = model.prefill(ids);
+      fresh();
+      next = model.greedyStep(seq, ids);
       const t = performance.now();
-      model.generate(next, gen);
+      model.generate(seq, next, gen);
       devRuns.push(((performance.now() - t) / gen));
       say(`decode (device loop): ${(1000 / devRuns[devRuns.length - 1]).toFixed(1)} tok/s`);
     }
     // The same after a long prompt: attention over 2K positions.
-    model.reset();
-    next = model.prefill(promptIds(2048, vocab, 13));
+    fresh();
+    next = model.greedyStep(seq, promptIds(2048, vocab, 13));
     const tl = performance.now();
-    model.generate(next, gen);
+    model.generate(seq, next, gen);
     const longCtxStepMs = (performance.now() - tl) / gen;
 
     const active = model.activeBytes;
@@ -134,13 +145,7 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
     const decodeDevice = 1000 / median(devRuns);
     const prefill = (prompt / median(prefillMs)) * 1000;
     const result = {
-      preset: '16B (DeepSeek-V2-Lite shape), random bf16 weights generated on the device',
-      switches: {
-        DW_PDL: process.env.DW_PDL ?? '1',
-        DW_ABSORB: process.env.DW_ABSORB ?? '1',
-        DW_MEGA: process.env.DW_MEGA ?? '1',
-        others: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('DW_MEGA_'))),
-      },
+      preset: `16B (DeepSeek-V2-Lite shape), random ${opts.quant ?? 'bf16'} weights generated on the device`,
       device: model.device,
       promptTokens: prompt,
       generatedTokens: gen,
@@ -154,6 +159,7 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
       decode: {
         hostLoopTokPerS: decodeHost,
         hostLoopMedianStepMs: median(hostRuns.map((r) => r.medianStepMs)),
+        forwardTokPerS: median(forwardRuns),
         deviceLoopTokPerS: decodeDevice,
         deviceLoopStepMs: median(devRuns),
         percentOfRooflineHost: (100 * decodeHost) / roofline427,
@@ -170,65 +176,17 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
 
 function printTable(r: Record<string, any>): void {
   const f = (x: number, d = 1) => x.toFixed(d);
-  console.log(`\nCUDA bridge, 16B preset, batch 1 on ${r.device}`);
+  console.log(`\nCUDA bridge, ${r.preset}, batch 1 on ${r.device}`);
   console.log(`  weights ${f(r.weightBytes / 1e9, 2)} GB, read per decode step ${f(r.activeBytesPerToken / 1e9, 3)} GB`);
   console.log(`  copy bandwidth ${f(r.copyBandwidthGBs, 0)} GB/s -> roofline ${f(r.rooflineTokPerS.atMeasuredCopy, 0)} tok/s (at 4.27 TB/s: ${f(r.rooflineTokPerS.at4_27TBs, 0)})`);
   console.log(`  prefill ${r.prefill.tokens} tokens: ${f(r.prefill.medianMs, 2)} ms = ${f(r.prefill.tokPerS, 0)} tok/s`);
   for (const l of r.prefillLong) console.log(`  prefill ${l.tokens} tokens: ${f(l.ms, 1)} ms = ${f(l.tokPerS, 0)} tok/s`);
   console.log(`  decode (TS loop, one FFI call per token): ${f(r.decode.hostLoopTokPerS, 1)} tok/s (${f(r.decode.percentOfRooflineHost)}% of roofline), median step ${f(r.decode.hostLoopMedianStepMs, 3)} ms`);
+  console.log(`  decode (forward(), logits row back):      ${f(r.decode.forwardTokPerS, 1)} tok/s`);
   console.log(`  decode (device loop, graph replays):       ${f(r.decode.deviceLoopTokPerS, 1)} tok/s (${f(r.decode.percentOfRooflineDevice)}% of roofline), ${f(r.decode.deviceLoopStepMs, 3)} ms/step`);
   console.log(`  decode step after a 2048-token prompt: ${f(r.decode.after2kPromptStepMs, 3)} ms`);
   console.log('  one decode step by stage (uncaptured, events between stages):');
   for (const l of r.decodeProfile) console.log(`    ${l}`);
-}
-
-/** Decode tok/s (device loop, median of 3 x gen tokens after a prompt) for each set of switches. */
-export async function benchVariants(spec: string, prompt = 128, gen = 128): Promise<Record<string, unknown>[]> {
-  const cfg = parseConfig(PRESET_16B, 'preset 16B');
-  const out: Record<string, unknown>[] = [];
-  for (const part of spec.split(';').map((x) => x.trim()).filter(Boolean)) {
-    const colon = part.indexOf(':');
-    const name = colon < 0 ? part : part.slice(0, colon);
-    const envs = colon < 0 ? '' : part.slice(colon + 1);
-    const set = envs.split(',').map((x) => x.trim()).filter(Boolean).map((kv) => kv.split('=') as [string, string]);
-    const saved = set.map(([k]) => [k, process.env[k]] as const);
-    // The switches stay set until the model is closed: some are read when the model is created,
-    // others when the decode graph is captured (the first step).
-    for (const [k, v] of set) process.env[k] = v;
-    try {
-      const model = await CudaModel.random(cfg, 1234, { contextLength: 4096, maxPrefill: 512 });
-      try {
-        const ids = promptIds(prompt, cfg.vocabSize, 7);
-        let next = model.prefill(ids);
-        model.generate(next, 8);
-        const runs: number[] = [];
-        for (let r = 0; r < 3; r++) {
-          model.reset();
-          next = model.prefill(ids);
-          const t = performance.now();
-          model.generate(next, gen);
-          runs.push((performance.now() - t) / gen);
-        }
-        model.reset();
-        next = model.prefill(ids);
-        const profile = model.profileDecode(next);
-        const tokPerS = 1000 / median(runs);
-        out.push({ name, env: Object.fromEntries(set), decodeTokPerS: tokPerS, stepMs: median(runs), runsMs: runs, profile: profile.split('\n').filter((l) => l.trim() !== '') });
-        console.log(`  variant ${name.padEnd(16)} ${tokPerS.toFixed(1)} tok/s (${median(runs).toFixed(3)} ms/step)  ${set.map(([k, v]) => `${k}=${v}`).join(' ')}`);
-      } finally {
-        await model.close();
-      }
-    } catch (e) {
-      out.push({ name, env: Object.fromEntries(set), error: (e as Error).message });
-      console.log(`  variant ${name}: ${(e as Error).message}`);
-    } finally {
-      for (const [k, v] of saved) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
-    }
-  }
-  return out;
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -236,14 +194,9 @@ async function main(argv: string[]): Promise<void> {
     const i = argv.indexOf(`--${name}`);
     return i >= 0 ? argv[i + 1] : undefined;
   };
-  const variants = get('variants');
-  if (variants !== undefined) {
-    const v = await benchVariants(variants, Number(get('prompt') ?? 128), Number(get('gen') ?? 128));
-    const out = get('out');
-    if (out) writeFileSync(out, JSON.stringify(v, null, 2) + '\n');
-    return;
-  }
-  const r = await benchCuda({ prompt: Number(get('prompt') ?? 128), gen: Number(get('gen') ?? 128) });
+  const quant = get('quant');
+  if (quant !== undefined && quant !== 'bf16' && quant !== 'q8') throw new Error(`--quant is "${quant}": expected bf16 or q8`);
+  const r = await benchCuda({ prompt: Number(get('prompt') ?? 128), gen: Number(get('gen') ?? 128), quant });
   printTable(r);
   const out = get('out');
   if (out) writeFileSync(out, JSON.stringify(r, null, 2) + '\n');

@@ -1,0 +1,284 @@
+// The CUDA backend: the same DeepSeek model as host/model/, with the weights, a pool of latent KV caches
+// and the whole forward pass on an NVIDIA GPU (kernels-gpu/). A load walks the model schema, declares
+// each weight's device format, refuses a model that cannot fit before reading a byte, then hands each
+// tensor to the library once. After that a prefill is one call and a decode step of one sequence is
+// one CUDA-graph replay that returns the logits (or only the next greedy token).
+import { openCheckpoint } from '../../checkpoint/checkpoint.js';
+import type { DeepSeekConfig } from '../../checkpoint/config.js';
+import { fail } from '../../errors.js';
+import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from '../../model/backend.js';
+import { ropeTables } from '../../model/rope.js';
+import { modelSchema, schemaWeights } from '../../model/schema.js';
+import { SequencePool } from '../../model/sequences.js';
+import { DTYPE_F32, ROLE_ROPE_COS, ROLE_ROPE_SIN } from '../../runtime/constants.js';
+import { packConfig, type DecodeTuning } from './config.js';
+import { openLibrary, type DwLib, type Handle, type MemoryPlan } from './ffi.js';
+import { cudaQuant, deviceFormat, type CudaQuant } from './formats.js';
+import { CheckpointUpload } from './upload.js';
+
+export type { DecodeTuning } from './config.js';
+export type { CudaQuant } from './formats.js';
+
+export interface CudaLoadOptions extends LoadOptions {
+  /** How the decode step runs (benchmarks and tests of the other paths); the defaults are the fastest measured. */
+  decode?: DecodeTuning;
+}
+
+export interface CudaStatus {
+  ok: boolean;
+  /** Why not, when !ok; the device, when ok. */
+  reason: string;
+  device?: string;
+}
+
+/** Whether the CUDA backend can run here: library built, koffi present, a device visible. */
+export function cudaStatus(library?: string): CudaStatus {
+  let lib: DwLib;
+  try {
+    lib = openLibrary(library);
+  } catch (e) {
+    return { ok: false, reason: (e as Error).message };
+  }
+  const { count, info } = lib.deviceInfo();
+  if (count <= 0) return { ok: false, reason: info || 'the CUDA driver reports no device' };
+  return { ok: true, reason: '', device: info };
+}
+
+/** Reads a Hugging Face checkpoint folder onto the GPU. */
+export function loadCudaModel(dir: string, opts: CudaLoadOptions = {}): Promise<CudaModel> {
+  return CudaModel.load(dir, opts);
+}
+
+/** A model of this shape with random weights made on the device (benchmarks): bf16, or opts.quant q8 or f32. */
+export function randomCudaModel(cfg: DeepSeekConfig, seed: number, opts: CudaLoadOptions = {}): Promise<CudaModel> {
+  return CudaModel.random(cfg, seed, opts);
+}
+
+function openDevice(library?: string): DwLib {
+  let lib: DwLib;
+  try {
+    lib = openLibrary(library);
+  } catch (e) {
+    fail(`CUDA backend unavailable: ${(e as Error).message}`);
+  }
+  const { count, info } = lib.deviceInfo();
+  if (count <= 0) fail(`CUDA backend unavailable: no CUDA device (${info})`);
+  return lib;
+}
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+
+/**
+ * A DeepSeek-V2/V3 model on one GPU with maxSequences latent KV caches of contextLength tokens each.
+ * Batches run their entries one after another; an entry of one token is a decode step (a graph
+ * replay), longer ones are prefills.
+ */
+export class CudaModel implements ModelBackend {
+  readonly backend = 'cuda' as const;
+  private readonly pool: SequencePool;
+  private closed = false;
+
+  private constructor(
+    readonly config: DeepSeekConfig,
+    readonly contextLength: number,
+    readonly maxSequences: number,
+    readonly quant: CudaQuant,
+    readonly device: string,
+    private readonly lib: DwLib,
+    private readonly handle: Handle,
+  ) {
+    this.pool = new SequencePool(config, contextLength, maxSequences);
+  }
+
+  static async load(dir: string, opts: CudaLoadOptions = {}): Promise<CudaModel> {
+    const lib = openDevice(opts.cudaLibrary);
+    const ckpt = openCheckpoint(dir);
+    try {
+      const quant = cudaQuant(ckpt, opts.quant);
+      const schema = modelSchema(ckpt.config, { hasLmHead: ckpt.has('lm_head.weight') });
+      const upload = new CheckpointUpload(ckpt, schemaWeights(schema), quant);
+      return await CudaModel.build(lib, ckpt.config, quant, opts, (m) => {
+        upload.declare(lib, m.handle);
+        m.requireFits();
+        upload.load(lib, m.handle, opts.onProgress);
+      });
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  static async random(cfg: DeepSeekConfig, seed: number, opts: CudaLoadOptions = {}): Promise<CudaModel> {
+    const lib = openDevice(opts.cudaLibrary);
+    if (opts.quant !== undefined && opts.quant !== 'q8' && opts.quant !== 'bf16' && opts.quant !== 'f32') {
+      fail(`random weights are made as bf16, q8 or f32, not ${opts.quant}`);
+    }
+    const quant: CudaQuant = opts.quant ?? 'stored';
+    return CudaModel.build(lib, cfg, quant, opts, (m) => {
+      for (const w of schemaWeights(modelSchema(cfg, { hasLmHead: true }))) {
+        if (w.kind !== 'vector') m.check(lib.declare(m.handle, w.layer, w.role, deviceFormat(w, ['BF16'], quant, 0)), 'declare');
+      }
+      m.requireFits();
+      m.check(lib.fillRandom(m.handle, seed), 'fill_random');
+    });
+  }
+
+  /** Makes the model, runs fill (declare, check the memory, load), uploads the rope tables, finalizes. */
+  private static async build(lib: DwLib, cfg: DeepSeekConfig, quant: CudaQuant, opts: CudaLoadOptions, fill: (m: CudaModel) => void): Promise<CudaModel> {
+    const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
+    if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
+      fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
+    }
+    const maxSequences = opts.maxSequences ?? 1;
+    if (!Number.isInteger(maxSequences) || maxSequences < 1) fail(`maxSequences must be a whole number of at least 1, got ${maxSequences}`);
+    const passTokens = opts.passTokens ?? 256;
+    if (!Number.isInteger(passTokens) || passTokens < 1) fail(`passTokens must be a whole number of at least 1, got ${passTokens}`);
+    const handle = lib.create(packConfig(cfg, { contextLength, maxSequences, passTokens }, opts.decode));
+    if (!handle) fail(`CUDA backend: ${lib.lastError()}`);
+    const model = new CudaModel(cfg, contextLength, maxSequences, quant, lib.deviceInfo().info, lib, handle);
+    try {
+      fill(model);
+      model.uploadRope();
+      model.check(lib.finalize(handle), 'finalize');
+    } catch (e) {
+      await model.close();
+      throw e;
+    }
+    return model;
+  }
+
+  private check(rc: number, what: string): number {
+    if (rc < 0) fail(`CUDA backend (${what}): ${this.lib.lastError()}`);
+    return rc;
+  }
+
+  /** Refuses a model that cannot fit in the device's free memory, before any weight is read. */
+  private requireFits(): void {
+    const plan: MemoryPlan | null = this.lib.memoryPlan(this.handle);
+    if (!plan) fail(`CUDA backend (memory plan): ${this.lib.lastError()}`);
+    const mem = this.lib.deviceMemory();
+    if (!mem) fail(`CUDA backend (device memory): ${this.lib.lastError()}`);
+    const need = plan.weights + plan.kvCache + plan.scratch;
+    if (need <= mem.free) return;
+    const fixes = [
+      ...(this.quant === 'q8' ? [] : ['--quant q8']),
+      'a smaller --context',
+      ...(this.maxSequences > 1 ? ['fewer sequences'] : []),
+    ];
+    fail(
+      `the model needs ${gib(need)} on the GPU (weights ${gib(plan.weights)} ${this.quant === 'stored' ? 'as stored' : `in ${this.quant}`}, ` +
+        `KV cache ${gib(plan.kvCache)} for ${this.maxSequences} sequence${this.maxSequences > 1 ? 's' : ''} x ${this.contextLength} tokens, ` +
+        `scratch ${gib(plan.scratch)}) but ${this.device.split(',')[0]} has ${gib(mem.free)} free of ${gib(mem.total)}; ` +
+        `load it with ${fixes.join(', ')}`,
+    );
+  }
+
+  private uploadRope(): void {
+    const t = ropeTables(this.config, this.contextLength);
+    for (const [role, data] of [[ROLE_ROPE_COS, t.cos], [ROLE_ROPE_SIN, t.sin]] as const) {
+      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      this.check(this.lib.load(this.handle, -1, role, 0, DTYPE_F32, bytes, data.length, 1, 0, null, 0, 0), 'load rope tables');
+    }
+  }
+
+  /** Bytes of weights on the device, and those one decode step reads. */
+  get weightBytes(): number {
+    return this.lib.weightBytes(this.handle);
+  }
+  get activeBytes(): number {
+    return this.lib.activeBytes(this.handle);
+  }
+
+  createSequence(): Sequence {
+    return this.pool.create();
+  }
+
+  forward(batch: readonly BatchEntry[]): Float32Array[] {
+    const slots = this.pool.check(batch);
+    return batch.map((entry, b) => {
+      const s = slots[b];
+      const out = this.run(s.slot, s.position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
+      s.position += entry.tokens.length;
+      return out;
+    });
+  }
+
+  /** One entry: a graph-replayed decode step for one token, a prefill for more. */
+  private run(slot: number, pos: number, ids: Int32Array, rows: LogitsRows): Float32Array {
+    const vocab = this.config.vocabSize;
+    if (ids.length === 1) {
+      const logits = rows === 'none' ? null : new Float32Array(vocab);
+      this.check(this.lib.decode(this.handle, slot, pos, ids[0], logits), 'decode');
+      return logits ?? new Float32Array(0);
+    }
+    const logits = rows === 'none' ? null : new Float32Array((rows === 'all' ? ids.length : 1) * vocab);
+    this.check(this.lib.prefill(this.handle, slot, pos, ids, logits, rows === 'all'), 'prefill');
+    return logits ?? new Float32Array(0);
+  }
+
+  truncate(sequence: Sequence, position: number): void {
+    this.pool.truncate(sequence, position);
+  }
+
+  fork(sequence: Sequence): Sequence {
+    const src = this.pool.own(sequence);
+    const dst = this.pool.create();
+    try {
+      this.check(this.lib.seqCopy(this.handle, dst.slot, src.slot, src.position), 'fork');
+    } catch (e) {
+      this.pool.free(dst);
+      throw e;
+    }
+    this.pool.own(dst).position = src.position;
+    return dst;
+  }
+
+  free(sequence: Sequence): void {
+    this.pool.free(sequence);
+  }
+
+  /**
+   * Runs tokens after the sequence's (a decode step for one, a prefill for more) without copying any
+   * logits back, and returns the greedy next token (the argmax, computed on the device).
+   */
+  greedyStep(sequence: Sequence, tokens: ArrayLike<number>): number {
+    const [s] = this.pool.check([{ sequence, tokens }]);
+    const ids = Int32Array.from(tokens);
+    const next =
+      ids.length === 1
+        ? this.check(this.lib.decode(this.handle, s.slot, s.position, ids[0], null), 'decode')
+        : this.check(this.lib.prefill(this.handle, s.slot, s.position, ids, null, false), 'prefill');
+    s.position += ids.length;
+    return next;
+  }
+
+  /** Greedy decoding on the device: feeds token, then each argmax, n steps; returns the n ids (the last not yet fed). */
+  generate(sequence: Sequence, token: number, n: number): Int32Array {
+    const [s] = this.pool.check([{ sequence, tokens: new Array<number>(n).fill(token) }]);
+    const out = new Int32Array(n);
+    this.check(this.lib.generate(this.handle, s.slot, s.position, token, out), 'generate');
+    s.position += n;
+    return out;
+  }
+
+  /** One decode step of token at the sequence's position, timed stage by stage on the device (a text table); the position does not advance. */
+  profileDecode(sequence: Sequence, token: number): string {
+    const [s] = this.pool.check([{ sequence, tokens: [token] }]);
+    const table = this.lib.profileDecode(this.handle, s.slot, s.position, token);
+    if (table === null) fail(`CUDA backend (profile decode): ${this.lib.lastError()}`);
+    return table;
+  }
+
+  /** The k largest logits of the most recent run (computed on the device), largest first. */
+  topk(k: number): { values: Float32Array; ids: Int32Array } {
+    const values = new Float32Array(k);
+    const ids = new Int32Array(k);
+    this.check(this.lib.topk(this.handle, values, ids), 'topk');
+    return { values, ids };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.lib.free(this.handle);
+  }
+}

@@ -1,0 +1,322 @@
+// The C ABI (include/dw_cuda.h): argument checks, then the model's own functions. A failure inside
+// becomes a negative return and dw_last_error().
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+#include "model.cuh"
+
+namespace {
+
+thread_local std::string g_error;
+
+// For the length of one call: the model's launch flags (dw_config.sync_launches).
+struct LaunchScope {
+  explicit LaunchScope(const Model &M) { launch_flags() = LaunchFlags{false, M.c.sync_launches != 0}; }
+  ~LaunchScope() { launch_flags() = LaunchFlags{}; }
+};
+
+template <typename Fn>
+int guarded(Fn &&fn) {
+  try {
+    g_error.clear();
+    return fn();
+  } catch (const std::exception &e) {
+    g_error = e.what();
+    return -1;
+  }
+}
+
+Model &as_model(void *m) {
+  if (!m) dw_fail("null model handle");
+  return *static_cast<Model *>(m);
+}
+
+Model &finalized(void *m) {
+  Model &M = as_model(m);
+  if (!M.finalized) dw_fail("dw_finalize has not been called");
+  return M;
+}
+
+void check_token(const Model &M, int token) {
+  if (token < 0 || token >= M.c.vocab)
+    dw_fail("token id " + std::to_string(token) + " outside the vocabulary (0 to " + std::to_string(M.c.vocab - 1) + ")");
+}
+
+// Sequence seq may take n more tokens from position pos.
+void check_run(const Model &M, int seq, int pos, int64_t n) {
+  if (seq < 0 || seq >= M.c.max_sequences)
+    dw_fail("sequence " + std::to_string(seq) + " outside the pool (0 to " + std::to_string(M.c.max_sequences - 1) + ")");
+  if (pos < 0) dw_fail("negative position " + std::to_string(pos));
+  if (n <= 0) dw_fail("no tokens to run");
+  if (pos + n > M.c.max_context)
+    dw_fail("positions " + std::to_string(pos) + " to " + std::to_string(pos + n - 1) + " exceed the context length " +
+            std::to_string(M.c.max_context));
+}
+
+// Puts (seq, pos, token) in the state the decode graph reads, capturing the graph at the first step.
+void arm_decode(Model &M, int seq, int pos, int token) {
+  launch_set_state(M.st, M.state, seq, pos, token);
+  if (!M.graph) {
+    ensure_graph(M);
+    launch_set_state(M.st, M.state, seq, pos, token);
+  }
+}
+
+int64_t mat_bytes_one(const DMat &W) { return W.ok() ? W.estride + (W.s ? W.sestride * 4 : 0) : 0; }
+
+}  // namespace
+
+extern "C" {
+
+int dw_abi_version(void) { return DW_ABI_VERSION; }
+
+const char *dw_last_error(void) { return g_error.c_str(); }
+
+int dw_device_info(char *info, int32_t len) {
+  return guarded([&]() -> int {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      g_error = std::string("cudaGetDeviceCount: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+      if (info && len > 0) snprintf(info, len, "%s", g_error.c_str());
+      return 0;
+    }
+    if (n > 0 && info && len > 0) {
+      cudaDeviceProp p{};
+      CK(cudaGetDeviceProperties(&p, 0));
+      int rt = 0, drv = 0;
+      CK(cudaRuntimeGetVersion(&rt));
+      CK(cudaDriverGetVersion(&drv));
+      snprintf(info, len, "%s, sm_%d%d, %d SMs, %.1f GiB, L2 %d MB, driver %d, runtime %d", p.name, p.major, p.minor,
+               p.multiProcessorCount, p.totalGlobalMem / 1073741824.0, p.l2CacheSize >> 20, drv, rt);
+    }
+    return n;
+  });
+}
+
+int dw_device_memory(int64_t *free_bytes, int64_t *total_bytes) {
+  return guarded([&]() -> int {
+    size_t f = 0, t = 0;
+    CK(cudaMemGetInfo(&f, &t));
+    if (free_bytes) *free_bytes = (int64_t)f;
+    if (total_bytes) *total_bytes = (int64_t)t;
+    return 0;
+  });
+}
+
+void *dw_create(const dw_config *cfg) {
+  Model *M = nullptr;
+  guarded([&]() -> int {
+    if (!cfg) dw_fail("null config");
+    M = new_model(*cfg);
+    return 0;
+  });
+  return M;
+}
+
+int dw_declare(void *m, int32_t layer, int32_t role, int32_t fmt) {
+  return guarded([&]() -> int {
+    Model &M = as_model(m);
+    if (M.finalized) dw_fail("dw_declare after dw_finalize");
+    DMat *W = matrix_of(M, layer, role);
+    if (!W) dw_fail(role_name(layer, role) + " is a vector: vectors are always f32");
+    if (!fmt_on_device(fmt))
+      dw_fail(role_name(layer, role) + ": format " + std::to_string(fmt) + " is not one the device runs (f32, bf16, q8, fp8)");
+    if (W->ok() && W->fmt != fmt) dw_fail(role_name(layer, role) + " is already loaded as " + fmt_name(W->fmt));
+    W->fmt = fmt;
+    return 0;
+  });
+}
+
+int dw_memory_plan(void *m, int64_t *weights, int64_t *kv_cache, int64_t *scratch) {
+  return guarded([&]() -> int {
+    Model &M = as_model(m);
+    if (weights) *weights = planned_weight_bytes(M);
+    if (kv_cache) *kv_cache = kv_cache_bytes(M);
+    if (scratch) *scratch = scratch_bytes(M);
+    return 0;
+  });
+}
+
+int dw_load(void *m, int32_t layer, int32_t role, int32_t expert, int32_t dtype, const void *data, int64_t rows,
+            int64_t cols, int64_t row_offset, const float *scales, int32_t block_rows, int32_t block_cols) {
+  return guarded([&]() -> int {
+    Model &M = as_model(m);
+    LaunchScope scope(M);
+    load_tensor(M, layer, role, expert, dtype, data, rows, cols, row_offset, scales, block_rows, block_cols);
+    return 0;
+  });
+}
+
+int dw_fill_random(void *m, uint64_t seed) {
+  return guarded([&]() -> int {
+    Model &M = as_model(m);
+    LaunchScope scope(M);
+    fill_random(M, seed);
+    return 0;
+  });
+}
+
+int dw_finalize(void *m) {
+  return guarded([&]() -> int {
+    Model &M = as_model(m);
+    if (M.finalized) return 0;
+    finalize_model(M);
+    return 0;
+  });
+}
+
+int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n, float *logits, int32_t all_rows) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    check_run(M, seq, pos, n);
+    for (int i = 0; i < n; i++) check_token(M, ids[i]);
+    for (int done = 0; done < n; done += M.P) {
+      const int T = std::min(M.P, n - done);
+      const bool last = done + T == n;
+      float *out = nullptr;
+      if (logits && all_rows) out = logits + (int64_t)done * M.c.vocab;
+      else if (logits && last) out = logits;
+      prefill_chunk(M, seq, ids + done, T, pos + done, all_rows != 0, out);
+      // The ids and logits of this chunk must be consumed before the next chunk reuses the buffers.
+      CK(cudaStreamSynchronize(M.st));
+    }
+    return read_token(M);
+  });
+}
+
+int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    check_run(M, seq, pos, 1);
+    check_token(M, token);
+    arm_decode(M, seq, pos, token);
+    CK(cudaGraphLaunch(M.graph, M.st));
+    M.last_logits = M.dlogits;
+    if (logits) CK(cudaMemcpyAsync(logits, M.dlogits, sizeof(float) * M.c.vocab, cudaMemcpyDeviceToHost, M.st));
+    return read_token(M);
+  });
+}
+
+int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, int32_t *out_ids) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    check_run(M, seq, pos, n);
+    check_token(M, token);
+    arm_decode(M, seq, pos, token);
+    for (int i = 0; i < n; i++) CK(cudaGraphLaunch(M.graph, M.st));
+    CK(cudaMemcpyAsync(out_ids, M.log, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, M.st));
+    CK(cudaStreamSynchronize(M.st));
+    M.last_logits = M.dlogits;
+    return 0;
+  });
+}
+
+int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, char *out, int32_t len) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    check_run(M, seq, pos, 1);
+    check_token(M, token);
+    const std::string s = profile_decode(M, seq, pos, token);
+    M.last_logits = M.dlogits;
+    if (out && len > 0) snprintf(out, len, "%s", s.c_str());
+    return 0;
+  });
+}
+
+int dw_seq_copy(void *m, int32_t dst, int32_t src, int32_t n_positions) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    const int S = M.c.max_sequences;
+    if (dst < 0 || dst >= S || src < 0 || src >= S)
+      dw_fail("sequences " + std::to_string(src) + " -> " + std::to_string(dst) + " outside the pool (0 to " +
+              std::to_string(S - 1) + ")");
+    if (n_positions < 0 || n_positions > M.c.max_context)
+      dw_fail(std::to_string(n_positions) + " positions: expected 0 to the context length " + std::to_string(M.c.max_context));
+    if (dst == src || n_positions == 0) return 0;
+    const int64_t stride = (int64_t)M.c.max_context * M.latent;
+    const size_t bytes = sizeof(float) * n_positions * M.latent;
+    for (const Layer &ly : M.L)
+      CK(cudaMemcpyAsync(ly.cache + dst * stride, ly.cache + src * stride, bytes, cudaMemcpyDeviceToDevice, M.st));
+    CK(cudaStreamSynchronize(M.st));
+    return 0;
+  });
+}
+
+int dw_topk(void *m, int32_t k, float *values, int32_t *ids) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    if (!M.last_logits) dw_fail("no logits yet");
+    if (k <= 0 || k > 256 || k > M.c.vocab) dw_fail("k must be 1..256");
+    launch_topk(M.st, M.last_logits, M.c.vocab, k, M.topk_scratch, M.tk_vals, M.tk_ids);
+    CK(cudaMemcpyAsync(values, M.tk_vals, sizeof(float) * k, cudaMemcpyDeviceToHost, M.st));
+    CK(cudaMemcpyAsync(ids, M.tk_ids, sizeof(int32_t) * k, cudaMemcpyDeviceToHost, M.st));
+    CK(cudaStreamSynchronize(M.st));
+    return 0;
+  });
+}
+
+int64_t dw_weight_bytes(void *m) {
+  if (!m) return -1;
+  Model &M = *static_cast<Model *>(m);
+  int64_t b = bytes_of(M.embed) + bytes_of(M.head);
+  for (auto &ly : M.L)
+    for (auto &W : ly.m) b += bytes_of(W);
+  return b;
+}
+
+int64_t dw_active_bytes(void *m) {
+  if (!m) return -1;
+  Model &M = *static_cast<Model *>(m);
+  int64_t b = bytes_of(M.head) + (M.embed.ok() ? M.embed.ldb() : 0);
+  for (auto &ly : M.L)
+    for (int s = 0; s < LAYER_SLOTS; s++) {
+      if (s == DW_ROLE_EXP_GATE_UP || s == DW_ROLE_EXP_DOWN) b += mat_bytes_one(ly.m[s]) * M.c.topk;
+      else b += bytes_of(ly.m[s]);
+    }
+  return b;
+}
+
+void dw_free(void *m) {
+  if (m) free_model(static_cast<Model *>(m));
+}
+
+double dw_bandwidth_probe(int64_t bytes, int32_t iters) {
+  double result = -1;
+  guarded([&]() -> int {
+    void *a = nullptr, *b = nullptr;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    CK(cudaMemset(a, 1, bytes));
+    CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    std::vector<float> ms;
+    for (int i = 0; i < iters; i++) {
+      CK(cudaEventRecord(e0));
+      CK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice));
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float t = 0;
+      CK(cudaEventElapsedTime(&t, e0, e1));
+      ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    result = 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    return 0;
+  });
+  return result;
+}
+
+}  // extern "C"
