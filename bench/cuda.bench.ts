@@ -2,7 +2,7 @@
 // top-6, 2 shared, no q_lora) with random weights made on the device (bf16, or q8 with --quant q8),
 // one sequence (batch 1).
 //
-//   node dist/bench/cuda.bench.js [--out results.json] [--prompt 128] [--gen 128] [--quant q8]
+//   node dist/bench/cuda.bench.js [--out results.json] [--prompt 128] [--gen 128] [--quant q8] [--pdl 0]
 //
 // Prints a table and writes every number (and the method) as JSON.
 import { writeFileSync } from 'node:fs';
@@ -24,6 +24,8 @@ export interface BenchOptions {
   longPrompts?: number[];
   /** Weights made as bf16 (default) or q8. */
   quant?: 'bf16' | 'q8';
+  /** Programmatic dependent launch in the decode graph (default true). */
+  pdl?: boolean;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -50,7 +52,7 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
   const say = (line: string) => console.log(`  ${line}`);
   say(`copy bandwidth ${copyGBs.toFixed(0)} GB/s (bytes read + written)`);
   const t0 = performance.now();
-  const model = await randomCudaModel(cfg, opts.seed ?? 1234, { contextLength: 4096, passTokens: 512, quant: opts.quant });
+  const model = await randomCudaModel(cfg, opts.seed ?? 1234, { contextLength: 4096, passTokens: 512, quant: opts.quant, decode: { pdl: opts.pdl } });
   const setupMs = performance.now() - t0;
   try {
     const vocab = cfg.vocabSize;
@@ -145,7 +147,7 @@ export async function benchCuda(opts: BenchOptions = {}): Promise<Record<string,
     const decodeDevice = 1000 / median(devRuns);
     const prefill = (prompt / median(prefillMs)) * 1000;
     const result = {
-      preset: `16B (DeepSeek-V2-Lite shape), random ${opts.quant ?? 'bf16'} weights generated on the device`,
+      preset: `16B (DeepSeek-V2-Lite shape), random ${opts.quant ?? 'bf16'} weights generated on the device${opts.pdl === false ? ', no PDL' : ''}`,
       device: model.device,
       promptTokens: prompt,
       generatedTokens: gen,
@@ -196,7 +198,7 @@ async function main(argv: string[]): Promise<void> {
   };
   const quant = get('quant');
   if (quant !== undefined && quant !== 'bf16' && quant !== 'q8') throw new Error(`--quant is "${quant}": expected bf16 or q8`);
-  const r = await benchCuda({ prompt: Number(get('prompt') ?? 128), gen: Number(get('gen') ?? 128), quant });
+  const r = await benchCuda({ prompt: Number(get('prompt') ?? 128), gen: Number(get('gen') ?? 128), quant, pdl: get('pdl') !== '0' });
   printTable(r);
   const out = get('out');
   if (out) writeFileSync(out, JSON.stringify(r, null, 2) + '\n');

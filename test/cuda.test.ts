@@ -41,11 +41,16 @@ async function withModel<T>(name: string, opts: CudaLoadOptions, fn: (m: CudaMod
   }
 }
 
+/** One entry's logits, copied: forward() reuses its arrays. */
+function logitsOf(m: CudaModel, sequence: Sequence, tokens: ArrayLike<number>, rows: 'last' | 'all' = 'last'): Float32Array {
+  return m.forward([{ sequence, tokens, logits: rows }])[0].slice();
+}
+
 /** Prompt logits (all rows), then the reference continuation fed one token at a time: every step's logits. */
 function referenceRun(m: CudaModel, seq: Sequence, exp: Expected): { prompt: Float32Array; steps: Float32Array[] } {
-  const prompt = m.forward([{ sequence: seq, tokens: exp.inputIds, logits: 'all' }])[0];
+  const prompt = logitsOf(m, seq, exp.inputIds, 'all');
   const steps: Float32Array[] = [];
-  for (let k = 1; k < exp.genIds.length; k++) steps.push(m.forward([{ sequence: seq, tokens: [exp.genIds[k - 1]] }])[0]);
+  for (let k = 1; k < exp.genIds.length; k++) steps.push(logitsOf(m, seq, [exp.genIds[k - 1]]));
   return { prompt, steps };
 }
 
@@ -94,8 +99,8 @@ if (!status.ok) {
       // Each prompt alone, on a fresh sequence of its own.
       const alone = (tokens: ArrayLike<number>, next: number[]) => {
         const s = model.createSequence();
-        const rows = [model.forward([{ sequence: s, tokens, logits: 'all' }])[0]];
-        for (const t of next) rows.push(model.forward([{ sequence: s, tokens: [t] }])[0]);
+        const rows = [logitsOf(model, s, tokens, 'all')];
+        for (const t of next) rows.push(logitsOf(model, s, [t]));
         model.free(s);
         return rows;
       };
@@ -105,16 +110,16 @@ if (!status.ok) {
       // Interleaved: A's prompt, B's prompt, then decode steps in turns, then both in one batch.
       const a = model.createSequence();
       const b = model.createSequence();
-      const aRows = [model.forward([{ sequence: a, tokens: exp.inputIds, logits: 'all' }])[0]];
-      const bRows = [model.forward([{ sequence: b, tokens: other, logits: 'all' }])[0]];
+      const aRows = [logitsOf(model, a, exp.inputIds, 'all')];
+      const bRows = [logitsOf(model, b, other, 'all')];
       for (let k = 0; k < 2; k++) {
-        aRows.push(model.forward([{ sequence: a, tokens: [cont[k]] }])[0]);
-        bRows.push(model.forward([{ sequence: b, tokens: [cont[k]] }])[0]);
+        aRows.push(logitsOf(model, a, [cont[k]]));
+        bRows.push(logitsOf(model, b, [cont[k]]));
       }
       for (const k of [2, 3]) {
         const both = model.forward([{ sequence: a, tokens: [cont[k]] }, { sequence: b, tokens: [cont[k]] }]);
-        aRows.push(both[0]);
-        bRows.push(both[1]);
+        aRows.push(both[0].slice());
+        bRows.push(both[1].slice());
       }
       let interleaved = 0;
       aRows.forEach((r, i) => (interleaved = Math.max(interleaved, maxAbsDiff(r, aAlone[i]))));
@@ -123,8 +128,8 @@ if (!status.ok) {
       model.truncate(a, T);
       const f = model.fork(a);
       assert.is(f.position, T);
-      const forkRows = cont.map((t) => model.forward([{ sequence: f, tokens: [t] }])[0]);
-      const diverged = model.forward([{ sequence: a, tokens: [other[0]] }])[0];
+      const forkRows = cont.map((t) => logitsOf(model, f, [t]));
+      const diverged = logitsOf(model, a, [other[0]]);
       let forkDiff = 0;
       forkRows.forEach((r, i) => (forkDiff = Math.max(forkDiff, maxAbsDiff(r, exp.genLogits.subarray((i + 1) * V, (i + 2) * V)))));
       model.free(f);
@@ -133,7 +138,7 @@ if (!status.ok) {
       // Truncate A back into its prompt and run the rest again: the same rows.
       const cut = Math.floor(T / 2);
       model.truncate(a, cut);
-      const rerun = model.forward([{ sequence: a, tokens: exp.inputIds.subarray(cut), logits: 'all' }])[0];
+      const rerun = logitsOf(model, a, exp.inputIds.subarray(cut), 'all');
       const truncDiff = maxAbsDiff(rerun, exp.logits.subarray(cut * V));
       record('sequences', { interleaved, forkDiff, divergeDiff, truncDiff });
       // The same kernels over the same cache contents in another slot: equal to the last bit.
@@ -160,7 +165,7 @@ if (!status.ok) {
   test('cuda: prefill in chunks of 3 tokens equals one pass; top-k on the device', () =>
     withModel('v3-odd-bf16-sharded', { passTokens: 3 }, (model, exp) => {
       const V = exp.vocab;
-      const logits = model.forward([{ sequence: model.createSequence(), tokens: exp.inputIds, logits: 'all' }])[0];
+      const logits = logitsOf(model, model.createSequence(), exp.inputIds, 'all');
       const d = maxAbsDiff(logits, exp.logits);
       const T = exp.inputIds.length;
       const last = logits.subarray((T - 1) * V);
@@ -178,13 +183,13 @@ if (!status.ok) {
       // weights widened to f32 for cuBLAS), so they agree as closely as f32 paths do. How far q8 moves
       // the logits from the reference is recorded, not asserted: top-k routing amplifies quantisation
       // error whenever two experts score almost alike.
-      withModel(name, { quant: 'q8' }, (model, exp) => {
+      withModel(name, { quant: 'q8', maxSequences: 2 }, (model, exp) => {
         const V = exp.vocab;
-        const all = model.forward([{ sequence: model.createSequence(), tokens: exp.inputIds, logits: 'all' }])[0];
+        const all = logitsOf(model, model.createSequence(), exp.inputIds, 'all');
         const seq = model.createSequence();
         let stepDiff = 0;
         for (let t = 0; t < exp.inputIds.length; t++) {
-          const step = model.forward([{ sequence: seq, tokens: [exp.inputIds[t]] }])[0];
+          const step = logitsOf(model, seq, [exp.inputIds[t]]);
           stepDiff = Math.max(stepDiff, maxAbsDiff(step, all.subarray(t * V, (t + 1) * V)));
         }
         const refDiff = maxAbsDiff(all, exp.logits);
@@ -208,14 +213,14 @@ if (!status.ok) {
       },
       'no-shared test config',
     );
-    const model = await randomCudaModel(cfg, 7, { contextLength: 64 });
+    const model = await randomCudaModel(cfg, 7, { contextLength: 64, maxSequences: 2 });
     try {
       const ids = Array.from({ length: 12 }, (_, i) => (i * 37 + 5) % cfg.vocabSize);
       const V = cfg.vocabSize;
-      const all = model.forward([{ sequence: model.createSequence(), tokens: ids, logits: 'all' }])[0];
+      const all = logitsOf(model, model.createSequence(), ids, 'all');
       const seq = model.createSequence();
       let d = 0;
-      ids.forEach((t, i) => (d = Math.max(d, maxAbsDiff(model.forward([{ sequence: seq, tokens: [t] }])[0], all.subarray(i * V, (i + 1) * V)))));
+      ids.forEach((t, i) => (d = Math.max(d, maxAbsDiff(logitsOf(model, seq, [t]), all.subarray(i * V, (i + 1) * V)))));
       record('no-shared-experts', { decodeVsPrefillMaxDiff: d });
       assert.ok(d <= TOL, `decode and prefill differ by ${d}`);
     } finally {
@@ -249,7 +254,7 @@ if (!status.ok) {
     for (const quant of ['bf16', 'f32'] as const) {
       out[quant] = await withModel('v3-tiny', { quant }, (m, exp) => {
         assert.is(m.quant, quant);
-        return maxAbsDiff(m.forward([{ sequence: m.createSequence(), tokens: exp.inputIds, logits: 'all' }])[0], exp.logits);
+        return maxAbsDiff(logitsOf(m, m.createSequence(), exp.inputIds, 'all'), exp.logits);
       });
     }
     record('quant-float', out);

@@ -49,6 +49,7 @@ void free_model(Model *M) {
   blas_close(M->blas);
   for (void *p : M->allocs) cudaFree(p);
   if (M->stage) cudaFree(M->stage);
+  if (M->host_logits) cudaFreeHost(M->host_logits);
   if (M->st) cudaStreamDestroy(M->st);
   delete M;
 }
@@ -321,6 +322,7 @@ void finalize_model(Model &M) {
   DState s0{0, 0, 0, 0, c.max_context + 1, M.log};
   CK(cudaMemcpyAsync(M.state, &s0, sizeof s0, cudaMemcpyHostToDevice, M.st));
   CK(cudaStreamSynchronize(M.st));
+  CK(cudaMallocHost(&M.host_logits, sizeof(float) * c.vocab));
   M.blas = blas_open(M.st);
   M.finalized = true;
 }

@@ -53,6 +53,7 @@ struct Model {
   unsigned *counter = nullptr;
   ArgmaxScratch amax{};
   DState *state = nullptr;
+  float *host_logits = nullptr;  // pinned: a decode step's logits come back by DMA, then to the caller
   // top-k of the most recent logits row
   float *topk_scratch = nullptr, *tk_vals = nullptr;
   int *tk_ids = nullptr;

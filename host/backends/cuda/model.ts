@@ -76,6 +76,8 @@ const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 export class CudaModel implements ModelBackend {
   readonly backend = 'cuda' as const;
   private readonly pool: SequencePool;
+  /** forward()'s one-row results, one array per batch position. */
+  private readonly rows: Float32Array[] = [];
   private closed = false;
 
   private constructor(
@@ -192,27 +194,30 @@ export class CudaModel implements ModelBackend {
     return this.pool.create();
   }
 
+  /** The rows come back in arrays this model reuses: entry b's one-row result is overwritten by the next call. */
   forward(batch: readonly BatchEntry[]): Float32Array[] {
     const slots = this.pool.check(batch);
     return batch.map((entry, b) => {
       const s = slots[b];
-      const out = this.run(s.slot, s.position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
+      const out = this.run(b, s.slot, s.position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
       s.position += entry.tokens.length;
       return out;
     });
   }
 
   /** One entry: a graph-replayed decode step for one token, a prefill for more. */
-  private run(slot: number, pos: number, ids: Int32Array, rows: LogitsRows): Float32Array {
-    const vocab = this.config.vocabSize;
-    if (ids.length === 1) {
-      const logits = rows === 'none' ? null : new Float32Array(vocab);
-      this.check(this.lib.decode(this.handle, slot, pos, ids[0], logits), 'decode');
-      return logits ?? new Float32Array(0);
-    }
-    const logits = rows === 'none' ? null : new Float32Array((rows === 'all' ? ids.length : 1) * vocab);
-    this.check(this.lib.prefill(this.handle, slot, pos, ids, logits, rows === 'all'), 'prefill');
+  private run(b: number, slot: number, pos: number, ids: Int32Array, rows: LogitsRows): Float32Array {
+    const n = rows === 'none' ? 0 : rows === 'all' ? ids.length : 1;
+    // One row (a decode step, a prompt's last) into this entry's array; all rows into a new one.
+    const logits = n === 0 ? null : n === 1 ? this.row(b) : new Float32Array(n * this.config.vocabSize);
+    if (ids.length === 1) this.check(this.lib.decode(this.handle, slot, pos, ids[0], logits), 'decode');
+    else this.check(this.lib.prefill(this.handle, slot, pos, ids, logits, rows === 'all'), 'prefill');
     return logits ?? new Float32Array(0);
+  }
+
+  private row(b: number): Float32Array {
+    while (this.rows.length <= b) this.rows.push(new Float32Array(this.config.vocabSize));
+    return this.rows[b];
   }
 
   truncate(sequence: Sequence, position: number): void {
