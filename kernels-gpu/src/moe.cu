@@ -110,27 +110,16 @@ __global__ void __launch_bounds__(THREADS, 4) moe_gateup_kernel(const __grid_con
 
 // DOWN_ROWS output rows per block, every slot at once (dot.cuh's down_rows: the 8 warps split the
 // concatenated slots, 2 x DOWN_ROWS loads in flight per lane, activations through L2 into
-// registers). Before it waits, a block prefetches its rows of every slot into L2: the chosen
-// experts are known by then (this kernel starts only after the routed gate/up kernel has passed its
-// own wait, which the routing kernel's completion released).
+// registers). No L2 prefetch of the rows before the wait: it cost 1.6% of a 16B decode step
+// (bench/RESULTS.md, session 4).
 template <int F>
 __global__ void __launch_bounds__(THREADS, 3) moe_down_kernel(const __grid_constant__ MoeParams p) {
   __shared__ const char *base[33];
   __shared__ const float *sbase[33];
   __shared__ float wt[33];
   __shared__ float red[WARPS * DOWN_ROWS];
-  const int warp = threadIdx.x >> 5;
   const int j0 = blockIdx.x * DOWN_ROWS;
   const int nslot = p.k + p.has_fixed;
-  for (int sr = warp; sr < nslot * DOWN_ROWS; sr += WARPS) {
-    const int s = sr / DOWN_ROWS, j = min(j0 + sr % DOWN_ROWS, p.hidden - 1);
-    if (s < p.k) {
-      const int e = __ldcg(p.chosen + s);
-      prefetch_row<F>(p.dn.w + e * p.dn_estride + j * p.dn.ldb, p.inter);
-    } else {
-      prefetch_row<F>(p.fdn.w + j * p.fdn.ldb, p.finter);
-    }
-  }
   pdl_wait();
   pdl_trigger();
   if (threadIdx.x < nslot) {
