@@ -7,7 +7,7 @@
 #
 # Without a GPU the tests print "skipped: no CUDA device (...)" and the script exits 0.
 # On the GPU machine, Node, node_modules (koffi, uvu, @huggingface/jinja) and dist/ travel in the
-# ignored folder .gpu-carry/ (see kernels-gpu/README.md): node.xz, node_modules/, dist/, build/.
+# ignored folder .gpu-carry/ (filled by --prepare below): node.xz, node_modules/, dist/, build/.
 #
 # Environment: OUT (results folder), DW_SKIP_BENCH=1 (tests only), DW_SKIP_TESTS=1 (bench only),
 # DW_BENCH_Q8=1 (the benchmark once more with q8 weights, to bench-q8.json),

@@ -16,7 +16,7 @@ const SUPPORTED = 'the CUDA backend runs weights as stored (f32, bf16, fp8; f16 
 export function cudaQuant(ckpt: Checkpoint, requested?: QuantName): CudaQuant {
   const converted = ckpt.config.deepwasmQuantization?.format;
   if (converted) {
-    fail(`${ckpt.dir} was written by "deepwasm convert" in ${converted}, which ${SUPPORTED}; load the original checkpoint (with --quant q8 for the same q8 weights)`);
+    fail(`${ckpt.dir} was written by "deepwasm convert" (${converted}), which the CUDA backend does not read; load the original checkpoint (--quant q8 gives the same q8 weights)`);
   }
   if (requested === undefined) return 'stored';
   if (requested === 'q4') fail(`--quant q4 is CPU-only: ${SUPPORTED}`);

@@ -155,7 +155,7 @@ export class CudaModel implements ModelBackend {
 
   /** Refuses a model that cannot fit in the device's free memory, before any weight is read. */
   private requireFits(): void {
-    const plan: MemoryPlan | null = this.lib.memoryPlan(this.handle);
+    const plan: MemoryPlan | null = this.lib.memoryPlan(this.h);
     if (!plan) fail(`CUDA backend (memory plan): ${this.lib.lastError()}`);
     const mem = this.lib.deviceMemory();
     if (!mem) fail(`CUDA backend (device memory): ${this.lib.lastError()}`);
@@ -178,16 +178,16 @@ export class CudaModel implements ModelBackend {
     const t = ropeTables(this.config, this.contextLength);
     for (const [role, data] of [[ROLE_ROPE_COS, t.cos], [ROLE_ROPE_SIN, t.sin]] as const) {
       const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      this.check(this.lib.load(this.handle, -1, role, 0, DTYPE_F32, bytes, data.length, 1, 0, null, 0, 0), 'load rope tables');
+      this.check(this.lib.load(this.h, -1, role, 0, DTYPE_F32, bytes, data.length, 1, 0, null, 0, 0), 'load rope tables');
     }
   }
 
   /** Bytes of weights on the device, and those one decode step reads. */
   get weightBytes(): number {
-    return this.lib.weightBytes(this.handle);
+    return this.lib.weightBytes(this.h);
   }
   get activeBytes(): number {
-    return this.lib.activeBytes(this.handle);
+    return this.lib.activeBytes(this.h);
   }
 
   createSequence(): Sequence {
@@ -210,8 +210,8 @@ export class CudaModel implements ModelBackend {
     const n = rows === 'none' ? 0 : rows === 'all' ? ids.length : 1;
     // One row (a decode step, a prompt's last) into this entry's array; all rows into a new one.
     const logits = n === 0 ? null : n === 1 ? this.row(b) : new Float32Array(n * this.config.vocabSize);
-    if (ids.length === 1) this.check(this.lib.decode(this.handle, slot, pos, ids[0], logits), 'decode');
-    else this.check(this.lib.prefill(this.handle, slot, pos, ids, logits, rows === 'all'), 'prefill');
+    if (ids.length === 1) this.check(this.lib.decode(this.h, slot, pos, ids[0], logits), 'decode');
+    else this.check(this.lib.prefill(this.h, slot, pos, ids, logits, rows === 'all'), 'prefill');
     return logits ?? new Float32Array(0);
   }
 
@@ -228,7 +228,7 @@ export class CudaModel implements ModelBackend {
     const src = this.pool.own(sequence);
     const dst = this.pool.create();
     try {
-      this.check(this.lib.seqCopy(this.handle, dst.slot, src.slot, src.position), 'fork');
+      this.check(this.lib.seqCopy(this.h, dst.slot, src.slot, src.position), 'fork');
     } catch (e) {
       this.pool.free(dst);
       throw e;
@@ -250,8 +250,8 @@ export class CudaModel implements ModelBackend {
     const ids = Int32Array.from(tokens);
     const next =
       ids.length === 1
-        ? this.check(this.lib.decode(this.handle, s.slot, s.position, ids[0], null), 'decode')
-        : this.check(this.lib.prefill(this.handle, s.slot, s.position, ids, null, false), 'prefill');
+        ? this.check(this.lib.decode(this.h, s.slot, s.position, ids[0], null), 'decode')
+        : this.check(this.lib.prefill(this.h, s.slot, s.position, ids, null, false), 'prefill');
     s.position += ids.length;
     return next;
   }
@@ -260,7 +260,7 @@ export class CudaModel implements ModelBackend {
   generate(sequence: Sequence, token: number, n: number): Int32Array {
     const [s] = this.pool.check([{ sequence, tokens: new Array<number>(n).fill(token) }]);
     const out = new Int32Array(n);
-    this.check(this.lib.generate(this.handle, s.slot, s.position, token, out), 'generate');
+    this.check(this.lib.generate(this.h, s.slot, s.position, token, out), 'generate');
     s.position += n;
     return out;
   }
@@ -268,7 +268,7 @@ export class CudaModel implements ModelBackend {
   /** One decode step of token at the sequence's position, timed stage by stage on the device (a text table); the position does not advance. */
   profileDecode(sequence: Sequence, token: number): string {
     const [s] = this.pool.check([{ sequence, tokens: [token] }]);
-    const table = this.lib.profileDecode(this.handle, s.slot, s.position, token);
+    const table = this.lib.profileDecode(this.h, s.slot, s.position, token);
     if (table === null) fail(`CUDA backend (profile decode): ${this.lib.lastError()}`);
     return table;
   }
@@ -277,7 +277,7 @@ export class CudaModel implements ModelBackend {
   topk(k: number): { values: Float32Array; ids: Int32Array } {
     const values = new Float32Array(k);
     const ids = new Int32Array(k);
-    this.check(this.lib.topk(this.handle, values, ids), 'topk');
+    this.check(this.lib.topk(this.h, values, ids), 'topk');
     return { values, ids };
   }
 
@@ -285,5 +285,11 @@ export class CudaModel implements ModelBackend {
     if (this.closed) return;
     this.closed = true;
     this.lib.free(this.handle);
+  }
+
+  /** The library's handle, while the model is open (a freed handle would crash in native code). */
+  private get h(): Handle {
+    if (this.closed) fail('this CUDA model was closed; load it again');
+    return this.handle;
   }
 }
