@@ -10,14 +10,13 @@
 // bit-exact, because IEEE float32 arithmetic is: the reference is Math.fround of the same operation.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../host/model/model.js';
 import { perHeadMatmul } from '../host/model/per-head.js';
 import type { Matrix } from '../host/model/weights.js';
 import {
   FMT_BF16, FMT_F32, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../host/runtime/kernels.js';
 import { Runtime } from '../host/runtime/runtime.js';
-import { FIXTURES, readExpected } from './helpers.js';
+import { FIXTURES, loadOne, readExpected } from './helpers.js';
 import {
   Rng, U, bf16Matrix, bf16ToF32, f32Bits, matmulRef, mlaNaiveRef, rmsnormRef, ropeRef, routeRef, siluMulRef,
   softmaxRef, toBf16, type MlaCase, type Ref, type RouteCase,
@@ -722,9 +721,9 @@ test('1, 2 and 3 threads give bit-identical matmul (f32, bf16; T = 1, 7; rows 1.
 test('v3-odd-bf16-sharded: 1 and 2 threads give bit-identical prefill and decode logits', async () => {
   const dir = `${FIXTURES}models/v3-odd-bf16-sharded`;
   const ref = readExpected(`${dir}/expected.safetensors`);
-  const models = [await Model.load(dir, { threads: 1 }), await Model.load(dir, { threads: 2 })];
+  const models = [await loadOne(dir, { threads: 1 }), await loadOne(dir, { threads: 2 })];
   try {
-    assert.is(models[1].threads, 2);
+    assert.is(models[1].model.threads, 2);
     const prefill = models.map((m) => new Uint32Array(m.forward(ref.inputIds, { allLogits: true }).slice().buffer));
     assert.is(prefill[0].length, ref.inputIds.length * ref.vocab);
     assert.ok(equalU32(prefill[0], prefill[1]), 'prefill logits differ between 1 and 2 threads');

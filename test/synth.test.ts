@@ -10,7 +10,7 @@ import { parseConfig } from '../host/checkpoint/config.js';
 import { PRESET_NAMES, presetConfig } from '../host/checkpoint/presets.js';
 import { openSafetensors, readTensorInto } from '../host/checkpoint/safetensors.js';
 import { planShards, planTensors, synthCheckpoint, synthConfig } from '../host/checkpoint/synth.js';
-import { Model } from '../host/model/model.js';
+import { loadOne } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 const tmp = fs.mkdtempSync(join(tmpdir(), 'deepwasm-synth-'));
@@ -207,7 +207,7 @@ for (const [label, config, dtype] of [
   test(`${label}: loads with Model.load and gives finite, varied logits through prefill and decode`, async () => {
     const dir = freshDir();
     await synthCheckpoint({ config, source: label, out: dir, seed: 3, dtype });
-    const model = await Model.load(dir, { threads: 2 });
+    const model = await loadOne(dir, { threads: 2 });
     try {
       const vocab = model.config.vocabSize;
       const prompt = [0, 17, 42, 99, 5, 250];

@@ -1,6 +1,8 @@
 import type { DeepSeekConfig } from '../checkpoint/config.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { perHeadMatmul } from './per-head.js';
+import { ROLE_W_UK_T, ROLE_W_UV } from '../runtime/constants.js';
+import type { AttentionSchema } from './schema.js';
 import type { Matrix, WeightReader } from './weights.js';
 
 /**
@@ -35,33 +37,18 @@ export class Attention {
     readonly o: Matrix,
   ) {}
 
-  static load(w: WeightReader, cfg: DeepSeekConfig, prefix: string): Attention {
-    const { hiddenSize: hidden, numAttentionHeads: heads, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: v } = cfg;
-    const rank = cfg.kvLoraRank;
-    const qRows = heads * (nope + rope);
-    const qWhy = 'num_attention_heads * (qk_nope_head_dim + qk_rope_head_dim)';
-    const q =
-      cfg.qLoraRank === null
-        ? { proj: w.matrix([{ name: `${prefix}.q_proj.weight`, rows: qRows, why: `${qWhy} x hidden_size` }], hidden) }
-        : {
-            a: w.matrix([{ name: `${prefix}.q_a_proj.weight`, rows: cfg.qLoraRank, why: 'q_lora_rank x hidden_size' }], hidden),
-            aNorm: w.vector(`${prefix}.q_a_layernorm.weight`, cfg.qLoraRank, 'q_lora_rank'),
-            b: w.matrix([{ name: `${prefix}.q_b_proj.weight`, rows: qRows, why: `${qWhy} x q_lora_rank` }], cfg.qLoraRank),
-          };
-    const kvA = w.matrix(
-      [{ name: `${prefix}.kv_a_proj_with_mqa.weight`, rows: rank + rope, why: '(kv_lora_rank + qk_rope_head_dim) x hidden_size' }],
-      hidden,
-    );
-    const kvANorm = w.vector(`${prefix}.kv_a_layernorm.weight`, rank, 'kv_lora_rank');
-    // kv_b_proj [heads * (nope + v), rank]: head h's rows h * (nope + v) + [0, nope) are W_UK, the next v W_UV.
-    const kvB = { name: `${prefix}.kv_b_proj.weight`, rows: heads * (nope + v), why: 'num_attention_heads * (qk_nope_head_dim + v_head_dim) x kv_lora_rank' };
+  static load(w: WeightReader, cfg: DeepSeekConfig, s: AttentionSchema): Attention {
+    const { numAttentionHeads: heads, qkNopeHeadDim: nope, vHeadDim: v } = cfg;
+    const q = 'proj' in s.q ? { proj: w.matrix(s.q.proj) } : { a: w.matrix(s.q.a), aNorm: w.vector(s.q.aNorm), b: w.matrix(s.q.b) };
+    const kvA = w.matrix(s.kvA);
+    const kvANorm = w.vector(s.kvANorm);
+    // kv_b is cut per head into W_UK^T (its first nope rows, transposed) and W_UV (the next v rows).
     const firstRows = Array.from({ length: heads }, (_, h) => h * (nope + v));
-    const cut = w.cuts(kvB, rank, [
-      ...firstRows.map((row) => ({ row, rows: nope, transpose: true })),
-      ...firstRows.map((row) => ({ row: row + nope, rows: v, transpose: false })),
+    const cut = w.cuts(s.kvB, [
+      ...firstRows.map((row, h) => ({ row, rows: nope, transpose: true, role: ROLE_W_UK_T, index: h })),
+      ...firstRows.map((row, h) => ({ row: row + nope, rows: v, transpose: false, role: ROLE_W_UV, index: h })),
     ]);
-    const o = w.matrix([{ name: `${prefix}.o_proj.weight`, rows: hidden, why: 'hidden_size x num_attention_heads * v_head_dim' }], heads * v);
-    return new Attention(cfg, q, kvA, kvANorm, cut.slice(0, heads), cut.slice(heads), o);
+    return new Attention(cfg, q, kvA, kvANorm, cut.slice(0, heads), cut.slice(heads), w.matrix(s.o));
   }
 
   /** out[T, hidden] = attention(x[T, hidden]) for tokens at positions pos0.., writing their latents

@@ -1,4 +1,5 @@
 import type { Runtime } from '../runtime/runtime.js';
+import type { MlpSchema } from './schema.js';
 import type { Matrix, WeightReader } from './weights.js';
 
 /** SwiGLU feed-forward: down(silu(gate x) * up x). Gate and up are stacked into one matrix so one
@@ -10,16 +11,8 @@ export class Mlp {
     readonly inter: number,
   ) {}
 
-  static load(w: WeightReader, prefix: string, hidden: number, inter: number, why: string): Mlp {
-    const gateUp = w.matrix(
-      [
-        { name: `${prefix}.gate_proj.weight`, rows: inter, why: `${why} x hidden_size` },
-        { name: `${prefix}.up_proj.weight`, rows: inter, why: `${why} x hidden_size` },
-      ],
-      hidden,
-    );
-    const down = w.matrix([{ name: `${prefix}.down_proj.weight`, rows: hidden, why: `hidden_size x ${why}` }], inter);
-    return new Mlp(gateUp, down, inter);
+  static load(w: WeightReader, s: MlpSchema): Mlp {
+    return new Mlp(w.matrix(s.gateUp), w.matrix(s.down), s.inter);
   }
 
   /** out[T, hidden] = mlp(x[T, hidden]). */

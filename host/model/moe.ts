@@ -5,6 +5,7 @@ import {
 } from '../runtime/kernels.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { Mlp } from './mlp.js';
+import type { MoeSchema } from './schema.js';
 import type { Matrix, WeightReader } from './weights.js';
 
 const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITED_GREEDY, noaux_tc: ROUTE_NOAUX_TC };
@@ -39,18 +40,11 @@ export class Moe {
       all.every((m) => m.gateUp.fmt === experts[0].gateUp.fmt && m.down.fmt === experts[0].down.fmt);
   }
 
-  static load(w: WeightReader, cfg: DeepSeekConfig, prefix: string): Moe {
-    const { hiddenSize: hidden, nRoutedExperts: n, moeIntermediateSize: inter } = cfg;
-    const gate = w.matrix([{ name: `${prefix}.gate.weight`, rows: n, why: 'n_routed_experts x hidden_size' }], hidden);
-    const biasName = `${prefix}.gate.e_score_correction_bias`;
-    const bias = w.has(biasName) ? w.vector(biasName, n, 'n_routed_experts') : 0;
-    const experts: Mlp[] = [];
-    for (let e = 0; e < n; e++) experts.push(Mlp.load(w, `${prefix}.experts.${e}`, hidden, inter, 'moe_intermediate_size'));
-    const shared =
-      cfg.nSharedExperts > 0
-        ? Mlp.load(w, `${prefix}.shared_experts`, hidden, inter * cfg.nSharedExperts, 'moe_intermediate_size * n_shared_experts')
-        : null;
-    return new Moe(cfg, gate, bias, experts, shared);
+  static load(w: WeightReader, cfg: DeepSeekConfig, s: MoeSchema): Moe {
+    const gate = w.matrix(s.router);
+    const bias = s.bias ? w.vector(s.bias) : 0;
+    const experts = s.experts.map((e) => Mlp.load(w, e));
+    return new Moe(cfg, gate, bias, experts, s.shared ? Mlp.load(w, s.shared) : null);
   }
 
   /** out[T, hidden] = moe(x[T, hidden]). */

@@ -1,7 +1,7 @@
 import { createInterface } from 'node:readline';
 import { DeepWasmError } from '../../errors.js';
 import type { ChatMessage } from '../../tokenizer/index.js';
-import { CONTEXT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
 import { guardStdout } from './stdio.js';
 
@@ -19,6 +19,8 @@ export const chatCommand: Command = {
     ...SAMPLING_FLAGS,
     THREADS_FLAG,
     CONTEXT_FLAG,
+    BACKEND_FLAG,
+    QUANT_FLAG,
   ],
   async run(flags) {
     const opts = generateOptions(flags);

@@ -1,10 +1,11 @@
 import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
 import { openCheckpoint, type Checkpoint } from '../../checkpoint/checkpoint.js';
-import { readTensorInto, writeSafetensors, type TensorEntry, type TensorToWrite } from '../../checkpoint/safetensors.js';
+import { readTensorInto, writeSafetensors, type TensorToWrite } from '../../checkpoint/safetensors.js';
 import { fail } from '../../errors.js';
 import { FMT_BF16, FMT_F32, FMT_Q4, FMT_Q8 } from '../../runtime/kernels.js';
 import { Runtime } from '../../runtime/runtime.js';
+import { modelSchema, schemaWeights, type Weight } from '../../model/schema.js';
 import { SCALE_SUFFIX, WeightReader, parseQuant, type QuantName } from '../../model/weights.js';
 import { loadProgress } from '../progress.js';
 import { MODEL_FLAG, THREADS_FLAG, type Command } from './command.js';
@@ -48,16 +49,24 @@ export async function convertCheckpoint(src: string, out: string, opts: ConvertO
   }
 }
 
-function isMatrix(e: TensorEntry): boolean {
-  return e.shape.length === 2 && ['F32', 'BF16', 'F16', 'F8_E4M3'].includes(e.dtype);
+/** Each checkpoint tensor of the schema as a weight of its own (convert writes tensors, not stacked weights). */
+function tensorWeights(ckpt: Checkpoint): Map<string, Weight> {
+  const out = new Map<string, Weight>();
+  const schema = modelSchema(ckpt.config, { hasLmHead: ckpt.has('lm_head.weight') });
+  for (const w of schemaWeights(schema, { mtp: true })) {
+    if (w.tied || w.kind === 'vector') continue;
+    for (const t of w.parts) out.set(t.name, { ...w, parts: [t], shape: t.shape });
+  }
+  return out;
 }
 
 function writeConverted(ckpt: Checkpoint, rt: Runtime, out: string, opts: ConvertOptions): { tensors: number; bytes: number; shards: number } {
   let read = 0;
   const reader = new WeightReader(ckpt, rt, (b) => opts.onProgress?.((read += b), ckpt.totalBytes), opts.quant);
   const entries = [...ckpt.tensors.values()].filter((e) => !e.name.endsWith('.weight_scale_inv'));
+  const matrices = tensorWeights(ckpt);
   // The scratch must be in place before the per-tensor marks below, which release what they allocate.
-  rt.ensureQuantScratch(Math.max(32, ...entries.filter(isMatrix).map((e) => e.shape[1])));
+  rt.ensureQuantScratch(Math.max(32, ...entries.filter((e) => matrices.has(e.name)).map((e) => e.shape[1])));
 
   const metadata = { format: `deepwasm-${opts.quant}`, group_size: '32', source: basename(ckpt.dir), layout: 'docs/quantized-format.md' };
   const shards: { file: string; tensors: TensorToWrite[] }[] = [];
@@ -78,7 +87,8 @@ function writeConverted(ckpt: Checkpoint, rt: Runtime, out: string, opts: Conver
   };
 
   for (const e of entries) {
-    if (!isMatrix(e)) {
+    const weight = matrices.get(e.name);
+    if (!weight) {
       const data = new Uint8Array(e.nbytes);
       readTensorInto(e, data);
       read += e.nbytes;
@@ -88,7 +98,7 @@ function writeConverted(ckpt: Checkpoint, rt: Runtime, out: string, opts: Conver
     }
     const [rows, cols] = e.shape;
     const mark = rt.arena.mark();
-    const m = reader.matrix([{ name: e.name, rows, why: 'the source checkpoint' }], cols);
+    const m = reader.matrix(weight);
     if (m.fmt === FMT_F32 || m.fmt === FMT_BF16) {
       const bytes = rows * cols * (m.fmt === FMT_F32 ? 4 : 2);
       add({ name: e.name, dtype: m.fmt === FMT_F32 ? 'F32' : 'BF16', shape: [rows, cols], data: rt.bytes(m.ptr, bytes).slice() });

@@ -1,6 +1,6 @@
 import { fail } from '../../errors.js';
 import type { GenerateResult } from '../../generate/text-model.js';
-import { CONTEXT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
 import { guardStdout } from './stdio.js';
 
@@ -17,6 +17,8 @@ export const runCommand: Command = {
     ...SAMPLING_FLAGS,
     THREADS_FLAG,
     CONTEXT_FLAG,
+    BACKEND_FLAG,
+    QUANT_FLAG,
   ],
   async run(flags) {
     const prompt = flags['prompt'] as string;

@@ -1,0 +1,7 @@
+// Placeholder until the CUDA backend moves here (branch h-cuda).
+import { fail } from '../../errors.js';
+import type { LoadOptions, ModelBackend } from '../../model/backend.js';
+
+export async function loadCudaModel(dir: string, opts: LoadOptions): Promise<ModelBackend> {
+  return fail(`CUDA backend unavailable (${dir}, ${JSON.stringify(opts)})`);
+}
