@@ -8,7 +8,7 @@ import * as v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { synthCheckpoint } from '../host/checkpoint/synth.js';
+import { synthCheckpoint } from '../host/model/synth.js';
 import { argmax } from '../host/generate/sampler.js';
 import { FIXTURES, OneSequence, loadOne } from './helpers.js';
 

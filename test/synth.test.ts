@@ -9,7 +9,7 @@ import { openCheckpoint } from '../host/checkpoint/checkpoint.js';
 import { parseConfig } from '../host/checkpoint/config.js';
 import { PRESET_NAMES, presetConfig } from '../host/checkpoint/presets.js';
 import { openSafetensors, readTensorInto } from '../host/checkpoint/safetensors.js';
-import { planShards, planTensors, synthCheckpoint, synthConfig } from '../host/checkpoint/synth.js';
+import { planShards, planTensors, synthCheckpoint, synthConfig } from '../host/model/synth.js';
 import { loadOne } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
