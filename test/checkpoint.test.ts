@@ -276,6 +276,7 @@ test('config: v3-tiny', () => {
     intermediateSize: 160,
     moeIntermediateSize: 32,
     numHiddenLayers: 3,
+    numNextnPredictLayers: 0,
     numAttentionHeads: 4,
     qLoraRank: 48,
     kvLoraRank: 32,

@@ -362,7 +362,7 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   const plain = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--threads', '1');
   assert.is(plain.status, 0, plain.stderr);
   assert.not.match(plain.stdout, /^\{/m);
-  assert.match(plain.stdout, /weights as stored, 1 thread\n/);
+  assert.match(plain.stdout, /weights as stored, CPU \(WebAssembly (SIMD128|relaxed SIMD), 1 thread\)\n/);
   const q8 = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--quant', 'q8');
   assert.is(q8.status, 0, q8.stderr);
   assert.match(q8.stdout, /weights q8, /);
