@@ -2,6 +2,7 @@ import { writeSafetensors, type TensorToWrite } from '../../checkpoint/safetenso
 import { fail } from '../../errors.js';
 import { argmax } from '../../generate/sampler.js';
 import { parseQuant } from '../../model/weights.js';
+import { checkOutputFile } from '../files.js';
 import { loadWithProgress } from '../load.js';
 import { CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
@@ -42,6 +43,7 @@ export const logitsCommand: Command = {
   async run(flags) {
     const ids = parseIds(flags.ids as string);
     const gen = (flags.gen as number | undefined) ?? 0;
+    checkOutputFile(flags.out as string, '--out');
     const backend = (flags.backend as string | undefined) ?? 'cpu';
     if (backend !== 'cpu' && backend !== 'cuda') fail(`--backend is "${backend}": expected cpu or cuda`);
     const model: LogitsModel =
