@@ -142,7 +142,7 @@ test('user errors exit 1 with a message and no stack trace', () => {
   fails(cli(['chat', '--model', fixture.dir, '--context', '4', '--threads', '1'], 'Hello there\n'), /tokens exceed the context length \(4\)/, 'context');
   fails(cli(['tokenize', '--jsonl', '--model', V3_TOKENIZER, '--special=yes']), /--special takes no value/, 'boolean flag value');
   const unknown = cli(['generate']);
-  assert.is(unknown.status, 2);
+  assert.is(unknown.status, 1);
   assert.match(unknown.stderr, /unknown command "generate"/);
 });
 

@@ -43,7 +43,7 @@ async function main(argv: string[]): Promise<number> {
   const command = COMMANDS.find((c) => c.name === name);
   if (!command) {
     process.stderr.write(`error: unknown command "${name}"\n\n${usage()}\n`);
-    return 2;
+    return 1;
   }
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(commandHelp(command.name, command.description ?? command.summary, command.flags) + '\n');
