@@ -6,7 +6,7 @@
  * bundle, as tools/build-web.mjs puts it).
  *
  * ```ts
- * import { loadModelFromBuffers } from 'deepwasm/dist/host/edge.js';
+ * import { loadModelFromBuffers } from 'deepwasm/edge';
  * const base = 'https://example.com/tiny/';
  * const get = (name: string) => fetch(base + name);
  * const model = await loadModelFromBuffers({

@@ -23,7 +23,7 @@ export type { BackendName, BatchEntry, LoadOptions, LogitsRows, ModelBackend, Se
 export { loadBackend } from './backends/load.js';
 export { Tokenizer, StreamDecoder } from './tokenizer/index.js';
 export type { ChatMessage, ChatTemplateOptions, ChatToolCall, DecodeOptions, EncodeOptions } from './tokenizer/index.js';
-export { loadTokenizer } from './tokenizer/load.js';
+export { loadTokenizer, type LoadTokenizerOptions } from './tokenizer/load.js';
 export { DeepWasmError } from './errors.js';
 export type { DeepSeekConfig } from './checkpoint/config.js';
 

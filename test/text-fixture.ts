@@ -15,7 +15,7 @@ export const V3_TOKENIZER = `${FIXTURES}tokenizers/v3-format`;
  * and a function that deletes it.
  */
 export function makeTextModelDir(config: Record<string, unknown> = {}): { dir: string; remove: () => void } {
-  const vocab = loadTokenizer(V3_TOKENIZER).vocabSize;
+  const vocab = loadTokenizer(V3_TOKENIZER, { tokenizerOnly: true }).vocabSize;
   const dir = mkdtempSync(join(tmpdir(), 'deepwasm-text-model-'));
   const base = JSON.parse(readFileSync(`${V3_TINY}/config.json`, 'utf8')) as { vocab_size: number; hidden_size: number };
   const file = openSafetensors(`${V3_TINY}/model.safetensors`);

@@ -1,4 +1,3 @@
-import { existsSync } from 'node:fs';
 import { readConfig, type DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
 import { loadBackend } from '../backends/load.js';
@@ -37,7 +36,6 @@ export class TextModel {
    * safetensors weights. The tokenizer is read first, so a folder without one fails before any weight is read.
    */
   static async load(dir: string, opts: LoadOptions = {}): Promise<TextModel> {
-    if (!existsSync(dir)) fail(`model folder ${dir} does not exist`);
     return TextModel.assemble(dir, loadTokenizer(dir), readConfig(dir), () => loadBackend(dir, opts));
   }
 

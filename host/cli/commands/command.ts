@@ -10,8 +10,12 @@ export interface Command {
   /** What --help says about the command, when there is more to say than the summary. */
   description?: string;
   flags: FlagSpec[];
-  run(flags: Flags): Promise<void>;
+  /** Resolves to the exit code when it is not 0 (EXIT_INTERRUPTED after Ctrl-C). */
+  run(flags: Flags): Promise<void | number>;
 }
+
+/** What shells report for a process ended by SIGINT (128 + 2), so scripts can tell an interrupted run from a finished one. */
+export const EXIT_INTERRUPTED = 130;
 
 /** Flags that several commands share. */
 export const MODEL_FLAG: FlagSpec = { name: 'model', kind: 'string', value: 'DIR', help: 'Hugging Face checkpoint folder (config.json + *.safetensors)' };

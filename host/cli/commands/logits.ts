@@ -1,6 +1,7 @@
 import { writeSafetensors, type TensorToWrite } from '../../checkpoint/safetensors.js';
 import { fail } from '../../errors.js';
 import { argmax } from '../../generate/sampler.js';
+import { checkOutputFile } from '../files.js';
 import { loadOptions, loadWithProgress } from '../load.js';
 import { BACKEND_FLAG, CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
@@ -34,6 +35,7 @@ export const logitsCommand: Command = {
   async run(flags) {
     const ids = parseIds(flags.ids as string);
     const gen = (flags.gen as number | undefined) ?? 0;
+    checkOutputFile(flags.out as string, '--out');
     const model = await loadWithProgress(flags.model as string, loadOptions(flags));
     try {
       const vocab = model.config.vocabSize;
