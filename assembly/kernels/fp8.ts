@@ -33,7 +33,7 @@ const UNSCALE: f32 = 72057594037927936.0;
 }
 
 /** One row of one panel (pw columns, a multiple of 128) against one token. */
-export function fp8Row(w: usize, ws: usize, x: usize, pw: i32, mask: v128): f32 {
+function fp8Row(w: usize, ws: usize, x: usize, pw: i32, mask: v128): f32 {
   const z = i32x4.splat(0);
   let acc = f32x4.splat(0);
   for (let b = 0; b < pw; b += FP8_BLOCK) {
@@ -68,7 +68,7 @@ export function fp8Row(w: usize, ws: usize, x: usize, pw: i32, mask: v128): f32 
 }
 
 /** One row of one panel against four tokens; each 16-byte chunk is decoded once. */
-export function fp8Tile4(w: usize, ws: usize, x: usize, xStride: usize, pw: i32, out: usize, outStride: usize, first: bool, fence: usize, mask: v128): void {
+function fp8Tile4(w: usize, ws: usize, x: usize, xStride: usize, pw: i32, out: usize, outStride: usize, first: bool, fence: usize, mask: v128): void {
   const z = i32x4.splat(0);
   let a0 = f32x4.splat(0);
   let a1 = a0;

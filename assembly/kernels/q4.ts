@@ -67,10 +67,10 @@ import { put, put4 } from './q8';
 }
 
 /** Activation bytes per group in this build's q4 layout. */
-export const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
+const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
 
 /** One row of one panel against one token; xc holds the token's per-group corrections (i32). */
-export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fence: usize, m0: v128, m1: v128, m2: v128): f32 {
+function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fence: usize, m0: v128, m1: v128, m2: v128): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 4);
@@ -223,7 +223,7 @@ function q4DecodeRows(
  * and corrections, four per group (one per token). The four tokens' sums of a group are transposed into
  * one vector, so one accumulator holds the four outputs.
  */
-export function q4Tile4(
+function q4Tile4(
   w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, xcT: usize, gp: i32,
   out: usize, outStride: usize, first: bool, fence: usize, m0: v128, m1: v128, m2: v128,
 ): void {

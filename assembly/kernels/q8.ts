@@ -37,7 +37,7 @@ import { Q8, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format
 }
 
 /** One row of one panel against one token: gp groups (a multiple of 4). */
-export function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize, hi: v128): f32 {
+function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize, hi: v128): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 5);
@@ -61,7 +61,7 @@ export function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fenc
  * scaled by sw * [sx_t0, sx_t1, sx_t2, sx_t3] (xsT: the tile's scales, four per group), so one
  * accumulator holds the four outputs. Writes or adds out[t * outStride].
  */
-export function q8Tile4I16(
+function q8Tile4I16(
   w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32,
   out: usize, outStride: usize, first: bool, fence: usize, hi: v128,
 ): void {
@@ -142,7 +142,7 @@ export function q8Tile4I16(
 }
 
 /** q8RowI16 for the int8 layout (relaxed build): the same float arithmetic on the same integer sums. */
-export function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
+function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 5);
@@ -169,7 +169,7 @@ export function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence
 }
 
 /** q8Tile4I16 for the int8 layout (relaxed build): same float arithmetic, same integer sums. */
-export function q8Tile4I8(
+function q8Tile4I8(
   w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32, out: usize, outStride: usize, first: bool, fence: usize,
 ): void {
   let acc = f32x4.splat(0);
