@@ -10,7 +10,8 @@
 // stay normal floats, and each row's sum is multiplied by 2^56 at the end. The 16 bytes of a chunk
 // decode into the orders [w0 w2 w4 w6], [w8 .. w14], [w1 w3 w5 w7], [w9 .. w15]; quantize.ts stores the
 // activations in that order. The relaxed build uses f32x4.relaxed_madd (fused) for the products.
-import { FP8, FP8_BLOCK, PANEL, hsum, madd, panelOffset } from './format';
+import { FMT_FP8, FP8_BLOCK } from '../constants';
+import { PANEL, hsum, madd, panelOffset } from './format';
 import { put } from './q8';
 
 /** 2^56: undoes the 2^-120 of the decode and the 2^64 of the activations. */
@@ -122,7 +123,7 @@ export function fp8Rows(
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const nb = pw / FP8_BLOCK;
-    const base = w + panelOffset(FP8, rows, c0);
+    const base = w + panelOffset(FMT_FP8, rows, c0);
     const scales = base + <usize>rows * <usize>pw;
     const first = c0 == 0;
     const xp = x + (<usize>c0 << 2);

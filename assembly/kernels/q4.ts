@@ -10,7 +10,8 @@
 // Relaxed SIMD splits the bytes into low and high nibbles (0..15, a valid 7-bit operand) and runs
 // i16x8.relaxed_dot_i8x16_i7x16_s against int8 activations stored in the matching byte order. Both
 // produce the same integer sums, so plain and relaxed results are bit-identical.
-import { Q4, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
+import { FMT_Q4 } from '../constants';
+import { PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
 import { put, put4 } from './q8';
 
 // ---- plain SIMD: activations i16, per group [x0..7 * 256 | x8..15 * 16 | x16..23 | x24..31 * 256] ----
@@ -286,7 +287,7 @@ export function q4Rows(
     const gp = pw >> 5;
     const g0 = c0 >> 5;
     const rowBytes = <usize>(pw >> 1);
-    const base = w + panelOffset(Q4, rows, c0);
+    const base = w + panelOffset(FMT_Q4, rows, c0);
     const scales = base + <usize>rows * rowBytes;
     const first = c0 == 0;
     const xp = x + <usize>g0 * <usize>Q4_GROUP_BYTES;

@@ -16,7 +16,8 @@
 // four groups would load 24 vectors up front and spill them. A store of each group's partial result
 // to a per-thread "fence" slot pins the arithmetic between the loads (measured 14 -> 18 GB/s decode,
 // 10 -> 12 GMAC/s prefill on one core).
-import { Q8, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
+import { FMT_Q8 } from '../constants';
+import { PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
 
 // ---- plain SIMD: weights widened by shift/mask, activations i16 [8 evens | 8 odds] per 16 values ----
 
@@ -323,7 +324,7 @@ export function q8Rows(
     const pw = min(PANEL, cp - c0);
     const gp = pw >> 5;
     const g0 = c0 >> 5;
-    const base = w + panelOffset(Q8, rows, c0);
+    const base = w + panelOffset(FMT_Q8, rows, c0);
     const scales = base + <usize>rows * <usize>pw;
     const first = c0 == 0;
     const xp = x + (<usize>g0 << (tc > 1 && ASC_FEATURE_RELAXED_SIMD ? 5 : 6));

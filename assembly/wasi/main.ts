@@ -8,14 +8,13 @@
 // copied to a 64-aligned base here and every pointer is moved by that base. Kernels run single
 // threaded: pool_init(board, 1) makes parallel() run each task inline.
 import { fd_read, iovec } from 'bindings/wasi_snapshot_preview1';
-import { pool_init, BOARD_BYTES } from '../pool';
-import { matmul } from '../kernels/matmul';
+import { BOARD_BYTES } from '../board';
+import { pool_init } from '../pool';
+import { matmul, mla_attention, silu_mul } from '../steps';
 import { rmsnorm } from '../kernels/norm';
 import { rope } from '../kernels/rope';
-import { silu_mul } from '../kernels/activation';
 import { add, embed, gather_rows, scatter_add, copy_rows } from '../kernels/elementwise';
 import { route } from '../kernels/route';
-import { mla_attention } from '../blocks/mla';
 
 const MAGIC: i32 = 0x31575744; // "DWW1"
 
