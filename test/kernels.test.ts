@@ -16,6 +16,7 @@ import type { Matrix } from '../host/model/weights.js';
 import {
   FMT_BF16, FMT_F32, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../host/runtime/kernels.js';
+import { MatrixTable } from '../host/runtime/grouped.js';
 import { Runtime } from '../host/runtime/runtime.js';
 import { FIXTURES, readExpected } from './helpers.js';
 import {
@@ -612,11 +613,13 @@ function runMla(r: Runtime, c: MlaCase, fmt: typeof FMT_F32 | typeof FMT_BF16, s
   const oLat = fenced(r, lat, 'mla_attention output');
   const n = c.tokens * c.heads * c.vDim;
   const out = fenced(r, n, 'attention output');
+  const ukTable = new MatrixTable(r, wUK, 'W_UK^T table');
+  const uvTable = new MatrixTable(r, wUV, 'W_UV table');
   let first: Uint32Array | undefined;
   for (let k = 0; k < repeat; k++) {
-    perHeadMatmul(r, wUK, qLat.ptr, c.tokens * c.rank, c.rank, qPtr, qDim, c.heads * qDim, c.tokens);
+    perHeadMatmul(r, ukTable, qLat.ptr, c.tokens * c.rank, c.rank, qPtr, qDim, c.heads * qDim, c.tokens);
     r.kernels.mla_attention(oLat.ptr, qLat.ptr, qPtr, cachePtr, scratch, c.tokens, c.heads, c.nope, c.ropeDim, c.rank, c.pos0, c.scale);
-    perHeadMatmul(r, wUV, out.ptr, c.vDim, c.heads * c.vDim, oLat.ptr, c.tokens * c.rank, c.rank, c.tokens);
+    perHeadMatmul(r, uvTable, out.ptr, c.vDim, c.heads * c.vDim, oLat.ptr, c.tokens * c.rank, c.rank, c.tokens);
     const bits = new Uint32Array(r.memory.buffer, out.ptr, n).slice();
     if (!first) first = bits;
     else if (!equalU32(first, bits)) assert.unreachable(`mla with ${r.threads} threads: run ${k} differs from run 0`);

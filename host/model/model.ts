@@ -107,6 +107,10 @@ export class Model {
           ),
         );
       }
+      for (const b of blocks) {
+        b.attn.prepare(rt);
+        if (b.ffn instanceof Moe) b.ffn.prepare(rt);
+      }
       const norm = w.vector('model.norm.weight', hidden, 'hidden_size');
       const head =
         cfg.tieWordEmbeddings && !w.has('lm_head.weight')
