@@ -5,7 +5,7 @@ import { argmax } from '../../generate/sampler.js';
 import { Model, type LoadOptions } from '../../model/model.js';
 import { parseQuant, type QuantMode } from '../../model/weights.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { profileKernels, type KernelTime } from '../kernel-profile.js';
+import { profileKernels, type KernelTime } from '../../runtime/kernel-profile.js';
 import { loadProgress } from '../progress.js';
 import { MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
