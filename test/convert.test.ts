@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { openSafetensors } from '../host/checkpoint/safetensors.js';
-import { convertCheckpoint } from '../host/cli/commands/convert.js';
+import { convertCheckpoint } from '../host/checkpoint/convert.js';
 import { Model } from '../host/model/model.js';
 import type { QuantName } from '../host/model/weights.js';
 import { FIXTURES, readExpected } from './helpers.js';
