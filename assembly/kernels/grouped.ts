@@ -1,6 +1,6 @@
 // Grouped matvec for decode: several matrices of one format, each against its own (or a shared)
-// input vector, in ONE parallel step. The host lists the matrices in a descriptor table in wasm
-// memory, GROUPED_DESC_BYTES per entry, as i32:
+// input vector, in ONE parallel step. The matrices are listed in a descriptor table in wasm memory
+// (grouped_entries writes one from a matrix table the host made at load), GROUPED_DESC_BYTES per entry, as i32:
 //   [0] out  [1] w  [2] x (f32 input)  [3] rows  [4] cols  [5..7] written here: quantized x, scales, corrections
 // The step's items are all rows of all entries, in table order, so every thread streams one contiguous
 // range of weights and the split is balanced whatever the matrices' sizes; each input is quantized
