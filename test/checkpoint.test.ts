@@ -301,6 +301,7 @@ test('config: v3-tiny', () => {
     eosTokenIds: [1],
     tieWordEmbeddings: false,
     quantization: null,
+    numNextnPredictLayers: 0,
   });
   assert.equal([0, 1, 2].map((i) => isMoeLayer(c, i)), [false, true, true]);
 });
