@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { openSafetensors } from '../host/checkpoint/safetensors.js';
-import { convertCheckpoint } from '../host/cli/commands/convert.js';
+import { convertCheckpoint } from '../host/model/convert.js';
 import type { QuantName } from '../host/model/weights.js';
 import { FIXTURES, loadOne, readExpected } from './helpers.js';
 

@@ -17,10 +17,10 @@ function evalModule(script: string): unknown {
 }
 
 test("import { loadModel } from 'deepwasm' loads the embedded model, which generates", () => {
-  // One thread: a pool's workers inherit --input-type, which Node refuses for a worker's file.
+  // Two threads: the pool's workers must not inherit --input-type, which Node refuses for a worker's file.
   const out = evalModule(`
     import { loadModel } from 'deepwasm';
-    const model = await loadModel(undefined, { threads: 1 });
+    const model = await loadModel({ threads: 2 });
     const result = await model.generateText('Once upon a time', { maxTokens: 4 });
     await model.close();
     console.log(JSON.stringify({ url: import.meta.resolve('deepwasm'), tokens: result.tokens.length, text: result.text }));

@@ -9,14 +9,13 @@
 // weight is looked up by its role and its shape checked against the config. Kernels run single
 // threaded: pool_init(board, 1) makes parallel() run each task inline.
 import { fd_read, iovec } from 'bindings/wasi_snapshot_preview1';
-import { pool_init, BOARD_BYTES } from '../pool';
-import { matmul } from '../kernels/matmul';
+import { BOARD_BYTES } from '../board';
+import { pool_init } from '../pool';
+import { matmul, mla_attention, silu_mul } from '../steps';
 import { rmsnorm } from '../kernels/norm';
 import { rope } from '../kernels/rope';
-import { silu_mul } from '../kernels/activation';
 import { add, embed, gather_rows, scatter_add, copy_rows } from '../kernels/elementwise';
 import { route } from '../kernels/route';
-import { mla_attention } from '../blocks/mla';
 import {
   ROLE_ATTN_NORM, ROLE_DOWN, ROLE_EMBED, ROLE_EXP_DOWN, ROLE_EXP_GATE_UP, ROLE_FFN_NORM, ROLE_FINAL_NORM, ROLE_GATE_UP,
   ROLE_KV_A, ROLE_KV_A_NORM, ROLE_LM_HEAD, ROLE_O_PROJ, ROLE_Q_A, ROLE_Q_A_NORM, ROLE_Q_B, ROLE_Q_PROJ, ROLE_ROPE_COS,

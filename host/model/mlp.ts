@@ -15,15 +15,15 @@ export class Mlp {
     return new Mlp(w.matrix(s.gateUp), w.matrix(s.down), s.inter);
   }
 
-  /** out[T, hidden] = mlp(x[T, hidden]). */
+  /** out[T, hidden] = mlp(x[T, hidden]) = down(silu(gate(x)) * up(x)). */
   forward(rt: Runtime, x: number, tokens: number, out: number): void {
-    const k = rt.kernels;
+    const op = rt.ops;
     const mark = rt.arena.mark();
     const gu = rt.arena.allocF32(tokens * 2 * this.inter, 'gate/up activations');
     const act = rt.arena.allocF32(tokens * this.inter, 'mlp activations');
-    k.matmul(this.gateUp.fmt, gu, this.gateUp.ptr, x, this.gateUp.rows, this.gateUp.cols, tokens);
-    k.silu_mul(act, gu, this.inter, tokens);
-    k.matmul(this.down.fmt, out, this.down.ptr, act, this.down.rows, this.down.cols, tokens);
+    op.linear(gu, this.gateUp, x, tokens);
+    op.siluMul(act, gu, this.inter, tokens);
+    op.linear(out, this.down, act, tokens);
     rt.arena.release(mark);
   }
 }

@@ -118,6 +118,11 @@ export class Model implements ModelBackend {
 
     const embed = w.matrix(schema.embed);
     const blocks = schema.blocks.map((b) => Block.load(w, cfg, b));
+    // The tables of matrices the grouped steps read (written once, outside every step's arena mark).
+    for (const b of blocks) {
+      b.attn.prepare(rt);
+      if (b.ffn instanceof Moe) b.ffn.prepare(rt);
+    }
     const norm = w.vector(schema.norm);
     const head = schema.head.tied ? embed : w.matrix(schema.head);
     if (schema.head.tied) w.alias(schema.head, embed);

@@ -6,7 +6,7 @@ import type { ModelBackend } from '../../model/backend.js';
 import { Model } from '../../model/model.js';
 import { modelSchema, parameterCounts } from '../../model/schema.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { profileKernels, type KernelTime } from '../kernel-profile.js';
+import { profileKernels, type KernelTime } from '../../runtime/kernel-profile.js';
 import { loadOptions } from '../load.js';
 import { loadProgress } from '../progress.js';
 import { BACKEND_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
