@@ -78,3 +78,9 @@ export const ROLE_ROPE_SIN: i32 = 36;
 export const GROUPED_DESC_BYTES: i32 = 32;
 /** Bytes after the job board where set_scratch keeps the quantized kernels' scratch descriptor. */
 export const BOARD_EXTRA_BYTES: i32 = 64;
+
+// wasm core
+/** Most threads one runtime runs (Runtime.create), and the per-thread slots the quantized scratch reserves. */
+export const MAX_THREADS: i32 = 256;
+/** Bytes per matrix of a matrix table (grouped_entries): i32 [ptr, rows, cols, fmt]. */
+export const MATRIX_DESC_BYTES: i32 = 16;

@@ -1,4 +1,4 @@
-// Numbers of the parallel steps, shared by the publishing side (the kernels) and tasks.ts.
+// Numbers of the parallel steps, shared by the side that publishes them (steps.ts) and tasks.ts.
 export const OP_MATMUL: i32 = 0;
 export const OP_MLA: i32 = 1;
 export const OP_READ_PROBE: i32 = 2;

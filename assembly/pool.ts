@@ -9,49 +9,11 @@
 // shares the faster thread waited for the slower one at the end of every step. The first chunks are
 // large, so a decode matmul still streams long runs of rows.
 
-// Job board layout (bytes from the board's base; the host allocates BOARD_BYTES, 64-byte aligned).
-const GEN: usize = 0; // generation: bumped once per step; workers wait on it
-const PENDING: usize = 64; // workers still busy with the current step (own cache line)
-const NEXT: usize = 96; // the first item no thread has claimed yet
-const THREADS: usize = 128;
-const STOP: usize = 132;
-const OP: usize = 136;
-const ITEMS: usize = 140;
-const ARGS: usize = 192; // MAX_ARGS i32 slots, then MAX_ARGS f32 slots
-export const MAX_ARGS: i32 = 24;
-export const BOARD_BYTES: i32 = 192 + MAX_ARGS * 8;
+import { GEN, ITEMS, NEXT, OP, PENDING, STOP, THREADS, attachBoard, board } from './board';
+import { runTask } from './tasks';
 
 // Spinning before parking saves the 3-9 µs wake-up latency of atomic.wait between steps.
 const SPINS: i32 = 4000;
-
-import { runTask } from './tasks';
-
-// Per-instance: each thread's instance knows where the board is.
-let board: usize = 0;
-
-@inline export function argI(k: i32): i32 {
-  return load<i32>(board + ARGS + (<usize>k << 2));
-}
-
-@inline export function argP(k: i32): usize {
-  return <usize>load<u32>(board + ARGS + (<usize>k << 2));
-}
-
-@inline export function argF(k: i32): f32 {
-  return load<f32>(board + ARGS + (<usize>(MAX_ARGS + k) << 2));
-}
-
-@inline export function setI(k: i32, v: i32): void {
-  store<i32>(board + ARGS + (<usize>k << 2), v);
-}
-
-@inline export function setP(k: i32, v: usize): void {
-  store<u32>(board + ARGS + (<usize>k << 2), <u32>v);
-}
-
-@inline export function setF(k: i32, v: f32): void {
-  store<f32>(board + ARGS + (<usize>(MAX_ARGS + k) << 2), v);
-}
 
 /** Claims and runs chunks of the current step until none is left: each chunk a 1 / (2 * threads) share
  * of the items still unclaimed, so the chunks shrink towards the end and threads finish together. */
@@ -73,12 +35,8 @@ function runShare(tid: i32): void {
 }
 
 export function pool_init(boardPtr: usize, threads: i32): void {
-  board = boardPtr;
+  attachBoard(boardPtr);
   store<i32>(board + THREADS, threads);
-}
-
-export function pool_attach(boardPtr: usize): void {
-  board = boardPtr;
 }
 
 /** Runs `op` over `items` work items on all threads; returns when every share is done. */
@@ -107,7 +65,7 @@ export function parallel(op: i32, items: i32): void {
  * seenGeneration is the generation when the pool was made, so a worker that starts late still takes
  * the step published before it arrived (the caller waits for every share before the next step). */
 export function worker_loop(boardPtr: usize, tid: i32, seenGeneration: i32): void {
-  board = boardPtr;
+  attachBoard(boardPtr);
   let seen = seenGeneration;
   while (true) {
     let spins = 0;

@@ -6,7 +6,7 @@
  * bundle, as tools/build-web.mjs puts it).
  *
  * ```ts
- * import { loadModelFromBuffers } from 'deepwasm/dist/host/edge.js';
+ * import { loadModelFromBuffers } from 'deepwasm/edge';
  * const base = 'https://example.com/tiny/';
  * const get = (name: string) => fetch(base + name);
  * const model = await loadModelFromBuffers({
@@ -23,7 +23,8 @@ import { checkpointFromBytes } from './checkpoint/checkpoint.js';
 import { parseConfig } from './checkpoint/config.js';
 import { fail } from './errors.js';
 import { TextModel } from './generate/text-model.js';
-import { Model, type LoadOptions } from './model/model.js';
+import type { LoadOptions } from './model/backend.js';
+import { Model } from './model/model.js';
 import { Tokenizer } from './tokenizer/tokenizer.js';
 
 export { TextModel, type GenerateResult } from './generate/text-model.js';
@@ -60,7 +61,7 @@ async function bytesOf(name: string, source: ByteSource): Promise<Uint8Array> {
  * Loads a model from bytes for text generation (the same TextModel as loadModel), on this thread alone by default
  * (`threads`: 1) or with a pool of threads - 1 workers. Errors are DeepWasmErrors naming the file and what was wrong.
  */
-export async function loadModelFromBuffers(sources: BufferModelSources, opts: Omit<LoadOptions, 'simd' | 'wasm'> = {}): Promise<TextModel> {
+export async function loadModelFromBuffers(sources: BufferModelSources, opts: Omit<LoadOptions, 'simd' | 'wasm' | 'backend' | 'cudaLibrary'> = {}): Promise<TextModel> {
   const tokenizer = Tokenizer.fromJSON(sources.tokenizer, sources.tokenizerConfig);
   const config = parseConfig(sources.config, 'config.json');
   const names = Object.keys(sources.weights ?? {});

@@ -12,16 +12,18 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { fail } from './errors.js';
-import type { LoadOptions } from './model/model.js';
+import type { LoadOptions } from './model/backend.js';
 import { TextModel } from './generate/text-model.js';
 
 export { TextModel, type GenerateResult } from './generate/text-model.js';
 export { generateIds, type FinishReason, type GenerateIdsOptions, type TokenResult } from './generate/generate.js';
 export { DEFAULT_MAX_TOKENS, type GenerateOptions, type SamplingOptions } from './generate/options.js';
-export { Model, type ForwardOptions, type LoadOptions } from './model/model.js';
+export { Model } from './model/model.js';
+export type { BackendName, BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './model/backend.js';
+export { loadBackend } from './backends/load.js';
 export { Tokenizer, StreamDecoder } from './tokenizer/index.js';
 export type { ChatMessage, ChatTemplateOptions, ChatToolCall, DecodeOptions, EncodeOptions } from './tokenizer/index.js';
-export { loadTokenizer } from './tokenizer/load.js';
+export { loadTokenizer, type LoadTokenizerOptions } from './tokenizer/load.js';
 export { DeepWasmError } from './errors.js';
 export type { DeepSeekConfig } from './checkpoint/config.js';
 
@@ -30,9 +32,16 @@ export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/tiny', impo
 
 /**
  * Loads a model folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json) for text generation;
- * without `dir`, the embedded model. Errors are DeepWasmErrors naming the file and what was wrong.
+ * without `dir` (or with only the options), the embedded model. `backend: 'cuda'` runs it on an NVIDIA GPU. Errors are
+ * DeepWasmErrors naming the file and what was wrong.
  */
-export async function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions = {}): Promise<TextModel> {
+export async function loadModel(dir?: string, opts?: LoadOptions): Promise<TextModel>;
+export async function loadModel(opts: LoadOptions): Promise<TextModel>;
+export async function loadModel(dirOrOpts: string | LoadOptions = DEFAULT_MODEL_DIR, maybeOpts: LoadOptions = {}): Promise<TextModel> {
+  if (typeof dirOrOpts !== 'string' && (typeof dirOrOpts !== 'object' || dirOrOpts === null || Array.isArray(dirOrOpts))) {
+    fail(`loadModel takes the model folder (a string) and/or the load options (an object), got ${dirOrOpts === null ? 'null' : Array.isArray(dirOrOpts) ? 'an array' : typeof dirOrOpts}`);
+  }
+  const [dir, opts] = typeof dirOrOpts === 'string' ? [dirOrOpts, maybeOpts] : [DEFAULT_MODEL_DIR, dirOrOpts];
   if (dir === DEFAULT_MODEL_DIR && !existsSync(dir)) {
     fail(`the embedded model is not installed (${dir} does not exist); pass the folder of a model to load (--model DIR on the command line)`);
   }

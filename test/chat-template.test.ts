@@ -15,7 +15,7 @@ interface ChatCase {
   ids: number[];
 }
 
-const v3 = loadTokenizer(TOKENIZER_FIXTURES + 'v3-format');
+const v3 = loadTokenizer(TOKENIZER_FIXTURES + 'v3-format', { tokenizerOnly: true });
 const v3Json = readFixtureJson<unknown>('v3-format/tokenizer.json');
 const v3Config = readFixtureJson<Record<string, unknown>>('v3-format/tokenizer_config.json');
 const hi: ChatMessage[] = [{ role: 'user', content: 'Hi' }];
@@ -100,18 +100,18 @@ test('a missing chat_template is a clear error', () => {
 test('missing tokenizer.json and bad JSON name the file', () => {
   withTempDir((dir) => {
     assert.is(
-      deepWasmMessage(() => loadTokenizer(dir), 'missing tokenizer.json'),
+      deepWasmMessage(() => loadTokenizer(dir, { tokenizerOnly: true }), 'missing tokenizer.json'),
       `${dir} has no tokenizer.json (expected a Hugging Face tokenizer file next to config.json)`,
     );
     writeFileSync(join(dir, 'tokenizer.json'), '{"model": ');
-    const bad = deepWasmMessage(() => loadTokenizer(dir), 'bad tokenizer.json');
+    const bad = deepWasmMessage(() => loadTokenizer(dir, { tokenizerOnly: true }), 'bad tokenizer.json');
     assert.ok(bad.startsWith(`${join(dir, 'tokenizer.json')} is not valid JSON: `), bad);
     writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(v3Json));
     writeFileSync(join(dir, 'tokenizer_config.json'), '{"chat_template": "x",}');
-    const badConfig = deepWasmMessage(() => loadTokenizer(dir), 'bad tokenizer_config.json');
+    const badConfig = deepWasmMessage(() => loadTokenizer(dir, { tokenizerOnly: true }), 'bad tokenizer_config.json');
     assert.ok(badConfig.startsWith(`${join(dir, 'tokenizer_config.json')} is not valid JSON: `), badConfig);
     writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ chat_template: '{{ messages[0].content }}!' }));
-    assert.is(loadTokenizer(dir).applyChatTemplate(hi), 'Hi!', 'a valid directory loads');
+    assert.is(loadTokenizer(dir, { tokenizerOnly: true }).applyChatTemplate(hi), 'Hi!', 'a valid directory loads');
   });
 });
 

@@ -276,6 +276,7 @@ test('config: v3-tiny', () => {
     intermediateSize: 160,
     moeIntermediateSize: 32,
     numHiddenLayers: 3,
+    numNextnPredictLayers: 0,
     numAttentionHeads: 4,
     qLoraRank: 48,
     kvLoraRank: 32,
@@ -605,8 +606,10 @@ test('duplicate tensor across shards, no weights, not a directory', () => {
   throwsDW(() => openCheckpoint(dup), '"w"', 'a.safetensors', 'b.safetensors');
   const empty = checkpointDir({ 'expected.safetensors': [{ name: 'logits', data: new Float32Array(1) }] });
   throwsDW(() => openCheckpoint(empty), empty, '*.safetensors');
-  throwsDW(() => openCheckpoint(join(tmp, 'no-such-dir')), 'no-such-dir');
-  throwsDW(() => openCheckpoint(join(model('v3-tiny'), 'config.json')), 'config.json', 'not a directory');
+  throwsDW(() => openCheckpoint(join(model('v3-tiny'), 'config.json')), 'config.json is a file, not a model folder: give the folder that holds config.json');
+  const bare = fs.mkdtempSync(join(tmp, 'bare-'));
+  throwsDW(() => openCheckpoint(bare), `model folder ${bare} has no config.json`);
+  throwsDW(() => openCheckpoint(join(tmp, 'no-such-dir')), `model folder ${join(tmp, 'no-such-dir')} does not exist`);
 });
 
 test('folder without an index uses every *.safetensors but expected.safetensors', () => {

@@ -2,8 +2,7 @@
 // and every decode step's logits, for each fixture checkpoint, with one thread and with two.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../host/model/model.js';
-import { FIXTURES, MODEL_FIXTURES, argmax, maxAbsDiff, readExpected } from './helpers.js';
+import { FIXTURES, MODEL_FIXTURES, argmax, loadOne, maxAbsDiff, readExpected } from './helpers.js';
 
 const TOLERANCE = 2e-3;
 
@@ -12,7 +11,7 @@ for (const name of MODEL_FIXTURES) {
     test(`${name} with ${threads} thread(s): prefill logits, greedy ids and decode logits match the reference`, async () => {
       const dir = `${FIXTURES}models/${name}`;
       const ref = readExpected(`${dir}/expected.safetensors`);
-      const model = await Model.load(dir, { threads });
+      const model = await loadOne(dir, { threads });
       try {
         const logits = model.forward(ref.inputIds, { allLogits: true });
         const prefillErr = maxAbsDiff(logits, ref.logits);
@@ -42,8 +41,8 @@ test('a prompt longer than one pass (passTokens 5) gives the same logits, every 
     const V = ref.vocab;
     const T = ref.inputIds.length;
     assert.ok(T > 10, `${name}: the prompt must span several passes (${T} tokens)`);
-    const whole = await Model.load(dir, { threads: 2 });
-    const passes = await Model.load(dir, { threads: 2, passTokens: 5 });
+    const whole = await loadOne(dir, { threads: 2 });
+    const passes = await loadOne(dir, { threads: 2, passTokens: 5 });
     try {
       const one = whole.forward(ref.inputIds, { allLogits: true });
       const many = passes.forward(ref.inputIds, { allLogits: true });

@@ -9,10 +9,9 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { openSafetensors } from '../host/checkpoint/safetensors.js';
-import { convertCheckpoint } from '../host/cli/commands/convert.js';
-import { Model } from '../host/model/model.js';
+import { convertCheckpoint } from '../host/model/convert.js';
 import type { QuantName } from '../host/model/weights.js';
-import { FIXTURES, readExpected } from './helpers.js';
+import { FIXTURES, loadOne, readExpected } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 const tmp = fs.mkdtempSync(join(tmpdir(), 'deepwasm-convert-'));
@@ -22,7 +21,7 @@ test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 /** Prefill logits of the fixture prompt and three decode steps, as one array. */
 async function logits(dir: string, quant?: QuantName, threads = 2): Promise<Float32Array> {
   const ref = readExpected(`${FIXTURES}models/${dirName(dir)}/expected.safetensors`);
-  const model = await Model.load(dir, { threads, quant });
+  const model = await loadOne(dir, { threads, quant });
   try {
     const parts = [model.forward(ref.inputIds, { allLogits: true }).slice()];
     for (let k = 0; k < 3; k++) parts.push(model.forward([ref.genIds[k]]).slice());
@@ -99,7 +98,7 @@ test('errors: converting a converted checkpoint, a non-empty --out, a converted 
   const converted = join(tmp, 'v3-tiny-q8');
   await assertRejects(convertCheckpoint(converted, join(tmp, 'again'), { quant: 'q4' }), /already a deepwasm q8 checkpoint/);
   await assertRejects(convertCheckpoint(`${FIXTURES}models/v3-tiny`, converted, { quant: 'q8' }), /exists and is not empty/);
-  await assertRejects(Model.load(converted, { threads: 1, quant: 'q4' }), /written by "deepwasm convert" in q8; it loads only as q8/);
+  await assertRejects(loadOne(converted, { threads: 1, quant: 'q4' }), /written by "deepwasm convert" in q8; it loads only as q8/);
 });
 
 test('CLI: deepwasm convert, then deepwasm logits --quant gives the same file as logits on the converted folder', () => {

@@ -1,5 +1,6 @@
-// The deno binary of the `deno` devDependency (its postinstall links it into node_modules/deno; the binary itself
-// comes in the optional platform package @deno/<os>-<arch>[-glibc]).
+// The deno binary of the `deno` devDependency: it comes in the optional platform package @deno/<os>-<arch>[-glibc], and
+// deno's bin.cjs links it into node_modules/deno on the first `npx deno` (package.json denies deno's postinstall, which
+// would do that at install time).
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';

@@ -4,9 +4,8 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../host/model/model.js';
 import { loadTokenizer } from '../host/tokenizer/load.js';
-import { argmax } from './helpers.js';
+import { argmax, loadOne } from './helpers.js';
 
 const DIR = fileURLToPath(new URL('../../models/tiny', import.meta.url));
 
@@ -27,7 +26,7 @@ for (const rec of expected.prompts) {
   test(`embedded model: greedy continuation of ${JSON.stringify(rec.prompt)} equals transformers'`, async () => {
     const tokenizer = loadTokenizer(DIR);
     assert.equal(tokenizer.encode(rec.prompt, { addSpecialTokens: true }), rec.input_ids, 'prompt ids');
-    const model = await Model.load(DIR, { threads: 2 });
+    const model = await loadOne(DIR, { threads: 2 });
     try {
       const out: number[] = [];
       let logits = model.forward(rec.input_ids);

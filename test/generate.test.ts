@@ -45,7 +45,7 @@ async function errorOf(fn: () => unknown): Promise<string> {
 }
 
 test('the v3-format tokenizer needs more ids than v3-tiny has, so v3-tiny with it is refused (the tests pad it)', async () => {
-  assert.is(loadTokenizer(V3_TOKENIZER).vocabSize, 3013);
+  assert.is(loadTokenizer(V3_TOKENIZER, { tokenizerOnly: true }).vocabSize, 3013);
   assert.is(ref.vocab, 1000);
   const dir = mkdtempSync(join(tmpdir(), 'deepwasm-mismatch-'));
   try {
@@ -193,10 +193,41 @@ test('the end-of-sequence id of config.json ends text generation without text', 
   }
 });
 
-test('one generation at a time per model', async () => {
+test('as many generations at once as the model has sequences', async () => {
   const a = text.generateText('Hello world', { maxTokens: 5 });
-  assert.match(await errorOf(() => text.generateText('Hello', { maxTokens: 5 })), /already generating/);
+  assert.match(await errorOf(() => text.generateText('Hello', { maxTokens: 5 })), /all 1 sequences of this model are in use/);
   assert.is((await a).tokens.length, 5);
+  const two = await loadModel(fixture.dir, { threads: 1, maxSequences: 2 });
+  try {
+    const alone = [await two.generateText('Hello world', { maxTokens: 8 }), await two.generateText('The tide', { maxTokens: 8 })];
+    const together = await Promise.all([two.generateText('Hello world', { maxTokens: 8 }), two.generateText('The tide', { maxTokens: 8 })]);
+    assert.equal(together.map((r) => r.tokens), alone.map((r) => r.tokens));
+    assert.not.equal(alone[0].tokens, alone[1].tokens);
+  } finally {
+    await two.close();
+  }
+});
+
+test('close() during a generation ends it (finish reason abort) and closes the model', async () => {
+  const m = await loadModel({ threads: 2 });
+  const running = m.generateText('Once upon a time', { maxTokens: 100000 });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  await m.close();
+  const r = await running;
+  assert.is(r.finishReason, 'abort');
+  assert.ok(r.tokens.length > 0 && r.tokens.length < 100000);
+  assert.match(await errorOf(() => m.generateText('Hello', { maxTokens: 1 })), /this model is closed/);
+});
+
+test('loadModel takes the options alone (the embedded model), and says what it was given otherwise', async () => {
+  const m = await loadModel({ threads: 1, contextLength: 64 });
+  try {
+    assert.is(m.model.contextLength, 64);
+    assert.is((await m.generateText('Once upon a time', { maxTokens: 3 })).tokens.length, 3);
+  } finally {
+    await m.close();
+  }
+  assert.match(await errorOf(() => loadModel(42 as unknown as string)), /loadModel takes the model folder \(a string\) and\/or the load options \(an object\), got number/);
 });
 
 test('bad input fails with clear errors, before any token', async () => {

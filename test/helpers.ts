@@ -1,5 +1,8 @@
 import { fileURLToPath } from 'node:url';
+import type { DeepSeekConfig } from '../host/checkpoint/config.js';
 import { openSafetensors, readTensorInto } from '../host/checkpoint/safetensors.js';
+import type { BatchEntry, LoadOptions, ModelBackend, Sequence } from '../host/model/backend.js';
+import { Model } from '../host/model/model.js';
 
 /** Tests run from dist/test; fixtures stay in the source tree. */
 export const FIXTURES = fileURLToPath(new URL('../../test/fixtures/', import.meta.url));
@@ -42,4 +45,46 @@ export function argmax(a: ArrayLike<number>, from = 0, n = a.length): number {
   let best = from;
   for (let i = from + 1; i < from + n; i++) if (a[i] > a[best]) best = i;
   return best - from;
+}
+
+/** One sequence of a model, driven the way most tests read best: forward(ids) appends ids and returns logits. */
+export class OneSequence<M extends ModelBackend = Model> {
+  readonly sequence: Sequence;
+  /** One batch, reused: decoding through it allocates nothing per token. */
+  private readonly entry: BatchEntry;
+  private readonly batch: BatchEntry[];
+
+  constructor(readonly model: M) {
+    this.sequence = model.createSequence();
+    this.entry = { sequence: this.sequence, tokens: [] };
+    this.batch = [this.entry];
+  }
+
+  get config(): DeepSeekConfig {
+    return this.model.config;
+  }
+
+  get position(): number {
+    return this.sequence.position;
+  }
+
+  /** The last position's logits, or with allLogits every position's ([T, vocab]). */
+  forward(ids: ArrayLike<number>, opts: { allLogits?: boolean } = {}): Float32Array {
+    this.entry.tokens = ids;
+    this.entry.logits = opts.allLogits ? 'all' : 'last';
+    return this.model.forward(this.batch)[0];
+  }
+
+  reset(): void {
+    this.model.truncate(this.sequence, 0);
+  }
+
+  close(): Promise<void> {
+    return this.model.close();
+  }
+}
+
+/** The CPU model of `dir` with one sequence. */
+export async function loadOne(dir: string, opts: LoadOptions = {}): Promise<OneSequence<Model>> {
+  return new OneSequence(await Model.load(dir, opts));
 }

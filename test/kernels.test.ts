@@ -10,14 +10,14 @@
 // bit-exact, because IEEE float32 arithmetic is: the reference is Math.fround of the same operation.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../host/model/model.js';
 import { perHeadMatmul } from '../host/model/per-head.js';
 import type { Matrix } from '../host/model/weights.js';
 import {
-  FMT_BF16, FMT_F32, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
+  FMT_BF16, FMT_F32, GROUPED_DESC_BYTES, MATRIX_DESC_BYTES, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../host/runtime/kernels.js';
+import { MatrixTable } from '../host/runtime/grouped.js';
 import { Runtime } from '../host/runtime/runtime.js';
-import { FIXTURES, readExpected } from './helpers.js';
+import { FIXTURES, loadOne, readExpected } from './helpers.js';
 import {
   Rng, U, bf16Matrix, bf16ToF32, f32Bits, matmulRef, mlaNaiveRef, rmsnormRef, ropeRef, routeRef, siluMulRef,
   softmaxRef, toBf16, type MlaCase, type Ref, type RouteCase,
@@ -427,6 +427,51 @@ test('gather_rows, scatter_add (repeated rows accumulate in order) and copy_rows
   }
 });
 
+test('moe_group: route\'s pairs by expert, a stable counting sort (expert starts, each pair\'s token and weight)', () => {
+  const rng = new Rng(12);
+  for (const [tokens, k, experts] of [[1, 1, 1], [1, 6, 64], [5, 2, 8], [9, 3, 4], [40, 8, 256]]) {
+    scoped(() => {
+      // Distinct experts per token, as route() chooses them.
+      const chosen = Array.from({ length: tokens }, () => {
+        const pick: number[] = [];
+        while (pick.length < k) {
+          const e = rng.int(experts);
+          if (!pick.includes(e)) pick.push(e);
+        }
+        return pick;
+      }).flat();
+      const weights = rng.f32(tokens * k, 0, 1);
+      const starts = new Out(experts + 1);
+      const rows = new Out(tokens * k);
+      const rowWeights = new Out(tokens * k);
+      rt.kernels.moe_group(putI32(chosen), put(weights), tokens, k, experts, starts.ptr, rows.ptr, rowWeights.ptr);
+      const pairs = chosen.map((e, p) => ({ e, token: Math.floor(p / k), w: weights[p] })).sort((a, b) => a.e - b.e || a.token - b.token);
+      const wantStarts = Array.from({ length: experts + 1 }, (_, e) => chosen.filter((c) => c < e).length);
+      const what = `moe_group T=${tokens} k=${k} E=${experts}`;
+      assert.equal(Array.from(new Int32Array(starts.bits().buffer)), wantStarts, `${what}: starts`);
+      assert.equal(Array.from(new Int32Array(rows.bits().buffer)), pairs.map((p) => p.token), `${what}: rows`);
+      expectBits(rowWeights.get(), pairs.map((p) => p.w), `${what}: weights`);
+    });
+  }
+});
+
+test('grouped_entries: an entry per matrix (or per expert with pairs), in order, outputs and inputs strided', () => {
+  scoped(() => {
+    const n = 5;
+    const table = rt.arena.alloc(n * MATRIX_DESC_BYTES, 'matrix table');
+    const mats = Array.from({ length: n }, (_, e) => [1000 * (e + 1), 3 + e, 40 + e, FMT_BF16]);
+    mats.forEach((m, e) => rt.i32(table + e * MATRIX_DESC_BYTES, 4).set(m));
+    const desc = rt.arena.alloc(n * GROUPED_DESC_BYTES, 'grouped table');
+    const entries = (count: number) => Array.from({ length: count }, (_, i) => Array.from(rt.i32(desc + i * GROUPED_DESC_BYTES, 5)));
+    assert.is(rt.kernels.grouped_entries(desc, table, n, 0, 64, 10, 640, 3), n);
+    assert.equal(entries(n), mats.map((m, i) => [64 + 40 * i, m[0], 640 + 12 * i, m[1], m[2]]), 'every matrix');
+    // Experts 1 and 4 have pairs, the others none.
+    const starts = putI32([0, 0, 2, 2, 2, 3]);
+    assert.is(rt.kernels.grouped_entries(desc, table, n, starts, 64, 10, 640, 0), 2);
+    assert.equal(entries(2), [[64, 2000, 640, 4, 41], [104, 5000, 640, 7, 44]], 'the experts with pairs');
+  });
+});
+
 test('read_probe: adds the i32 words it reads (wrapping) to out, whichever thread reads which blocks', () => {
   const rng = new Rng(12);
   for (const blocks of [1, 2, 3, 17, 64, 1000]) {
@@ -612,11 +657,13 @@ function runMla(r: Runtime, c: MlaCase, fmt: typeof FMT_F32 | typeof FMT_BF16, s
   const oLat = fenced(r, lat, 'mla_attention output');
   const n = c.tokens * c.heads * c.vDim;
   const out = fenced(r, n, 'attention output');
+  const ukTable = new MatrixTable(r, wUK, 'W_UK^T table');
+  const uvTable = new MatrixTable(r, wUV, 'W_UV table');
   let first: Uint32Array | undefined;
   for (let k = 0; k < repeat; k++) {
-    perHeadMatmul(r, wUK, qLat.ptr, c.tokens * c.rank, c.rank, qPtr, qDim, c.heads * qDim, c.tokens);
+    perHeadMatmul(r, ukTable, qLat.ptr, c.tokens * c.rank, c.rank, qPtr, qDim, c.heads * qDim, c.tokens);
     r.kernels.mla_attention(oLat.ptr, qLat.ptr, qPtr, cachePtr, scratch, c.tokens, c.heads, c.nope, c.ropeDim, c.rank, c.pos0, c.scale);
-    perHeadMatmul(r, wUV, out.ptr, c.vDim, c.heads * c.vDim, oLat.ptr, c.tokens * c.rank, c.rank, c.tokens);
+    perHeadMatmul(r, uvTable, out.ptr, c.vDim, c.heads * c.vDim, oLat.ptr, c.tokens * c.rank, c.rank, c.tokens);
     const bits = new Uint32Array(r.memory.buffer, out.ptr, n).slice();
     if (!first) first = bits;
     else if (!equalU32(first, bits)) assert.unreachable(`mla with ${r.threads} threads: run ${k} differs from run 0`);
@@ -722,9 +769,9 @@ test('1, 2 and 3 threads give bit-identical matmul (f32, bf16; T = 1, 7; rows 1.
 test('v3-odd-bf16-sharded: 1 and 2 threads give bit-identical prefill and decode logits', async () => {
   const dir = `${FIXTURES}models/v3-odd-bf16-sharded`;
   const ref = readExpected(`${dir}/expected.safetensors`);
-  const models = [await Model.load(dir, { threads: 1 }), await Model.load(dir, { threads: 2 })];
+  const models = [await loadOne(dir, { threads: 1 }), await loadOne(dir, { threads: 2 })];
   try {
-    assert.is(models[1].threads, 2);
+    assert.is(models[1].model.threads, 2);
     const prefill = models.map((m) => new Uint32Array(m.forward(ref.inputIds, { allLogits: true }).slice().buffer));
     assert.is(prefill[0].length, ref.inputIds.length * ref.vocab);
     assert.ok(equalU32(prefill[0], prefill[1]), 'prefill logits differ between 1 and 2 threads');

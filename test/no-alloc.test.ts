@@ -8,10 +8,9 @@ import * as v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { synthCheckpoint } from '../host/checkpoint/synth.js';
+import { synthCheckpoint } from '../host/model/synth.js';
 import { argmax } from '../host/generate/sampler.js';
-import { Model } from '../host/model/model.js';
-import { FIXTURES } from './helpers.js';
+import { FIXTURES, OneSequence, loadOne } from './helpers.js';
 
 const TOKENS = 100;
 const PROMPT = [1, 2, 3, 4, 5, 6, 7, 8];
@@ -61,7 +60,7 @@ new PerformanceObserver((list) => {
 }).observe({ entryTypes: ['gc'] });
 
 /** Prefills PROMPT from position 0, then decodes TOKENS greedy tokens; the heap is measured around the decode. */
-async function decodeWindow(model: Model, prompt: number[]): Promise<{ logits: Float32Array; retained: number; allocated: number | null }> {
+async function decodeWindow(model: OneSequence, prompt: number[]): Promise<{ logits: Float32Array; retained: number; allocated: number | null }> {
   const ids = [0];
   model.reset();
   let logits = model.forward(prompt);
@@ -85,14 +84,14 @@ async function decodeWindow(model: Model, prompt: number[]): Promise<{ logits: F
 }
 
 async function measure(dir: string): Promise<Measured> {
-  const model = await Model.load(dir, { threads: 2, contextLength: PROMPT.length + TOKENS });
+  const model = await loadOne(dir, { threads: 2, contextLength: PROMPT.length + TOKENS });
   try {
     const vocab = model.config.vocabSize;
     const prompt = PROMPT.map((i) => i % vocab);
     // Warm-up: V8 keeps optimising the decode path for several hundred tokens (code and feedback it
     // retains); the steady state is what a long generation sees.
     for (let i = 0; i < WARMUP_WINDOWS; i++) await decodeWindow(model, prompt);
-    const arena = model.rt.arena;
+    const arena = model.model.rt.arena;
     const arenaBefore = arena.highWater;
     const usedBefore = arena.used;
     // The least of a few windows: a leak shows in every one, while a late JIT recompilation (code
@@ -107,7 +106,7 @@ async function measure(dir: string): Promise<Measured> {
       usedAfter: arena.used,
       retained: Math.min(...ws.map((w) => w.retained)),
       allocated: counted.length > 0 ? Math.min(...counted) : null,
-      logitsIsView: ws.every((w) => w.logits.buffer === model.rt.memory.buffer),
+      logitsIsView: ws.every((w) => w.logits.buffer === model.model.rt.memory.buffer),
       vocab,
     };
   } finally {
@@ -172,7 +171,7 @@ test('synthetic model with a 32K vocabulary: no per-token copy of the 128 KiB lo
 // Decode from a one-token prompt, where no prefill has set the mark high: scratch whose size follows
 // the position (attention's, once) would make the mark creep up token by token.
 test('v3-tiny from a one-token prompt: the arena high-water mark stays flat while positions grow', async () => {
-  const model = await Model.load(join(FIXTURES, 'models', 'v3-tiny'), { threads: 2, contextLength: 256 });
+  const model = await loadOne(join(FIXTURES, 'models', 'v3-tiny'), { threads: 2, contextLength: 256 });
   try {
     let logits = model.forward([1]);
     const ids = [0];
@@ -180,7 +179,7 @@ test('v3-tiny from a one-token prompt: the arena high-water mark stays flat whil
     for (let k = 0; k < 250; k++) {
       ids[0] = argmax(logits);
       logits = model.forward(ids);
-      marks.push(model.rt.arena.highWater);
+      marks.push(model.model.rt.arena.highWater);
     }
     assert.is(marks[marks.length - 1], marks[0], `arena high-water mark rose by ${marks[marks.length - 1] - marks[0]} bytes over 250 tokens`);
   } finally {

@@ -21,9 +21,8 @@
 // q4 (4 bits, ggml's Q4_0 rule) is much coarser than q8 on these models: its weight error is 16x q8's.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../host/model/model.js';
 import type { QuantName } from '../host/model/weights.js';
-import { FIXTURES, argmax, readExpected } from './helpers.js';
+import { FIXTURES, argmax, loadOne, readExpected } from './helpers.js';
 
 interface Bound {
   top1: number; // at least this fraction
@@ -64,9 +63,9 @@ interface Measured {
 
 async function measure(name: string, quant: QuantName, threads: number): Promise<Measured> {
   const ref = readExpected(`${FIXTURES}models/${name}/expected.safetensors`);
-  const model = await Model.load(`${FIXTURES}models/${name}`, { threads, quant });
+  const model = await loadOne(`${FIXTURES}models/${name}`, { threads, quant });
   try {
-    assert.is(model.quant, quant);
+    assert.is(model.model.quant, quant);
     const V = ref.vocab;
     const T = ref.inputIds.length;
     let max = 0;
@@ -118,15 +117,15 @@ test('quantized models give bit-identical logits with 1 and 2 threads (q8, q4 on
 
 test('the default format: fixtures below 1 GiB load as stored; the FP8 fixture stays fp8', async () => {
   for (const [name, want] of [['v3-tiny', 'stored'], ['v3-fp8-blocks', 'fp8']] as const) {
-    const model = await Model.load(`${FIXTURES}models/${name}`, { threads: 1 });
-    assert.is(model.quant, want, name);
+    const model = await loadOne(`${FIXTURES}models/${name}`, { threads: 1 });
+    assert.is(model.model.quant, want, name);
     await model.close();
   }
 });
 
 test('--quant fp8 on a checkpoint without FP8 weights is refused with a clear message', async () => {
   try {
-    await Model.load(`${FIXTURES}models/v3-tiny`, { threads: 1, quant: 'fp8' });
+    await loadOne(`${FIXTURES}models/v3-tiny`, { threads: 1, quant: 'fp8' });
     assert.unreachable('loaded');
   } catch (e) {
     assert.match((e as Error).message, /no F8_E4M3 tensors; use q8, q4, bf16 or f32/);

@@ -9,8 +9,8 @@ import { openCheckpoint } from '../host/checkpoint/checkpoint.js';
 import { parseConfig } from '../host/checkpoint/config.js';
 import { PRESET_NAMES, presetConfig } from '../host/checkpoint/presets.js';
 import { openSafetensors, readTensorInto } from '../host/checkpoint/safetensors.js';
-import { planShards, planTensors, synthCheckpoint, synthConfig } from '../host/checkpoint/synth.js';
-import { Model } from '../host/model/model.js';
+import { planShards, planTensors, synthCheckpoint, synthConfig } from '../host/model/synth.js';
+import { loadOne } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 const tmp = fs.mkdtempSync(join(tmpdir(), 'deepwasm-synth-'));
@@ -207,7 +207,7 @@ for (const [label, config, dtype] of [
   test(`${label}: loads with Model.load and gives finite, varied logits through prefill and decode`, async () => {
     const dir = freshDir();
     await synthCheckpoint({ config, source: label, out: dir, seed: 3, dtype });
-    const model = await Model.load(dir, { threads: 2 });
+    const model = await loadOne(dir, { threads: 2 });
     try {
       const vocab = model.config.vocabSize;
       const prompt = [0, 17, 42, 99, 5, 250];
@@ -362,7 +362,7 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   const plain = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--threads', '1');
   assert.is(plain.status, 0, plain.stderr);
   assert.not.match(plain.stdout, /^\{/m);
-  assert.match(plain.stdout, /weights as stored, 1 thread\n/);
+  assert.match(plain.stdout, /weights as stored, CPU \(WebAssembly (SIMD128|relaxed SIMD), 1 thread\)\n/);
   const q8 = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--quant', 'q8');
   assert.is(q8.status, 0, q8.stderr);
   assert.match(q8.stdout, /weights q8, /);

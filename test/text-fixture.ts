@@ -1,4 +1,4 @@
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openSafetensors, readTensorInto, writeSafetensors, type TensorToWrite } from '../host/checkpoint/safetensors.js';
@@ -15,7 +15,7 @@ export const V3_TOKENIZER = `${FIXTURES}tokenizers/v3-format`;
  * and a function that deletes it.
  */
 export function makeTextModelDir(config: Record<string, unknown> = {}): { dir: string; remove: () => void } {
-  const vocab = loadTokenizer(V3_TOKENIZER).vocabSize;
+  const vocab = loadTokenizer(V3_TOKENIZER, { tokenizerOnly: true }).vocabSize;
   const dir = mkdtempSync(join(tmpdir(), 'deepwasm-text-model-'));
   const base = JSON.parse(readFileSync(`${V3_TINY}/config.json`, 'utf8')) as { vocab_size: number; hidden_size: number };
   const file = openSafetensors(`${V3_TINY}/model.safetensors`);
@@ -35,5 +35,31 @@ export function makeTextModelDir(config: Record<string, unknown> = {}): { dir: s
   writeSafetensors(join(dir, 'model.safetensors'), tensors);
   writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, vocab_size: vocab, ...config }));
   for (const name of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(V3_TOKENIZER, name), join(dir, name));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * A reference fixture made a text model: a folder with the fixture's config and weights (linked) and the
+ * v3-format tokenizer cut to the fixture's vocabulary (ids, merges and added tokens below vocab_size; the 256
+ * byte tokens are ids 3 to 258, so any text still encodes). For comparing backends on text.
+ */
+export function fixtureTextDir(fixture: string): { dir: string; remove: () => void } {
+  const src = `${FIXTURES}models/${fixture}`;
+  const vocab = (JSON.parse(readFileSync(`${src}/config.json`, 'utf8')) as { vocab_size: number }).vocab_size;
+  const tok = JSON.parse(readFileSync(join(V3_TOKENIZER, 'tokenizer.json'), 'utf8')) as {
+    added_tokens: { id: number }[];
+    model: { vocab: Record<string, number>; merges: (string | string[])[] };
+  };
+  const kept = Object.fromEntries(Object.entries(tok.model.vocab).filter(([, id]) => id < vocab));
+  tok.model.vocab = kept;
+  tok.model.merges = tok.model.merges.filter((m) => {
+    const [a, b] = typeof m === 'string' ? m.split(' ') : m;
+    return a in kept && b in kept && a + b in kept;
+  });
+  tok.added_tokens = tok.added_tokens.filter((t) => t.id < vocab);
+  const dir = mkdtempSync(join(tmpdir(), `deepwasm-text-${fixture}-`));
+  for (const name of readdirSync(src)) if (!name.startsWith('expected')) symlinkSync(join(src, name), join(dir, name));
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tok));
+  copyFileSync(join(V3_TOKENIZER, 'tokenizer_config.json'), join(dir, 'tokenizer_config.json'));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }

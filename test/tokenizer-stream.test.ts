@@ -6,8 +6,8 @@ import { loadTokenizer } from '../host/tokenizer/load.js';
 import { TOKENIZER_FIXTURES, prng, readFixtureJson, type TokenizerCases } from './tokenizer-fixtures.js';
 
 const tokenizers: [string, Tokenizer][] = [
-  ['deepseek-llm', loadTokenizer(TOKENIZER_FIXTURES + 'deepseek-llm')],
-  ['v3-format', loadTokenizer(TOKENIZER_FIXTURES + 'v3-format')],
+  ['deepseek-llm', loadTokenizer(TOKENIZER_FIXTURES + 'deepseek-llm', { tokenizerOnly: true })],
+  ['v3-format', loadTokenizer(TOKENIZER_FIXTURES + 'v3-format', { tokenizerOnly: true })],
 ];
 
 const MULTIBYTE = '🦙🚀👍🏽 👨‍👩‍👧‍👦 你好，世界！日本語のテキスト 한국어 naïve ∑∫√ ✨🙂🙃 𝒳𝔸';

@@ -6,8 +6,8 @@ import { loadTokenizer } from '../host/tokenizer/load.js';
 import { compileOnigPattern, translateOnigPattern } from '../host/tokenizer/regex.js';
 import { TOKENIZER_FIXTURES, prng, readFixtureJson, readLlamaCppCases, type TokenizerCases } from './tokenizer-fixtures.js';
 
-const deepseekLlm = loadTokenizer(TOKENIZER_FIXTURES + 'deepseek-llm');
-const v3Format = loadTokenizer(TOKENIZER_FIXTURES + 'v3-format');
+const deepseekLlm = loadTokenizer(TOKENIZER_FIXTURES + 'deepseek-llm', { tokenizerOnly: true });
+const v3Format = loadTokenizer(TOKENIZER_FIXTURES + 'v3-format', { tokenizerOnly: true });
 
 function checkCases(name: string, tok: Tokenizer, fixture: TokenizerCases): void {
   fixture.cases.forEach((c, i) => {

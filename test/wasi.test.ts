@@ -7,9 +7,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Model } from '../host/model/model.js';
 import { packModel } from '../host/model/pack.js';
-import { argmax } from './helpers.js';
+import { argmax, loadOne } from './helpers.js';
 
 const DIR = fileURLToPath(new URL('../../models/tiny', import.meta.url));
 const WASM = fileURLToPath(new URL('../../build/deepwasm-wasi.wasm', import.meta.url));
@@ -19,11 +18,11 @@ const expected = JSON.parse(readFileSync(`${DIR}/expected.json`, 'utf8')) as { p
 test('WASI build: the packed embedded model under node:wasi gives the recorded greedy ids and the engine\'s', async () => {
   const rec = expected.prompts[0];
   const steps = Math.min(8, rec.output_ids.length);
-  const model = await Model.load(DIR, { threads: 1, contextLength: 64 });
+  const model = await loadOne(DIR, { threads: 1, contextLength: 64 });
   const dir = mkdtempSync(join(tmpdir(), 'deepwasm-wasi-'));
   try {
     const image = join(dir, 'tiny.dwi');
-    writeFileSync(image, packModel(model));
+    writeFileSync(image, packModel(model.model));
     const engine: number[] = [];
     let logits = model.forward(rec.input_ids);
     while (engine.length < steps) {

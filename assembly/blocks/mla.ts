@@ -9,18 +9,13 @@
 // build fuses the multiply-adds (madd), so its results differ from the plain build's in the last bits.
 import { hsum, madd } from '../kernels/format';
 import { softmax } from '../kernels/activation';
-import { argF, argI, argP, parallel, setF, setI, setP } from '../pool';
-import { OP_MLA } from '../ops';
+import { argF, argI, argP, setF, setI, setP } from '../board';
 
-/**
- * oLat, qLat [heads, T, rank]; q [T, heads, nope + ropeDim] (only its rotated rope part is read);
- * cache [pos0 + T, rank + ropeDim]. Token t sits at position pos0 + t and sees positions 0..pos0 + t.
- * scratch: threads * mla_scratch_floats(positions) floats, positions >= pos0 + T.
- */
-export function mla_attention(
+/** Writes mla_attention's arguments (steps.ts) on the job board; returns the step's item count. */
+@inline export function stageMla(
   oLat: usize, qLat: usize, q: usize, cache: usize, scratch: usize,
   tokens: i32, heads: i32, nope: i32, ropeDim: i32, rank: i32, pos0: i32, softmaxScale: f32,
-): void {
+): i32 {
   setP(0, oLat);
   setP(1, qLat);
   setP(2, q);
@@ -33,7 +28,7 @@ export function mla_attention(
   setI(9, rank);
   setI(10, pos0);
   setF(0, softmaxScale);
-  parallel(OP_MLA, heads * tokens);
+  return heads * tokens;
 }
 
 /** Scratch floats one thread needs: the scores over `positions` positions, padded to a cache line so

@@ -1,5 +1,4 @@
-import { argI, argP, parallel, setI, setP } from '../pool';
-import { OP_SILU_MUL } from '../ops';
+import { argI, argP, setI, setP } from '../board';
 
 /** In-place softmax over n values (max-subtracted, so large logits do not overflow). */
 export function softmax(x: usize, n: i32): void {
@@ -23,13 +22,13 @@ export function softmax(x: usize, n: i32): void {
  * step's handful of rows splits evenly across threads. */
 const SILU_CHUNK: i32 = 256;
 
-/** out[t, i] = silu(gu[t, i]) * gu[t, n + i]: the gate and up projections are fused row-wise, so
- * each token's row holds n gate values then n up values. Split across threads by chunks of a row. */
-export function silu_mul(out: usize, gu: usize, n: i32, tokens: i32): void {
+/** Writes silu_mul's arguments (steps.ts) on the job board; returns the step's item count: chunks of
+ * SILU_CHUNK values of each token's row. */
+@inline export function stageSiluMul(out: usize, gu: usize, n: i32, tokens: i32): i32 {
   setP(0, out);
   setP(1, gu);
   setI(2, n);
-  parallel(OP_SILU_MUL, tokens * ((n + SILU_CHUNK - 1) / SILU_CHUNK));
+  return tokens * ((n + SILU_CHUNK - 1) / SILU_CHUNK);
 }
 
 export function siluMulTask(begin: i32, end: i32): void {

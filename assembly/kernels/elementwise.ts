@@ -1,4 +1,5 @@
-import { BF16, bf16At } from './format';
+import { FMT_BF16 } from '../constants';
+import { bf16At } from './format';
 
 /** y += x over n floats. */
 export function add(y: usize, x: usize, n: i32): void {
@@ -32,7 +33,7 @@ export function embed(fmt: i32, out: usize, table: usize, ids: usize, tokens: i3
   for (let t = 0; t < tokens; t++) {
     const id = <usize>load<i32>(ids + (<usize>t << 2));
     const o = out + (<usize>t * <usize>dim << 2);
-    if (fmt == BF16) {
+    if (fmt == FMT_BF16) {
       const row = table + (id * <usize>dim << 1);
       for (let i = 0; i < dim; i++) store<f32>(o + (<usize>i << 2), bf16At(row + (<usize>i << 1)));
     } else {

@@ -1,19 +1,8 @@
 // Weight formats and the row primitives every kernel builds on, so that a new format (q8, q4, fp8) is
 // one more case here, not a new kernel family.
 
-export const F32: i32 = 0;
-export const BF16: i32 = 1;
-/** int8 weights, one f32 scale per group of 32 along the input dimension (docs/quantized-format.md). */
-export const Q8: i32 = 2;
-/** 4-bit weights (stored q + 8), one f32 scale per group of 32 (docs/quantized-format.md). */
-export const Q4: i32 = 3;
-/** e4m3 bytes with DeepSeek's 128x128 block scales, dequantized inside the kernel. */
-export const FP8: i32 = 4;
+import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, FP8_BLOCK, QUANT_GROUP } from '../constants';
 
-/** Quantization group: weights and activations share one scale per GROUP values along a row. */
-export const GROUP: i32 = 32;
-/** FP8 scale block along a row (DeepSeek's weight_block_size). */
-export const FP8_BLOCK: i32 = 128;
 /**
  * Quantized matrices are stored in column panels of PANEL columns (the last one narrower): panel by
  * panel, all rows of the panel. A matvec then streams the weights in order while the panel's slice of
@@ -25,7 +14,7 @@ export const PANEL: i32 = 1024;
 
 /** Is fmt one of the grouped or block-scaled formats that go through quantized activations/panels? */
 @inline export function isQuantized(fmt: i32): bool {
-  return fmt >= Q8;
+  return fmt >= FMT_Q8;
 }
 
 /** Columns a quantized row is padded to (zeros): whole groups of four, so kernels take 4 groups a step. */
@@ -36,7 +25,7 @@ export const PANEL: i32 = 1024;
 /** Bytes per padded column of a quantized format, in 32nds of a byte (weights and their scales). */
 @inline function panelBytesPer32Cols(fmt: i32): i32 {
   // q8: 32 bytes + one f32 scale; q4: 16 bytes + one f32 scale; fp8: 32 bytes + 1/4 of an f32 scale.
-  return fmt == Q8 ? 36 : fmt == Q4 ? 20 : 33;
+  return fmt == FMT_Q8 ? 36 : fmt == FMT_Q4 ? 20 : 33;
 }
 
 /** Byte offset of the panel starting at column c0 in a blob of `rows` rows. */
@@ -47,24 +36,24 @@ export const PANEL: i32 = 1024;
 
 /** Bytes one row of a panel `width` columns wide takes for its weights (not its scales). */
 @inline export function panelRowBytes(fmt: i32, width: i32): usize {
-  return fmt == Q4 ? <usize>(width >> 1) : <usize>width;
+  return fmt == FMT_Q4 ? <usize>(width >> 1) : <usize>width;
 }
 
 /** Scales one row of a panel holds: one per group (q8, q4) or one per 128-column block (fp8). */
 @inline export function panelRowScales(fmt: i32, width: i32): i32 {
-  return fmt == FP8 ? (width + FP8_BLOCK - 1) / FP8_BLOCK : width / GROUP;
+  return fmt == FMT_FP8 ? (width + FP8_BLOCK - 1) / FP8_BLOCK : width / QUANT_GROUP;
 }
 
 /** Bytes of a whole matrix in format fmt, as the kernels read it. */
 export function weightBytes(fmt: i32, rows: i32, cols: i32): usize {
-  if (fmt == F32) return <usize>rows * <usize>cols * 4;
-  if (fmt == BF16) return <usize>rows * <usize>cols * 2;
+  if (fmt == FMT_F32) return <usize>rows * <usize>cols * 4;
+  if (fmt == FMT_BF16) return <usize>rows * <usize>cols * 2;
   return panelOffset(fmt, rows, paddedCols(cols));
 }
 
-/** Bytes of one row of `cols` weights (F32 and BF16 only: the row-major formats). */
+/** Bytes of one row of `cols` weights (f32 and bf16 only: the row-major formats). */
 @inline export function rowBytes(fmt: i32, cols: i32): usize {
-  return fmt == BF16 ? <usize>cols << 1 : <usize>cols << 2;
+  return fmt == FMT_BF16 ? <usize>cols << 1 : <usize>cols << 2;
 }
 
 @inline export function hsum(v: v128): f32 {
@@ -160,5 +149,5 @@ export function dotBF16(w: usize, x: usize, n: i32): f32 {
 }
 
 @inline export function dotRow(fmt: i32, w: usize, x: usize, n: i32): f32 {
-  return fmt == BF16 ? dotBF16(w, x, n) : dotF32(w, x, n);
+  return fmt == FMT_BF16 ? dotBF16(w, x, n) : dotF32(w, x, n);
 }

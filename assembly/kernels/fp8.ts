@@ -10,7 +10,8 @@
 // stay normal floats, and each row's sum is multiplied by 2^56 at the end. The 16 bytes of a chunk
 // decode into the orders [w0 w2 w4 w6], [w8 .. w14], [w1 w3 w5 w7], [w9 .. w15]; quantize.ts stores the
 // activations in that order. The relaxed build uses f32x4.relaxed_madd (fused) for the products.
-import { FP8, FP8_BLOCK, PANEL, hsum, madd, panelOffset } from './format';
+import { FMT_FP8, FP8_BLOCK } from '../constants';
+import { PANEL, hsum, madd, panelOffset } from './format';
 import { put } from './q8';
 
 /** 2^56: undoes the 2^-120 of the decode and the 2^64 of the activations. */
@@ -33,7 +34,7 @@ const UNSCALE: f32 = 72057594037927936.0;
 }
 
 /** One row of one panel (pw columns, a multiple of 128) against one token. */
-export function fp8Row(w: usize, ws: usize, x: usize, pw: i32, mask: v128): f32 {
+function fp8Row(w: usize, ws: usize, x: usize, pw: i32, mask: v128): f32 {
   const z = i32x4.splat(0);
   let acc = f32x4.splat(0);
   for (let b = 0; b < pw; b += FP8_BLOCK) {
@@ -68,7 +69,7 @@ export function fp8Row(w: usize, ws: usize, x: usize, pw: i32, mask: v128): f32 
 }
 
 /** One row of one panel against four tokens; each 16-byte chunk is decoded once. */
-export function fp8Tile4(w: usize, ws: usize, x: usize, xStride: usize, pw: i32, out: usize, outStride: usize, first: bool, fence: usize, mask: v128): void {
+function fp8Tile4(w: usize, ws: usize, x: usize, xStride: usize, pw: i32, out: usize, outStride: usize, first: bool, fence: usize, mask: v128): void {
   const z = i32x4.splat(0);
   let a0 = f32x4.splat(0);
   let a1 = a0;
@@ -122,7 +123,7 @@ export function fp8Rows(
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const nb = pw / FP8_BLOCK;
-    const base = w + panelOffset(FP8, rows, c0);
+    const base = w + panelOffset(FMT_FP8, rows, c0);
     const scales = base + <usize>rows * <usize>pw;
     const first = c0 == 0;
     const xp = x + (<usize>c0 << 2);

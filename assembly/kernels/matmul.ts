@@ -2,23 +2,21 @@
 // weight rows; prefill takes four tokens per pass over a row so the row is read from memory once.
 // F32 and BF16 rows are read as stored; the quantized formats (q8, q4, fp8: q8.ts, q4.ts, fp8.ts) first
 // bring the activations into the kernels' layout (quantize.ts) in a scratch area the host registers
-// once with set_scratch, so a decode step allocates nothing.
-import { BF16, FP8, Q4, Q8, bf16At, bf16High, bf16Low, dotRow, hsum, isQuantized, paddedCols, rowBytes } from './format';
-import { argI, argP, parallel, setI, setP } from '../pool';
-import { OP_MATMUL, OP_MATMUL_QUANT } from '../ops';
+// once with set_scratch, so a decode step allocates nothing. The exported matmul (steps.ts) stages
+// each step with the functions here and runs it on the pool.
+import { FMT_BF16, FMT_FP8, FMT_Q4, FMT_Q8, MAX_THREADS } from '../constants';
+import { bf16At, bf16High, bf16Low, dotRow, hsum, paddedCols, rowBytes } from './format';
+import { argI, argP, scratchBytes, scratchPtr, setI, setP } from '../board';
 import {
-  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_I8, ACT_Q8_SIGNED, MAX_THREADS, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
-  scratchBytes, scratchPtr, threadScratch,
+  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_I8, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
+  threadScratch,
 } from './quantize';
 import { q8Rows } from './q8';
 import { q4Rows } from './q4';
 import { fp8Rows } from './fp8';
 
-export function matmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols: i32, tokens: i32): void {
-  if (isQuantized(fmt)) {
-    quantizedMatmul(fmt, out, w, x, rows, cols, tokens);
-    return;
-  }
+/** Writes an f32 or bf16 matmul's arguments on the job board; returns the step's item count (rows). */
+@inline export function stageMatmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols: i32, tokens: i32): i32 {
   setI(0, fmt);
   setP(1, out);
   setP(2, w);
@@ -26,7 +24,7 @@ export function matmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols
   setI(4, rows);
   setI(5, cols);
   setI(6, tokens);
-  parallel(OP_MATMUL, rows);
+  return rows;
 }
 
 /** Scratch bytes per token of a chunk: the activations in the layout, a scale and a correction per
@@ -43,60 +41,65 @@ export function quant_scratch_bytes(cols: i32, tokens: i32): usize {
 /** Most tokens a prefill chunk takes: more only re-reads the weights less often, already 1/64 of the time. */
 const MAX_CHUNK: i32 = 256;
 
-function quantizedMatmul(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols: i32, tokens: i32): void {
-  const cp = paddedCols(cols);
-  const G = cp >> 5;
+/** Tokens one step of a quantized matmul over `cols` columns takes: as many as the scratch holds, up to MAX_CHUNK. */
+export function quantChunk(cols: i32, tokens: i32): i32 {
   const reserved = <usize>(MAX_THREADS * THREAD_SCRATCH);
-  const widest = tokenBytes(G, ACT_F32);
+  const widest = tokenBytes(paddedCols(cols) >> 5, ACT_F32);
   // The host sizes the scratch with quant_scratch_bytes for the widest matrix it loads.
   const base = scratchPtr();
   const bytes = scratchBytes();
   if (base == 0 || bytes < reserved + widest) unreachable();
-  const area = base + reserved;
-  const avail = bytes - reserved;
-  const chunk = min(tokens, min(MAX_CHUNK, <i32>(avail / widest)));
+  return min(tokens, min(MAX_CHUNK, <i32>((bytes - reserved) / widest)));
+}
+
+/**
+ * Stages one step of a quantized matmul: tokens [t0, t0 + chunk) of x quantized into the scratch in
+ * the layout of fmt's kernel, and the step's arguments on the job board; returns its item count (rows).
+ */
+export function stageQuantChunk(fmt: i32, out: usize, w: usize, x: usize, rows: i32, cols: i32, tokens: i32, t0: i32, chunk: i32): i32 {
+  const cp = paddedCols(cols);
+  const G = cp >> 5;
+  const area = scratchPtr() + <usize>(MAX_THREADS * THREAD_SCRATCH);
   const tmp = threadScratch(0) + 64;
-  for (let t0 = 0; t0 < tokens; t0 += chunk) {
-    const tc = min(chunk, tokens - t0);
-    let layout = ACT_F32;
-    if (fmt == Q4) layout = ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
-    else if (fmt == Q8) layout = ASC_FEATURE_RELAXED_SIMD ? (tc == 1 ? ACT_Q8_SIGNED : ACT_Q8_I8) : ACT_Q8_I16;
-    const xRow = <usize>G * <usize>actGroupBytes(layout);
-    const xq = area;
-    const xs = xq + <usize>tc * xRow;
-    const xc = xs + (<usize>(tc * G) << 2);
-    const xsT = xc + (<usize>(tc * G) << 2);
-    const xcT = xsT + (<usize>(tc * G) << 2);
-    for (let t = 0; t < tc; t++) {
-      const src = x + (<usize>(t0 + t) * <usize>cols << 2);
-      quantizeActivations(layout, src, cols, cp, xq + <usize>t * xRow, xs + (<usize>(t * G) << 2), xc + (<usize>(t * G) << 2), tmp);
-    }
-    // For the 4-token tiles: tile k's scales and corrections as [g][4], at float index 4k * G.
-    for (let t = 0; t + 4 <= tc; t += 4) {
-      for (let g = 0; g < G; g++) {
-        for (let j = 0; j < 4; j++) {
-          const from = (<usize>((t + j) * G + g)) << 2;
-          const to = (<usize>(t * G + 4 * g + j)) << 2;
-          store<u32>(xsT + to, load<u32>(xs + from));
-          store<u32>(xcT + to, load<u32>(xc + from));
-        }
+  const tc = min(chunk, tokens - t0);
+  let layout = ACT_F32;
+  if (fmt == FMT_Q4) layout = ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
+  else if (fmt == FMT_Q8) layout = ASC_FEATURE_RELAXED_SIMD ? (tc == 1 ? ACT_Q8_SIGNED : ACT_Q8_I8) : ACT_Q8_I16;
+  const xRow = <usize>G * <usize>actGroupBytes(layout);
+  const xq = area;
+  const xs = xq + <usize>tc * xRow;
+  const xc = xs + (<usize>(tc * G) << 2);
+  const xsT = xc + (<usize>(tc * G) << 2);
+  const xcT = xsT + (<usize>(tc * G) << 2);
+  for (let t = 0; t < tc; t++) {
+    const src = x + (<usize>(t0 + t) * <usize>cols << 2);
+    quantizeActivations(layout, src, cols, cp, xq + <usize>t * xRow, xs + (<usize>(t * G) << 2), xc + (<usize>(t * G) << 2), tmp);
+  }
+  // For the 4-token tiles: tile k's scales and corrections as [g][4], at float index 4k * G.
+  for (let t = 0; t + 4 <= tc; t += 4) {
+    for (let g = 0; g < G; g++) {
+      for (let j = 0; j < 4; j++) {
+        const from = (<usize>((t + j) * G + g)) << 2;
+        const to = (<usize>(t * G + 4 * g + j)) << 2;
+        store<u32>(xsT + to, load<u32>(xs + from));
+        store<u32>(xcT + to, load<u32>(xc + from));
       }
     }
-    setI(0, fmt);
-    setP(1, out + (<usize>t0 * <usize>rows << 2));
-    setP(2, w);
-    setP(3, xq);
-    setI(4, rows);
-    setI(5, cp);
-    setI(6, tc);
-    setP(7, xs);
-    setP(8, xc);
-    setI(10, layout);
-    setI(11, <i32>xRow);
-    setP(12, xsT);
-    setP(13, xcT);
-    parallel(OP_MATMUL_QUANT, rows);
   }
+  setI(0, fmt);
+  setP(1, out + (<usize>t0 * <usize>rows << 2));
+  setP(2, w);
+  setP(3, xq);
+  setI(4, rows);
+  setI(5, cp);
+  setI(6, tc);
+  setP(7, xs);
+  setP(8, xc);
+  setI(10, layout);
+  setI(11, <i32>xRow);
+  setP(12, xsT);
+  setP(13, xcT);
+  return rows;
 }
 
 export function quantizedMatmulTask(begin: i32, end: i32, tid: i32): void {
@@ -114,9 +117,9 @@ export function quantizedMatmulTask(begin: i32, end: i32, tid: i32): void {
   const xRow = <usize>argI(11);
   const xsT = argP(12);
   const xcT = argP(13);
-  if (fmt == Q8) q8Rows(out, w, xq, xs, xsT, rows, cp, tc, xRow, begin, end, fence);
-  else if (fmt == Q4) q4Rows(out, w, xq, xs, xc, xsT, xcT, rows, cp, tc, xRow, begin, end, fence);
-  else if (fmt == FP8) fp8Rows(out, w, xq, rows, cp, tc, xRow, begin, end, fence);
+  if (fmt == FMT_Q8) q8Rows(out, w, xq, xs, xsT, rows, cp, tc, xRow, begin, end, fence);
+  else if (fmt == FMT_Q4) q4Rows(out, w, xq, xs, xc, xsT, xcT, rows, cp, tc, xRow, begin, end, fence);
+  else if (fmt == FMT_FP8) fp8Rows(out, w, xq, rows, cp, tc, xRow, begin, end, fence);
 }
 
 export function matmulTask(begin: i32, end: i32): void {
@@ -138,7 +141,7 @@ export function matmulTask(begin: i32, end: i32): void {
       const b = w + <usize>(r + half) * wStride;
       const o = out + (<usize>r << 2);
       const ob = out + (<usize>(r + half) << 2);
-      if (fmt == BF16) dotPairBF16(a, b, x, cols, o, ob);
+      if (fmt == FMT_BF16) dotPairBF16(a, b, x, cols, o, ob);
       else dotPairF32(a, b, x, cols, o, ob);
     }
     if ((end - begin) & 1) store<f32>(out + (<usize>(end - 1) << 2), dotRow(fmt, w + <usize>(end - 1) * wStride, x, cols));
@@ -151,7 +154,7 @@ export function matmulTask(begin: i32, end: i32): void {
     for (; t + 4 <= tokens; t += 4) {
       const x0 = x + <usize>t * xStride;
       const o0 = o + <usize>t * outStride;
-      if (fmt == BF16) dot4BF16(wr, x0, xStride, cols, o0, outStride);
+      if (fmt == FMT_BF16) dot4BF16(wr, x0, xStride, cols, o0, outStride);
       else dot4F32(wr, x0, xStride, cols, o0, outStride);
     }
     for (; t < tokens; t++) store<f32>(o + <usize>t * outStride, dotRow(fmt, wr, x + <usize>t * xStride, cols));

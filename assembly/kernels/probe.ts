@@ -3,14 +3,13 @@
 // share as four streams at once, a quarter each: the hardware prefetcher follows one stream per
 // 4 KiB page, and one stream per core left a third of the bandwidth unused (one core here: 9.3-9.9
 // GB/s with one stream, 12-14 with two, 15-17 with four).
-import { argP, parallel, setP } from '../pool';
-import { OP_READ_PROBE } from '../ops';
+import { argP, setP } from '../board';
 
-/** Reads `bytes` bytes (a multiple of 64) at src on all threads and adds their i32 words (wrapping) to the i32 at out. */
-export function read_probe(src: usize, bytes: i32, out: usize): void {
+/** Writes read_probe's arguments (steps.ts) on the job board; returns the step's item count (64-byte blocks). */
+@inline export function stageReadProbe(src: usize, bytes: i32, out: usize): i32 {
   setP(0, src);
   setP(1, out);
-  parallel(OP_READ_PROBE, bytes >>> 6);
+  return bytes >>> 6;
 }
 
 export function readProbeTask(begin: i32, end: i32): void {

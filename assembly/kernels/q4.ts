@@ -10,7 +10,8 @@
 // Relaxed SIMD splits the bytes into low and high nibbles (0..15, a valid 7-bit operand) and runs
 // i16x8.relaxed_dot_i8x16_i7x16_s against int8 activations stored in the matching byte order. Both
 // produce the same integer sums, so plain and relaxed results are bit-identical.
-import { Q4, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
+import { FMT_Q4 } from '../constants';
+import { PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
 import { put, put4 } from './q8';
 
 // ---- plain SIMD: activations i16, per group [x0..7 * 256 | x8..15 * 16 | x16..23 | x24..31 * 256] ----
@@ -67,10 +68,10 @@ import { put, put4 } from './q8';
 }
 
 /** Activation bytes per group in this build's q4 layout. */
-export const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
+const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
 
 /** One row of one panel against one token; xc holds the token's per-group corrections (i32). */
-export function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fence: usize, m0: v128, m1: v128, m2: v128): f32 {
+function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fence: usize, m0: v128, m1: v128, m2: v128): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 4);
@@ -223,7 +224,7 @@ function q4DecodeRows(
  * and corrections, four per group (one per token). The four tokens' sums of a group are transposed into
  * one vector, so one accumulator holds the four outputs.
  */
-export function q4Tile4(
+function q4Tile4(
   w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, xcT: usize, gp: i32,
   out: usize, outStride: usize, first: bool, fence: usize, m0: v128, m1: v128, m2: v128,
 ): void {
@@ -286,7 +287,7 @@ export function q4Rows(
     const gp = pw >> 5;
     const g0 = c0 >> 5;
     const rowBytes = <usize>(pw >> 1);
-    const base = w + panelOffset(Q4, rows, c0);
+    const base = w + panelOffset(FMT_Q4, rows, c0);
     const scales = base + <usize>rows * rowBytes;
     const first = c0 == 0;
     const xp = x + <usize>g0 * <usize>Q4_GROUP_BYTES;

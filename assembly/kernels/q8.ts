@@ -16,7 +16,8 @@
 // four groups would load 24 vectors up front and spill them. A store of each group's partial result
 // to a per-thread "fence" slot pins the arithmetic between the loads (measured 14 -> 18 GB/s decode,
 // 10 -> 12 GMAC/s prefill on one core).
-import { Q8, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
+import { FMT_Q8 } from '../constants';
+import { PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
 
 // ---- plain SIMD: weights widened by shift/mask, activations i16 [8 evens | 8 odds] per 16 values ----
 
@@ -37,7 +38,7 @@ import { Q8, PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format
 }
 
 /** One row of one panel against one token: gp groups (a multiple of 4). */
-export function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize, hi: v128): f32 {
+function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize, hi: v128): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 5);
@@ -61,7 +62,7 @@ export function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fenc
  * scaled by sw * [sx_t0, sx_t1, sx_t2, sx_t3] (xsT: the tile's scales, four per group), so one
  * accumulator holds the four outputs. Writes or adds out[t * outStride].
  */
-export function q8Tile4I16(
+function q8Tile4I16(
   w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32,
   out: usize, outStride: usize, first: bool, fence: usize, hi: v128,
 ): void {
@@ -142,7 +143,7 @@ export function q8Tile4I16(
 }
 
 /** q8RowI16 for the int8 layout (relaxed build): the same float arithmetic on the same integer sums. */
-export function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
+function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
   let acc = f32x4.splat(0);
   for (let g = 0; g < gp; g += 4) {
     const pw = w + (<usize>g << 5);
@@ -169,7 +170,7 @@ export function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence
 }
 
 /** q8Tile4I16 for the int8 layout (relaxed build): same float arithmetic, same integer sums. */
-export function q8Tile4I8(
+function q8Tile4I8(
   w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32, out: usize, outStride: usize, first: bool, fence: usize,
 ): void {
   let acc = f32x4.splat(0);
@@ -323,7 +324,7 @@ export function q8Rows(
     const pw = min(PANEL, cp - c0);
     const gp = pw >> 5;
     const g0 = c0 >> 5;
-    const base = w + panelOffset(Q8, rows, c0);
+    const base = w + panelOffset(FMT_Q8, rows, c0);
     const scales = base + <usize>rows * <usize>pw;
     const first = c0 == 0;
     const xp = x + (<usize>g0 << (tc > 1 && ASC_FEATURE_RELAXED_SIMD ? 5 : 6));

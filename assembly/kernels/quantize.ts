@@ -10,39 +10,15 @@
 // and d = 0, q = 0 when the group is all zeros. A row whose length is not a multiple of 32 ends in a
 // partial group: its scale comes from the values that exist, the rest are zeros. Rows are padded with
 // zero groups to a multiple of 128 columns.
-import { BF16, F32, FP8, GROUP, PANEL, Q4, Q8, bf16At, paddedCols, panelOffset, panelRowBytes, panelRowScales } from './format';
-import { MAX_ARGS, argI, argP, parallel, setI, setP } from '../pool';
-import { OP_QUANTIZE } from '../ops';
+import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, QUANT_GROUP } from '../constants';
+import { PANEL, bf16At, paddedCols, panelOffset, panelRowBytes, panelRowScales } from './format';
+import { argI, argP, scratchPtr, setI, setP } from '../board';
 
 // ---------------------------------------------------------------- scratch
 
-/** Per-thread bytes at the start of the scratch: a 64-byte fence slot (see q8.ts) and a 128-byte group buffer. */
+/** Per-thread bytes at the start of the scratch (set_scratch, board.ts): a 64-byte fence slot (see q8.ts)
+ * and a 128-byte group buffer, for up to MAX_THREADS threads. */
 export const THREAD_SCRATCH: i32 = 256;
-/** Most threads the scratch reserves per-thread space for (Runtime.create allows 256). */
-export const MAX_THREADS: i32 = 256;
-
-// Where the scratch is, kept in memory rather than in globals (globals are per instance, and the module
-// keeps no per-instance state but the board's address): two i32 right after the job board's argument
-// slots, i.e. at board + BOARD_BYTES, which the host allocates with BOARD_EXTRA_BYTES to spare.
-// argP / setP index past the f32 slots to reach them.
-const SCRATCH_PTR_SLOT: i32 = 2 * MAX_ARGS;
-const SCRATCH_BYTES_SLOT: i32 = 2 * MAX_ARGS + 1;
-/** Bytes the host allocates after BOARD_BYTES for the scratch descriptor. */
-export const BOARD_EXTRA_BYTES: i32 = 64;
-
-/** Registers the scratch area (64-byte aligned); every thread finds it through the job board. */
-export function set_scratch(ptr: usize, bytes: usize): void {
-  setP(SCRATCH_PTR_SLOT, ptr);
-  setP(SCRATCH_BYTES_SLOT, bytes);
-}
-
-@inline export function scratchPtr(): usize {
-  return argP(SCRATCH_PTR_SLOT);
-}
-
-@inline export function scratchBytes(): usize {
-  return argP(SCRATCH_BYTES_SLOT);
-}
 
 /** A thread's 256-byte slot of the scratch: the fence slot first, then a 128-byte buffer at +64. */
 @inline export function threadScratch(tid: i32): usize {
@@ -70,18 +46,18 @@ export function set_scratch(ptr: usize, bytes: usize): void {
 }
 
 @inline function srcAt(srcFmt: i32, row: usize, i: i32): f32 {
-  return srcFmt == BF16 ? bf16At(row + (<usize>i << 1)) : load<f32>(row + (<usize>i << 2));
+  return srcFmt == FMT_BF16 ? bf16At(row + (<usize>i << 1)) : load<f32>(row + (<usize>i << 2));
 }
 
 /** Four f32 of a source row from column i (f32 or bf16 source). */
 @inline function src4(srcFmt: i32, row: usize, i: i32): v128 {
-  if (srcFmt == BF16) return i32x4.shl(i32x4.extend_low_i16x8_u(v128.load64_zero(row + (<usize>i << 1))), 16);
+  if (srcFmt == FMT_BF16) return i32x4.shl(i32x4.extend_low_i16x8_u(v128.load64_zero(row + (<usize>i << 1))), 16);
   return v128.load(row + (<usize>i << 2));
 }
 
 /** Quantizes one group (n <= 32 values at column c of a source row) into 32 i32 at tmp; returns d. */
 function quantGroup(fmt: i32, srcFmt: i32, row: usize, c: i32, n: i32, tmp: usize): f32 {
-  if (n == GROUP) {
+  if (n == QUANT_GROUP) {
     for (let k = 0; k < 32; k += 4) v128.store(tmp + (<usize>k << 2), src4(srcFmt, row, c + k));
   } else {
     for (let k = 0; k < 32; k++) store<f32>(tmp + (<usize>k << 2), k < n ? srcAt(srcFmt, row, c + k) : 0);
@@ -97,7 +73,7 @@ function quantGroup(fmt: i32, srcFmt: i32, row: usize, c: i32, n: i32, tmp: usiz
   const lo = min(min(f32x4.extract_lane(mn, 0), f32x4.extract_lane(mn, 1)), min(f32x4.extract_lane(mn, 2), f32x4.extract_lane(mn, 3)));
   let d: f32 = 0;
   let id: f32 = 0;
-  if (fmt == Q8) {
+  if (fmt == FMT_Q8) {
     const amax = max(hi, -lo);
     if (amax > 0) {
       d = amax / 127;
@@ -114,7 +90,7 @@ function quantGroup(fmt: i32, srcFmt: i32, row: usize, c: i32, n: i32, tmp: usiz
   for (let k = 0; k < 32; k += 4) {
     const p = tmp + (<usize>k << 2);
     let q = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), vid)));
-    if (fmt == Q4) q = i32x4.add(i32x4.min_s(i32x4.max_s(q, i32x4.splat(-8)), i32x4.splat(7)), i32x4.splat(8));
+    if (fmt == FMT_Q4) q = i32x4.add(i32x4.min_s(i32x4.max_s(q, i32x4.splat(-8)), i32x4.splat(7)), i32x4.splat(8));
     v128.store(p, q);
   }
   return d;
@@ -122,7 +98,7 @@ function quantGroup(fmt: i32, srcFmt: i32, row: usize, c: i32, n: i32, tmp: usiz
 
 /** Stores 32 i32 (tmp) as a q8 group (32 bytes) or a q4 group (16 bytes, nibble k of u16 lane l = n[8k + l]). */
 function storeGroup(fmt: i32, dst: usize, tmp: usize): void {
-  if (fmt == Q8) {
+  if (fmt == FMT_Q8) {
     for (let k = 0; k < 32; k += 16) {
       const p = tmp + (<usize>k << 2);
       const a = i16x8.narrow_i32x4_s(v128.load(p), v128.load(p, 16));
@@ -143,12 +119,8 @@ function storeGroup(fmt: i32, dst: usize, tmp: usize): void {
   v128.store(dst, i16x8.narrow_i32x4_u(lo, hi));
 }
 
-/**
- * Quantizes `rows` rows of `cols` values (f32 or bf16, row-major at src) into rows
- * [rowStart, rowStart + rows) of a q8 or q4 blob of totalRows rows. Runs on all threads; needs the
- * scratch (set_scratch) for its per-thread group buffers.
- */
-export function quantize_rows(fmt: i32, blob: usize, totalRows: i32, srcFmt: i32, src: usize, rows: i32, cols: i32, rowStart: i32): void {
+/** Writes quantize_rows's arguments (steps.ts) on the job board; returns the step's item count (rows). */
+@inline export function stageQuantize(fmt: i32, blob: usize, totalRows: i32, srcFmt: i32, src: usize, rows: i32, cols: i32, rowStart: i32): i32 {
   setI(0, fmt);
   setP(1, blob);
   setI(2, totalRows);
@@ -156,7 +128,7 @@ export function quantize_rows(fmt: i32, blob: usize, totalRows: i32, srcFmt: i32
   setP(4, src);
   setI(5, cols);
   setI(6, rowStart);
-  parallel(OP_QUANTIZE, rows);
+  return rows;
 }
 
 export function quantizeTask(begin: i32, end: i32, tid: i32): void {
@@ -169,14 +141,14 @@ export function quantizeTask(begin: i32, end: i32, tid: i32): void {
   const rowStart = argI(6);
   const tmp = threadScratch(tid) + 64;
   const cp = paddedCols(cols);
-  const srcRow = <usize>(srcFmt == F32 ? cols << 2 : cols << 1);
+  const srcRow = <usize>(srcFmt == FMT_F32 ? cols << 2 : cols << 1);
   const G = cp >> 5;
   for (let i = begin; i < end; i++) {
     const r = rowStart + i;
     const row = src + <usize>i * srcRow;
     for (let g = 0; g < G; g++) {
       const c = g << 5;
-      const n = min(GROUP, cols - c);
+      const n = min(QUANT_GROUP, cols - c);
       const d = n > 0 ? quantGroup(fmt, srcFmt, row, c, n, tmp) : zeroGroup(fmt, tmp);
       storeGroup(fmt, groupAt(fmt, blob, totalRows, cp, r, g), tmp);
       store<f32>(scaleAt(fmt, blob, totalRows, cp, r, g), d);
@@ -185,7 +157,7 @@ export function quantizeTask(begin: i32, end: i32, tid: i32): void {
 }
 
 function zeroGroup(fmt: i32, tmp: usize): f32 {
-  const v = i32x4.splat(fmt == Q4 ? 8 : 0);
+  const v = i32x4.splat(fmt == FMT_Q4 ? 8 : 0);
   for (let k = 0; k < 32; k += 4) v128.store(tmp + (<usize>k << 2), v);
   return 0;
 }
@@ -199,9 +171,9 @@ function zeroGroup(fmt: i32, tmp: usize): f32 {
  */
 export function q_pack(fmt: i32, blob: usize, totalRows: i32, q: usize, s: usize, rows: i32, cols: i32, rowStart: i32): void {
   const cp = paddedCols(cols);
-  const gf = (cols + GROUP - 1) >> 5;
-  const groupBytes = fmt == Q4 ? 16 : 32;
-  const fill: u8 = fmt == Q4 ? 0x88 : 0;
+  const gf = (cols + QUANT_GROUP - 1) >> 5;
+  const groupBytes = fmt == FMT_Q4 ? 16 : 32;
+  const fill: u8 = fmt == FMT_Q4 ? 0x88 : 0;
   for (let i = 0; i < rows; i++) {
     const r = rowStart + i;
     for (let g = 0; g < cp >> 5; g++) {
@@ -221,8 +193,8 @@ export function q_pack(fmt: i32, blob: usize, totalRows: i32, q: usize, s: usize
 /** The inverse of q_pack: rows [rowStart, rowStart + rows) of the blob into the checkpoint layout. */
 export function q_unpack(fmt: i32, blob: usize, totalRows: i32, q: usize, s: usize, rows: i32, cols: i32, rowStart: i32): void {
   const cp = paddedCols(cols);
-  const gf = (cols + GROUP - 1) >> 5;
-  const groupBytes = fmt == Q4 ? 16 : 32;
+  const gf = (cols + QUANT_GROUP - 1) >> 5;
+  const groupBytes = fmt == FMT_Q4 ? 16 : 32;
   for (let i = 0; i < rows; i++) {
     const r = rowStart + i;
     for (let g = 0; g < gf; g++) {
@@ -243,7 +215,7 @@ export function fp8_pack(blob: usize, totalRows: i32, src: usize, scaleInv: usiz
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const nb = pw >> 7;
-    const base = blob + panelOffset(FP8, totalRows, c0);
+    const base = blob + panelOffset(FMT_FP8, totalRows, c0);
     const scales = base + <usize>totalRows * <usize>pw;
     const n = max(0, min(pw, cols - c0));
     for (let i = 0; i < rows; i++) {
@@ -283,9 +255,9 @@ export function quantizeActivations(layout: i32, x: usize, cols: i32, cp: i32, d
   const gb = <usize>actGroupBytes(layout);
   for (let g = 0; g < G; g++) {
     const c = g << 5;
-    const n = min(GROUP, cols - c);
+    const n = min(QUANT_GROUP, cols - c);
     let p = x + (<usize>c << 2);
-    if (n < GROUP) {
+    if (n < QUANT_GROUP) {
       for (let k = 0; k < 32; k++) store<f32>(tmp + (<usize>k << 2), k < n ? load<f32>(p + (<usize>k << 2)) : 0);
       p = tmp;
     }

@@ -3,11 +3,7 @@
 // the group's best score) and noaux_tc (V3: choose by score + correction bias, group score is the
 // sum of the group's two best biased scores). The weights are always the unbiased scores.
 
-export const GREEDY: i32 = 0;
-export const GROUP_LIMITED_GREEDY: i32 = 1;
-export const NOAUX_TC: i32 = 2;
-export const SOFTMAX: i32 = 0;
-export const SIGMOID: i32 = 1;
+import { ROUTE_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID } from '../constants';
 
 /**
  * logits [T, E] (f32) -> experts [T, k] (i32) and weights [T, k] (f32).
@@ -24,7 +20,7 @@ export function route(
   const perGroup = experts / groups;
   for (let t = 0; t < tokens; t++) {
     const l = logits + (<usize>t * <usize>experts << 2);
-    if (scoring == SIGMOID) {
+    if (scoring == SCORE_SIGMOID) {
       for (let e = 0; e < experts; e++) {
         store<f32>(score + (<usize>e << 2), <f32>(1 / (1 + Math.exp(-<f64>load<f32>(l + (<usize>e << 2))))));
       }
@@ -46,10 +42,10 @@ export function route(
       const b: f32 = bias ? load<f32>(bias + (<usize>e << 2)) : 0;
       store<f32>(choice + (<usize>e << 2), load<f32>(score + (<usize>e << 2)) + b);
     }
-    if (method != GREEDY && groups > 1) {
+    if (method != ROUTE_GREEDY && groups > 1) {
       for (let g = 0; g < groups; g++) {
         const first = choice + (<usize>(g * perGroup) << 2);
-        store<f32>(groupScore + (<usize>g << 2), method == NOAUX_TC ? topTwoSum(first, perGroup) : maxOf(first, perGroup));
+        store<f32>(groupScore + (<usize>g << 2), method == ROUTE_NOAUX_TC ? topTwoSum(first, perGroup) : maxOf(first, perGroup));
       }
       // Drop the weakest groups: their experts can no longer be chosen.
       for (let dropped = 0; dropped < groups - keepGroups; dropped++) {

@@ -53,14 +53,41 @@ function shardsWithoutIndex(dir: string): string[] {
   return names;
 }
 
-export function openCheckpoint(dir: string): Checkpoint {
-  let stat: fs.Stats;
-  try {
-    stat = fs.statSync(dir);
-  } catch (e) {
-    fail(`checkpoint ${dir}: cannot open (${(e as Error).message})`);
+/** What a folder given as a model must hold; tokenizer-only commands need only the tokenizer files. */
+export type FolderKind = 'model' | 'tokenizer';
+
+const HOLDS: Record<FolderKind, string> = {
+  model: 'config.json, *.safetensors and tokenizer.json',
+  tokenizer: 'tokenizer.json and tokenizer_config.json',
+};
+
+/**
+ * The first thing wrong with `dir` as a folder a user named: missing, a file, not readable, or (for a model)
+ * without config.json, the file every model folder has, so that an empty or wrong folder is named as such
+ * before any file the commands read later.
+ */
+export function checkModelFolder(dir: string, kind: FolderKind = 'model'): void {
+  const stat = statOf(dir, `${kind} folder ${dir}`);
+  if (stat === undefined) fail(`${kind} folder ${dir} does not exist`);
+  if (!stat.isDirectory()) fail(`${dir} is a file, not a ${kind} folder: give the folder that holds ${HOLDS[kind]}`);
+  if (kind === 'model' && statOf(join(dir, 'config.json'), `model folder ${dir}`) === undefined) {
+    fail(`model folder ${dir} has no config.json: give the folder that holds ${HOLDS.model}`);
   }
-  if (!stat.isDirectory()) fail(`checkpoint ${dir} is not a directory (expected a folder with config.json and *.safetensors)`);
+}
+
+/** The stat of `path`, undefined when nothing is there; any other failure (EACCES) is an error naming `what`. */
+function statOf(path: string, what: string): fs.Stats | undefined {
+  try {
+    return fs.statSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    return fail(`${what}: cannot open ${path} (${(e as Error).message})`);
+  }
+}
+
+export function openCheckpoint(dir: string): Checkpoint {
+  checkModelFolder(dir);
   const config = readConfig(dir);
 
   const indexPath = join(dir, INDEX);

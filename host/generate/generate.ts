@@ -1,5 +1,5 @@
 import { fail } from '../errors.js';
-import type { Model } from '../model/model.js';
+import type { ModelBackend, Sequence } from '../model/backend.js';
 import { resolveGenerateOptions, type GenerateSettings, type SamplingOptions } from './options.js';
 import { Sampler } from './sampler.js';
 
@@ -29,15 +29,13 @@ export interface GenerateIdsOptions extends SamplingOptions {
   eosTokenIds?: readonly number[];
 }
 
-/** Models whose KV cache a generation is using right now: two at once would overwrite each other's cache. */
-const busy = new WeakSet<Model>();
-
 /** Lets timers, signals and stdin run between tokens: forward() holds the thread while it runs. */
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /**
- * The decode loop, pulled one token at a time so that whoever turns tokens into text can end it between tokens. The
- * model's cache is reset when the first token is asked for; end-of-sequence tokens end the loop instead of coming out.
+ * The decode loop, pulled one token at a time so that whoever turns tokens into text can end it between tokens. It
+ * takes a sequence of the model when the first token is asked for (and fails if every one is in use) and gives it
+ * back when it ends; end-of-sequence tokens end the loop instead of coming out.
  */
 export class TokenLoop {
   readonly tokens: number[] = [];
@@ -45,13 +43,15 @@ export class TokenLoop {
   prefillMs = 0;
   decodeMs = 0;
   private readonly sampler: Sampler;
-  private started = false;
+  private sequence: Sequence | undefined;
 
   constructor(
-    private readonly model: Model,
+    private readonly model: ModelBackend,
     private readonly promptIds: readonly number[],
     private readonly settings: Pick<GenerateSettings, 'sampling' | 'maxTokens' | 'signal'>,
     private readonly eos: ReadonlySet<number>,
+    /** Called once, when generation ends. */
+    private readonly onEnd?: (loop: TokenLoop) => void,
   ) {
     if (promptIds.length === 0) fail('the prompt is empty: there is nothing to continue');
     this.sampler = new Sampler(model.config.vocabSize, settings.sampling, promptIds);
@@ -61,24 +61,20 @@ export class TokenLoop {
   async next(): Promise<number | undefined> {
     if (this.finishReason !== undefined) return undefined;
     const { model } = this;
-    if (!this.started) {
-      if (busy.has(model)) fail('this model is already generating; wait for that generation to end (a model has one KV cache)');
-      busy.add(model);
-      this.started = true;
-    }
+    this.sequence ??= model.createSequence();
+    const sequence = this.sequence;
     await yieldToEventLoop();
+    // finish() may have run meanwhile (the model was closed).
+    if (this.finishReason !== undefined) return undefined;
     if (this.settings.signal?.aborted) return this.finish('abort');
     const last = this.tokens.length === 0 ? undefined : this.tokens[this.tokens.length - 1];
-    if (last !== undefined && (this.tokens.length >= this.settings.maxTokens || model.position >= model.contextLength)) {
+    if (last !== undefined && (this.tokens.length >= this.settings.maxTokens || sequence.position >= model.contextLength)) {
       return this.finish('length');
     }
     const start = performance.now();
     let logits: Float32Array;
     try {
-      if (last === undefined) {
-        model.reset();
-        logits = model.forward(this.promptIds);
-      } else logits = model.forward([last]);
+      logits = model.forward([{ sequence, tokens: last === undefined ? this.promptIds : [last] }])[0];
     } catch (e) {
       this.finish('abort');
       throw e;
@@ -92,11 +88,12 @@ export class TokenLoop {
     return this.eos.has(id) ? this.finish('stop') : id;
   }
 
-  /** Ends generation (a no-op once ended) and frees the model for the next one. */
+  /** Ends generation (a no-op once ended) and gives the sequence back. */
   finish(reason: FinishReason): undefined {
     if (this.finishReason === undefined) {
       this.finishReason = reason;
-      busy.delete(this.model);
+      if (this.sequence) this.model.free(this.sequence);
+      this.onEnd?.(this);
     }
     return undefined;
   }
@@ -117,7 +114,7 @@ export class TokenLoop {
  * Generates token ids after `promptIds` (which should start with BOS if the model expects one), for callers that do
  * their own tokenization. Stops at `eosTokenIds`, after `maxTokens` or when the context is full.
  */
-export async function generateIds(model: Model, promptIds: readonly number[], opts: GenerateIdsOptions = {}): Promise<TokenResult> {
+export async function generateIds(model: ModelBackend, promptIds: readonly number[], opts: GenerateIdsOptions = {}): Promise<TokenResult> {
   const settings = resolveGenerateOptions(opts);
   const loop = new TokenLoop(model, promptIds, settings, new Set(opts.eosTokenIds ?? model.config.eosTokenIds));
   while ((await loop.next()) !== undefined);

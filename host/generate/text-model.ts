@@ -1,7 +1,7 @@
-import { existsSync } from 'node:fs';
 import { readConfig, type DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
-import { Model, type LoadOptions } from '../model/model.js';
+import { loadBackend } from '../backends/load.js';
+import type { LoadOptions, ModelBackend } from '../model/backend.js';
 import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import { TokenLoop, type TokenResult } from './generate.js';
@@ -15,13 +15,17 @@ export interface GenerateResult extends TokenResult {
 }
 
 /**
- * A model with its tokenizer: text in, text out. Each call starts from an empty cache, so calls are independent; one
- * generation runs at a time per model.
+ * A model with its tokenizer: text in, text out. Each call takes a sequence of its own, so calls are independent; as
+ * many generations run at once as the model has sequences (maxSequences, default 1).
  */
 export class TextModel {
+  /** Generations under way: close() ends them first. */
+  private readonly active = new Set<TokenLoop>();
+  private closed = false;
+
   private constructor(
     /** The model itself, for token-level work (see generateIds). */
-    readonly model: Model,
+    readonly model: ModelBackend,
     readonly tokenizer: Tokenizer,
     /** config.json's eos_token_id and the tokenizer's eos_token both end generation. */
     private readonly eos: ReadonlySet<number>,
@@ -32,12 +36,11 @@ export class TextModel {
    * safetensors weights. The tokenizer is read first, so a folder without one fails before any weight is read.
    */
   static async load(dir: string, opts: LoadOptions = {}): Promise<TextModel> {
-    if (!existsSync(dir)) fail(`model folder ${dir} does not exist`);
-    return TextModel.assemble(dir, loadTokenizer(dir), readConfig(dir), () => Model.load(dir, opts));
+    return TextModel.assemble(dir, loadTokenizer(dir), readConfig(dir), () => loadBackend(dir, opts));
   }
 
   /** The model of `config` with `tokenizer`, after checking they belong together; `where` names them in messages. */
-  static async assemble(where: string, tokenizer: Tokenizer, config: DeepSeekConfig, load: () => Promise<Model>): Promise<TextModel> {
+  static async assemble(where: string, tokenizer: Tokenizer, config: DeepSeekConfig, load: () => Promise<ModelBackend>): Promise<TextModel> {
     if (tokenizer.vocabSize > config.vocabSize) {
       fail(`${where}: tokenizer.json has ids up to ${tokenizer.vocabSize - 1} but config.json vocab_size is ${config.vocabSize}; the tokenizer does not belong to this model`);
     }
@@ -77,8 +80,10 @@ export class TextModel {
     return this.complete(this.encodeChat(messages), opts);
   }
 
-  /** Stops the model's worker threads; the model cannot be used afterwards. */
+  /** Ends any generation under way (finish reason 'abort'), then frees the model; it cannot be used afterwards. */
   async close(): Promise<void> {
+    this.closed = true;
+    for (const loop of this.active) loop.finish('abort');
     await this.model.close();
   }
 
@@ -94,8 +99,10 @@ export class TextModel {
   }
 
   private stream(ids: number[], opts: GenerateOptions): { loop: TokenLoop; text: AsyncGenerator<string> } {
+    if (this.closed) fail('this model is closed; load it again');
     const settings = resolveGenerateOptions(opts);
-    const loop = new TokenLoop(this.model, ids, settings, this.eos);
+    const loop = new TokenLoop(this.model, ids, settings, this.eos, (ended) => this.active.delete(ended));
+    this.active.add(loop);
     return { loop, text: streamText(loop, this.tokenizer, settings.stop, settings.onToken) };
   }
 

@@ -1,6 +1,11 @@
 import type { DeepSeekConfig } from '../checkpoint/config.js';
+import { fail } from '../errors.js';
+import { MatrixTable } from '../runtime/grouped.js';
+import type { MlaShape } from '../runtime/ops.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { perHeadMatmul } from './per-head.js';
+import { ROLE_W_UK_T, ROLE_W_UV } from '../runtime/constants.js';
+import type { AttentionSchema } from './schema.js';
 import type { Matrix, WeightReader } from './weights.js';
 
 /**
@@ -35,77 +40,84 @@ export class Attention {
     readonly o: Matrix,
   ) {}
 
-  static load(w: WeightReader, cfg: DeepSeekConfig, prefix: string): Attention {
-    const { hiddenSize: hidden, numAttentionHeads: heads, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: v } = cfg;
-    const rank = cfg.kvLoraRank;
-    const qRows = heads * (nope + rope);
-    const qWhy = 'num_attention_heads * (qk_nope_head_dim + qk_rope_head_dim)';
-    const q =
-      cfg.qLoraRank === null
-        ? { proj: w.matrix([{ name: `${prefix}.q_proj.weight`, rows: qRows, why: `${qWhy} x hidden_size` }], hidden) }
-        : {
-            a: w.matrix([{ name: `${prefix}.q_a_proj.weight`, rows: cfg.qLoraRank, why: 'q_lora_rank x hidden_size' }], hidden),
-            aNorm: w.vector(`${prefix}.q_a_layernorm.weight`, cfg.qLoraRank, 'q_lora_rank'),
-            b: w.matrix([{ name: `${prefix}.q_b_proj.weight`, rows: qRows, why: `${qWhy} x q_lora_rank` }], cfg.qLoraRank),
-          };
-    const kvA = w.matrix(
-      [{ name: `${prefix}.kv_a_proj_with_mqa.weight`, rows: rank + rope, why: '(kv_lora_rank + qk_rope_head_dim) x hidden_size' }],
-      hidden,
-    );
-    const kvANorm = w.vector(`${prefix}.kv_a_layernorm.weight`, rank, 'kv_lora_rank');
-    // kv_b_proj [heads * (nope + v), rank]: head h's rows h * (nope + v) + [0, nope) are W_UK, the next v W_UV.
-    const kvB = { name: `${prefix}.kv_b_proj.weight`, rows: heads * (nope + v), why: 'num_attention_heads * (qk_nope_head_dim + v_head_dim) x kv_lora_rank' };
+  static load(w: WeightReader, cfg: DeepSeekConfig, s: AttentionSchema): Attention {
+    const { numAttentionHeads: heads, qkNopeHeadDim: nope, vHeadDim: v } = cfg;
+    const q = 'proj' in s.q ? { proj: w.matrix(s.q.proj) } : { a: w.matrix(s.q.a), aNorm: w.vector(s.q.aNorm), b: w.matrix(s.q.b) };
+    const kvA = w.matrix(s.kvA);
+    const kvANorm = w.vector(s.kvANorm);
+    // kv_b is cut per head into W_UK^T (its first nope rows, transposed) and W_UV (the next v rows).
     const firstRows = Array.from({ length: heads }, (_, h) => h * (nope + v));
-    const cut = w.cuts(kvB, rank, [
-      ...firstRows.map((row) => ({ row, rows: nope, transpose: true })),
-      ...firstRows.map((row) => ({ row: row + nope, rows: v, transpose: false })),
+    const cut = w.cuts(s.kvB, [
+      ...firstRows.map((row, h) => ({ row, rows: nope, transpose: true, role: ROLE_W_UK_T, index: h })),
+      ...firstRows.map((row, h) => ({ row: row + nope, rows: v, transpose: false, role: ROLE_W_UV, index: h })),
     ]);
-    const o = w.matrix([{ name: `${prefix}.o_proj.weight`, rows: hidden, why: 'hidden_size x num_attention_heads * v_head_dim' }], heads * v);
-    return new Attention(cfg, q, kvA, kvANorm, cut.slice(0, heads), cut.slice(heads), o);
+    return new Attention(cfg, q, kvA, kvANorm, cut.slice(0, heads), cut.slice(heads), w.matrix(s.o));
   }
 
-  /** out[T, hidden] = attention(x[T, hidden]) for tokens at positions pos0.., writing their latents
-   * into the cache layer first so that each token also attends to itself and the tokens before it. */
+  /** The heads' W_UK^T and W_UV listed in wasm memory, and the latent core's shape: made by prepare(). */
+  private prepared?: { wUK: MatrixTable; wUV: MatrixTable; shape: MlaShape };
+
+  /** Lists the heads' matrices in wasm memory for decode's grouped steps. Call once after load, outside
+   * any arena mark (the tables live as long as the weights). */
+  prepare(rt: Runtime): void {
+    const { numAttentionHeads: heads, qkNopeHeadDim: nope, qkRopeHeadDim: ropeDim, kvLoraRank: rank } = this.cfg;
+    this.prepared = {
+      wUK: new MatrixTable(rt, this.wUK, 'W_UK^T table'),
+      wUV: new MatrixTable(rt, this.wUV, 'W_UV table'),
+      shape: { heads, nope, ropeDim, rank },
+    };
+  }
+
+  /**
+   * out[T, hidden] = attention(x[T, hidden]) for tokens at positions pos0.., writing their latents into
+   * the cache layer first so that each token also attends to itself and the tokens before it. Reads as
+   * MLA.forward in DeepSeek's inference/model.py with attn_impl "absorb".
+   */
   forward(
     rt: Runtime, x: number, tokens: number, pos0: number, cache: number, shared: AttentionShared, out: number,
   ): void {
     const { cfg } = this;
-    const k = rt.kernels;
+    const { wUK, wUV, shape } = this.prepared ?? fail('Attention.prepare(rt) must run after the weights are loaded');
+    const op = rt.ops;
     const arena = rt.arena;
-    const { numAttentionHeads: heads, qkNopeHeadDim: nope, qkRopeHeadDim: ropeDim, vHeadDim: v, kvLoraRank: rank } = cfg;
+    const { heads, nope, ropeDim, rank } = shape;
+    const v = cfg.vHeadDim;
+    const eps = cfg.rmsNormEps;
     const qDim = nope + ropeDim;
     const latent = rank + ropeDim;
     const mark = arena.mark();
 
+    // q = wq(x), or wq_b(q_norm(wq_a(x))): [T, heads, nope + rope]
     const q = arena.allocF32(tokens * heads * qDim, 'queries');
     if ('proj' in this.q) {
-      k.matmul(this.q.proj.fmt, q, this.q.proj.ptr, x, this.q.proj.rows, this.q.proj.cols, tokens);
+      op.linear(q, this.q.proj, x, tokens);
     } else {
-      const { a, aNorm, b } = this.q;
-      const qa = arena.allocF32(tokens * a.rows, 'query latents');
-      k.matmul(a.fmt, qa, a.ptr, x, a.rows, a.cols, tokens);
-      k.rmsnorm(qa, a.rows, qa, a.rows, aNorm, a.rows, tokens, cfg.rmsNormEps);
-      k.matmul(b.fmt, q, b.ptr, qa, b.rows, b.cols, tokens);
+      const qa = arena.allocF32(tokens * this.q.a.rows, 'query latents');
+      op.linear(qa, this.q.a, x, tokens);
+      op.rmsnorm(qa, qa, this.q.aNorm, this.q.a.rows, eps, tokens);
+      op.linear(q, this.q.b, qa, tokens);
     }
-    k.rope(q + nope * 4, tokens, heads, heads * qDim, qDim, shared.cos, shared.sin, pos0, shared.half);
+    // q_nope, q_pe = split(q); q_pe = rope(q_pe)
+    op.rope(q + nope * 4, tokens, heads, heads * qDim, qDim, shared, pos0);
 
+    // kv, k_pe = split(wkv_a(x)); the cache rows of these positions get kv_norm(kv) and rope(k_pe)
     const kv = arena.allocF32(tokens * latent, 'kv latents');
-    k.matmul(this.kvA.fmt, kv, this.kvA.ptr, x, this.kvA.rows, this.kvA.cols, tokens);
+    op.linear(kv, this.kvA, x, tokens);
     const rows = cache + pos0 * latent * 4;
-    k.rmsnorm(rows, latent, kv, latent, this.kvANorm, rank, tokens, cfg.rmsNormEps);
-    k.copy_rows(rows + rank * 4, latent, kv + rank * 4, latent, ropeDim, tokens);
-    k.rope(rows + rank * 4, tokens, 1, latent, 0, shared.cos, shared.sin, pos0, shared.half);
+    op.rmsnorm(rows, kv, this.kvANorm, rank, eps, tokens, latent, latent);
+    op.copyRows(rows + rank * 4, latent, kv + rank * 4, latent, ropeDim, tokens);
+    op.rope(rows + rank * 4, tokens, 1, latent, 0, shared, pos0);
 
-    // q_lat [heads, T, rank]: q_lat[h, t] = W_UK^T[h] q_nope[t, h].
+    // q_nope = einsum(q_nope, wkv_b[:, :nope]): q_lat [heads, T, rank], q_lat[h, t] = W_UK^T[h] q_nope[t, h]
     const qLat = arena.allocF32(heads * tokens * rank, 'latent queries');
-    perHeadMatmul(rt, this.wUK, qLat, tokens * rank, rank, q, qDim, heads * qDim, tokens);
-    // o_lat [heads, T, rank]: softmax((q_lat . c + q_rope . k_rope) * scale) over the cache, applied to c.
+    perHeadMatmul(rt, wUK, qLat, tokens * rank, rank, q, qDim, heads * qDim, tokens);
+    // scores = (q_lat . kv_cache + q_pe . pe_cache) * scale; x = softmax(scores) . kv_cache: o_lat [heads, T, rank]
     const oLat = arena.allocF32(heads * tokens * rank, 'latent outputs');
-    k.mla_attention(oLat, qLat, q, cache, shared.scratch, tokens, heads, nope, ropeDim, rank, pos0, shared.softmaxScale);
-    // attn [T, heads, v]: attn[t, h] = W_UV[h] o_lat[h, t]; then o_proj.
+    op.mlaAttention(oLat, qLat, q, cache, tokens, pos0, shape, shared.softmaxScale, shared.scratch);
+    // x = einsum(x, wkv_b[:, -v:]): [T, heads, v], x[t, h] = W_UV[h] o_lat[h, t]; then wo(x)
     const attn = arena.allocF32(tokens * heads * v, 'attention outputs');
-    perHeadMatmul(rt, this.wUV, attn, v, heads * v, oLat, tokens * rank, rank, tokens);
-    k.matmul(this.o.fmt, out, this.o.ptr, attn, this.o.rows, this.o.cols, tokens);
+    perHeadMatmul(rt, wUV, attn, v, heads * v, oLat, tokens * rank, rank, tokens);
+    op.linear(out, this.o, attn, tokens);
     arena.release(mark);
   }
 }

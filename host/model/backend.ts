@@ -69,8 +69,11 @@ export interface ModelBackend {
   readonly maxSequences: number;
   /** The weight format in memory, as --quant names it, or 'stored' (as the checkpoint holds it). */
   readonly quant: string;
-  /** What it runs on, for summaries: "CPU, wasm relaxed SIMD, 2 threads" or the GPU's name. */
+  /** What it runs on, for summaries: "CPU (WebAssembly relaxed SIMD, 2 threads)" or the GPU's name. */
   readonly device: string;
+  /** Bytes of weights in memory, and those one decoded token reads (its routed experts' share, not the embedding). */
+  readonly weightBytes: number;
+  readonly activeBytes: number;
   /** A new empty sequence; throws when all maxSequences slots are in use. */
   createSequence(): Sequence;
   /**

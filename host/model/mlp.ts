@@ -1,4 +1,5 @@
 import type { Runtime } from '../runtime/runtime.js';
+import type { MlpSchema } from './schema.js';
 import type { Matrix, WeightReader } from './weights.js';
 
 /** SwiGLU feed-forward: down(silu(gate x) * up x). Gate and up are stacked into one matrix so one
@@ -10,27 +11,19 @@ export class Mlp {
     readonly inter: number,
   ) {}
 
-  static load(w: WeightReader, prefix: string, hidden: number, inter: number, why: string): Mlp {
-    const gateUp = w.matrix(
-      [
-        { name: `${prefix}.gate_proj.weight`, rows: inter, why: `${why} x hidden_size` },
-        { name: `${prefix}.up_proj.weight`, rows: inter, why: `${why} x hidden_size` },
-      ],
-      hidden,
-    );
-    const down = w.matrix([{ name: `${prefix}.down_proj.weight`, rows: hidden, why: `hidden_size x ${why}` }], inter);
-    return new Mlp(gateUp, down, inter);
+  static load(w: WeightReader, s: MlpSchema): Mlp {
+    return new Mlp(w.matrix(s.gateUp), w.matrix(s.down), s.inter);
   }
 
-  /** out[T, hidden] = mlp(x[T, hidden]). */
+  /** out[T, hidden] = mlp(x[T, hidden]) = down(silu(gate(x)) * up(x)). */
   forward(rt: Runtime, x: number, tokens: number, out: number): void {
-    const k = rt.kernels;
+    const op = rt.ops;
     const mark = rt.arena.mark();
     const gu = rt.arena.allocF32(tokens * 2 * this.inter, 'gate/up activations');
     const act = rt.arena.allocF32(tokens * this.inter, 'mlp activations');
-    k.matmul(this.gateUp.fmt, gu, this.gateUp.ptr, x, this.gateUp.rows, this.gateUp.cols, tokens);
-    k.silu_mul(act, gu, this.inter, tokens);
-    k.matmul(this.down.fmt, out, this.down.ptr, act, this.down.rows, this.down.cols, tokens);
+    op.linear(gu, this.gateUp, x, tokens);
+    op.siluMul(act, gu, this.inter, tokens);
+    op.linear(out, this.down, act, tokens);
     rt.arena.release(mark);
   }
 }

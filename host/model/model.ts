@@ -1,13 +1,16 @@
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
-import { isMoeLayer, type DeepSeekConfig } from '../checkpoint/config.js';
+import type { DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
-import type { SimdChoice } from '../runtime/features.js';
+import { MAX_MEMORY_BYTES } from '../runtime/arena.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Attention, type AttentionShared } from './attention.js';
+import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './backend.js';
 import { Mlp } from './mlp.js';
 import { Moe } from './moe.js';
 import { ropeTables, softmaxScale } from './rope.js';
-import { WeightReader, type Matrix, type QuantMode, type QuantName } from './weights.js';
+import { activeShare, modelSchema, schemaWeights, type BlockSchema } from './schema.js';
+import { SequencePool, type Slot } from './sequences.js';
+import { WeightReader, type Matrix, type Placed, type QuantMode } from './weights.js';
 
 /** One transformer block: x += attn(norm(x)); x += ffn(norm(x)), the ffn being MoE or a dense MLP. */
 class Block {
@@ -17,47 +20,30 @@ class Block {
     readonly ffnNorm: number,
     readonly ffn: Mlp | Moe,
   ) {}
+
+  static load(w: WeightReader, cfg: DeepSeekConfig, s: BlockSchema): Block {
+    return new Block(
+      w.vector(s.attnNorm),
+      Attention.load(w, cfg, s.attn),
+      w.vector(s.ffnNorm),
+      'moe' in s.ffn ? Moe.load(w, cfg, s.ffn.moe) : Mlp.load(w, s.ffn.mlp),
+    );
+  }
 }
 
-export interface LoadOptions {
-  /** Threads taking part in each kernel, this one included (default: all cores). */
-  threads?: number;
-  /** Most tokens a sequence may hold (prompt and generated); default min(max_position_embeddings, 4096). */
-  contextLength?: number;
-  /** Called as weight bytes are read, with the total to read. */
-  onProgress?: (bytesRead: number, totalBytes: number) => void;
-  /**
-   * Weight format of the matrices (docs/quantized-format.md). Default: as stored when the checkpoint
-   * is at most 1 GiB, q8 above that for bf16/f32 checkpoints; FP8 checkpoints stay fp8 and
-   * `deepwasm convert` output loads in its own format.
-   */
-  quant?: QuantName;
-  /** 'plain' forces the SIMD128 build, 'relaxed' the relaxed-SIMD one; default DEEPWASM_SIMD or auto-detect. */
-  simd?: SimdChoice;
-  /** The compiled core to run (either build), instead of reading build/*.wasm from disk; `simd` is then unused. */
-  wasm?: WebAssembly.Module;
-  /**
-   * Most tokens one pass through the layers takes (default 256): a longer prompt runs in passes of
-   * this many, so its temporaries stay bounded (MLA's per-head buffers alone take heads x tokens x
-   * kv_lora_rank floats twice: 128 MiB for 4096 tokens of a 16-head model). 256 keeps every reuse of the
-   * weights inside a pass (4-token tiles, 64-token quantization chunks).
-   */
-  passTokens?: number;
-}
-
-export interface ForwardOptions {
-  /** Logits for every position (the prompt's, as the reference fixtures hold) instead of the last. */
-  allLogits?: boolean;
-}
+const NO_LOGITS = new Float32Array(0);
+const MiB = 1024 * 1024;
 
 /**
- * A DeepSeek-V2/V3 model in wasm memory with its latent KV cache. forward() appends tokens to the
- * sequence (prefill when given many, decode when given one) and returns next-token logits; the
- * returned array is a view of wasm memory, valid until the next call.
+ * A DeepSeek-V2/V3 model in wasm memory: the CPU backend. Its KV-cache pool holds maxSequences
+ * sequences of contextLength tokens, each a [layers, contextLength, kv_lora_rank + qk_rope_head_dim]
+ * block of latents, allocated once at load.
  */
-export class Model {
-  /** Tokens already in the cache: the position of the next token. */
-  position = 0;
+export class Model implements ModelBackend {
+  readonly backend = 'cpu';
+  readonly maxSequences: number;
+  private readonly sequences: SequencePool;
+  private closed = false;
 
   private constructor(
     readonly config: DeepSeekConfig,
@@ -67,14 +53,22 @@ export class Model {
     private readonly blocks: Block[],
     private readonly norm: number,
     private readonly head: Matrix,
-    private readonly cache: number[],
+    /** Each slot's cache: layer i's latents start i * contextLength * latent floats in. */
+    private readonly caches: number[],
     private readonly attention: AttentionShared,
     /** The last position's logits: one buffer, returned as one view, for every decode step. */
     private readonly logits: Float32Array,
     /** The weight format the matrices were loaded in ('stored': f32/bf16 as in the checkpoint). */
     readonly quant: QuantMode,
     private readonly passTokens: number,
-  ) {}
+    readonly weightBytes: number,
+    readonly activeBytes: number,
+    /** Every weight as loaded (role, layer, index, format, shape, address): what the WASI image lists. */
+    readonly placed: readonly Placed[],
+  ) {
+    this.maxSequences = caches.length;
+    this.sequences = new SequencePool(config, contextLength, caches.length);
+  }
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<Model> {
     return Model.fromCheckpoint(openCheckpoint(dir), opts);
@@ -82,95 +76,148 @@ export class Model {
 
   /** Loads the weights of an opened checkpoint (a folder's, or one held in memory); closes it when done. */
   static async fromCheckpoint(ckpt: Checkpoint, opts: LoadOptions = {}): Promise<Model> {
-    const cfg = ckpt.config;
-    const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
-    const passTokens = opts.passTokens ?? 256;
-    if (!Number.isInteger(passTokens) || passTokens < 1) fail(`passTokens must be a whole number of at least 1, got ${passTokens}`);
-    if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
-      fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
-    }
-    const rt = await Runtime.create(opts.threads, { simd: opts.simd, module: opts.wasm });
     try {
-      let read = 0;
-      const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), ckpt.totalBytes), opts.quant);
-      const hidden = cfg.hiddenSize;
-      const embed = w.matrix([{ name: 'model.embed_tokens.weight', rows: cfg.vocabSize, why: 'vocab_size x hidden_size' }], hidden);
-      const blocks: Block[] = [];
-      for (let i = 0; i < cfg.numHiddenLayers; i++) {
-        const p = `model.layers.${i}`;
-        blocks.push(
-          new Block(
-            w.vector(`${p}.input_layernorm.weight`, hidden, 'hidden_size'),
-            Attention.load(w, cfg, `${p}.self_attn`),
-            w.vector(`${p}.post_attention_layernorm.weight`, hidden, 'hidden_size'),
-            isMoeLayer(cfg, i) ? Moe.load(w, cfg, `${p}.mlp`) : Mlp.load(w, `${p}.mlp`, hidden, cfg.intermediateSize, 'intermediate_size'),
-          ),
-        );
+      const cfg = ckpt.config;
+      const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
+      const maxSequences = opts.maxSequences ?? 1;
+      const passTokens = opts.passTokens ?? 256;
+      if (!Number.isInteger(passTokens) || passTokens < 1) fail(`passTokens must be a whole number of at least 1, got ${passTokens}`);
+      if (!Number.isInteger(maxSequences) || maxSequences < 1) fail(`maxSequences must be a whole number of at least 1, got ${maxSequences}`);
+      if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
+        fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
       }
-      const norm = w.vector('model.norm.weight', hidden, 'hidden_size');
-      const head =
-        cfg.tieWordEmbeddings && !w.has('lm_head.weight')
-          ? embed
-          : w.matrix([{ name: 'lm_head.weight', rows: cfg.vocabSize, why: 'vocab_size x hidden_size' }], hidden);
-
-      const latent = cfg.kvLoraRank + cfg.qkRopeHeadDim;
-      const cache = blocks.map((_, i) => rt.arena.allocF32(contextLength * latent, `KV cache of layer ${i}`));
-      const tables = ropeTables(cfg, contextLength);
-      const attention: AttentionShared = {
-        cos: rt.arena.allocF32(tables.cos.length, 'rope cos'),
-        sin: rt.arena.allocF32(tables.sin.length, 'rope sin'),
-        half: tables.half,
-        softmaxScale: softmaxScale(cfg),
-        scratch: rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(contextLength), 'attention scratch'),
-      };
-      rt.f32(attention.cos, tables.cos.length).set(tables.cos);
-      rt.f32(attention.sin, tables.sin.length).set(tables.sin);
-      const logits = rt.f32(rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
-      return new Model(cfg, rt, contextLength, embed, blocks, norm, head, cache, attention, logits, w.mode, passTokens);
-    } catch (e) {
-      await rt.close();
-      throw e;
+      const rt = await Runtime.create(opts.threads, { simd: opts.simd, module: opts.wasm });
+      try {
+        return Model.read(ckpt, rt, opts, contextLength, maxSequences, passTokens);
+      } catch (e) {
+        await rt.close();
+        throw e;
+      }
     } finally {
       ckpt.close();
     }
+  }
+
+  private static read(ckpt: Checkpoint, rt: Runtime, opts: LoadOptions, contextLength: number, maxSequences: number, passTokens: number): Model {
+    const cfg = ckpt.config;
+    let read = 0;
+    let total = 0;
+    const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), total), opts.quant);
+    const schema = modelSchema(cfg, { hasLmHead: ckpt.has('lm_head.weight') });
+    const latent = cfg.kvLoraRank + cfg.qkRopeHeadDim;
+    const cacheFloats = cfg.numHiddenLayers * contextLength * latent;
+    const weights = schemaWeights(schema);
+    total = weights.reduce((n, x) => n + w.readBytes(x), 0);
+    const bytes = { weights: 0, active: 0 };
+    for (const x of weights) {
+      const b = w.plannedBytes(x.tied ? schema.embed : x);
+      if (!x.tied) bytes.weights += b;
+      bytes.active += b * activeShare(cfg, x);
+    }
+    checkFits(cfg, w, bytes.weights, maxSequences * cacheFloats * 4, contextLength, maxSequences, passTokens, rt.threads);
+
+    const embed = w.matrix(schema.embed);
+    const blocks = schema.blocks.map((b) => Block.load(w, cfg, b));
+    // The tables of matrices the grouped steps read (written once, outside every step's arena mark).
+    for (const b of blocks) {
+      b.attn.prepare(rt);
+      if (b.ffn instanceof Moe) b.ffn.prepare(rt);
+    }
+    const norm = w.vector(schema.norm);
+    const head = schema.head.tied ? embed : w.matrix(schema.head);
+    if (schema.head.tied) w.alias(schema.head, embed);
+
+    const caches = Array.from({ length: maxSequences }, (_, s) => rt.arena.allocF32(cacheFloats, `KV cache of sequence ${s}`));
+    const tables = ropeTables(cfg, contextLength);
+    const attention: AttentionShared = {
+      cos: rt.arena.allocF32(tables.cos.length, 'rope cos'),
+      sin: rt.arena.allocF32(tables.sin.length, 'rope sin'),
+      half: tables.half,
+      softmaxScale: softmaxScale(cfg),
+      scratch: rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(contextLength), 'attention scratch'),
+    };
+    rt.f32(attention.cos, tables.cos.length).set(tables.cos);
+    rt.f32(attention.sin, tables.sin.length).set(tables.sin);
+    const logits = rt.f32(rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
+    return new Model(cfg, rt, contextLength, embed, blocks, norm, head, caches, attention, logits, w.mode, passTokens, bytes.weights, bytes.active, w.placed);
   }
 
   get threads(): number {
     return this.rt.threads;
   }
 
-  /** Forgets the sequence; the cache is overwritten from position 0. */
-  reset(): void {
-    this.position = 0;
+  get device(): string {
+    const simd = this.rt.simd === 'relaxed' ? 'relaxed SIMD' : 'SIMD128';
+    return `CPU (WebAssembly ${simd}, ${this.threads} thread${this.threads === 1 ? '' : 's'})`;
   }
 
-  /** Runs ids through the model after the tokens already cached; returns [1 or T, vocab] logits. */
-  forward(ids: ArrayLike<number>, opts?: ForwardOptions): Float32Array {
-    this.check(ids);
+  createSequence(): Sequence {
+    return this.sequences.create();
+  }
+
+  truncate(sequence: Sequence, position: number): void {
+    this.sequences.truncate(sequence, position);
+  }
+
+  free(sequence: Sequence): void {
+    this.sequences.free(sequence);
+  }
+
+  /** A new sequence with a copy of this one's cached latents (rows [0, position) of every layer). */
+  fork(sequence: Sequence): Sequence {
+    const { from, to } = this.sequences.fork(sequence);
+    const rowBytes = (this.config.kvLoraRank + this.config.qkRopeHeadDim) * 4;
+    const layerBytes = this.contextLength * rowBytes;
+    const heap = new Uint8Array(this.rt.memory.buffer);
+    for (let i = 0; i < this.blocks.length; i++) {
+      const src = this.caches[from.slot] + i * layerBytes;
+      heap.copyWithin(this.caches[to.slot] + i * layerBytes, src, src + from.position * rowBytes);
+    }
+    return to;
+  }
+
+  /**
+   * Runs each entry's tokens after its sequence's cached ones, one sequence after another. With one entry
+   * its 'last' row is a view of wasm memory, valid until the next call (so decoding allocates nothing);
+   * with several, and for 'all', the rows are copies.
+   */
+  forward(batch: readonly BatchEntry[]): Float32Array[] {
+    if (this.closed) fail('this model is closed; load it again');
+    const seqs = this.sequences.check(batch);
+    return batch.map((entry, b) => {
+      const rows = this.run(seqs[b], entry.tokens, entry.logits ?? 'last');
+      return batch.length > 1 && rows === this.logits ? rows.slice() : rows;
+    });
+  }
+
+  /** A sequence's tokens through the model, in passes of at most passTokens tokens. */
+  private run(seq: Slot, ids: ArrayLike<number>, want: LogitsRows): Float32Array {
     const tokens = ids.length;
-    if (tokens <= this.passTokens) return this.pass(ids, opts?.allLogits ? 'all' : 'last');
+    if (tokens <= this.passTokens) return this.pass(seq, ids, want);
     const vocab = this.config.vocabSize;
-    const all = opts?.allLogits ? new Float32Array(tokens * vocab) : null;
-    let logits = this.logits;
+    const all = want === 'all' ? new Float32Array(tokens * vocab) : null;
+    let logits: Float32Array = NO_LOGITS;
     for (let start = 0; start < tokens; start += this.passTokens) {
       const end = Math.min(tokens, start + this.passTokens);
       const part = Array.from({ length: end - start }, (_, i) => ids[start + i]);
       // Only the last pass needs the head (236 MB of weights on v3-2k6), unless every position's logits are wanted.
-      logits = this.pass(part, all ? 'all' : end === tokens ? 'last' : 'none');
+      logits = this.pass(seq, part, all ? 'all' : end === tokens ? want : 'none');
       all?.set(logits, start * vocab);
     }
     return all ?? logits;
   }
 
   /** One pass of checked ids through every layer; 'none' leaves out the final norm and the head. */
-  private pass(ids: ArrayLike<number>, want: 'none' | 'last' | 'all'): Float32Array {
+  private pass(seq: Slot, ids: ArrayLike<number>, want: LogitsRows): Float32Array {
     const cfg = this.config;
     const { rt } = this;
     const k = rt.kernels;
     const tokens = ids.length;
-    const pos0 = this.position;
+    const pos0 = seq.position;
     const hidden = cfg.hiddenSize;
     const vocab = cfg.vocabSize;
+    const layerBytes = this.contextLength * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 4;
+    const cache = this.caches[seq.slot];
     const mark = rt.arena.mark();
 
     const idPtr = rt.arena.alloc(tokens * 4, 'token ids');
@@ -182,20 +229,21 @@ export class Model {
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i];
       k.rmsnorm(h, hidden, x, hidden, b.attnNorm, hidden, tokens, cfg.rmsNormEps);
-      b.attn.forward(rt, h, tokens, pos0, this.cache[i], this.attention, y);
+      b.attn.forward(rt, h, tokens, pos0, cache + i * layerBytes, this.attention, y);
       k.add(x, y, tokens * hidden);
       k.rmsnorm(h, hidden, x, hidden, b.ffnNorm, hidden, tokens, cfg.rmsNormEps);
       b.ffn.forward(rt, h, tokens, y);
       k.add(x, y, tokens * hidden);
     }
 
-    let result = this.logits;
+    let result: Float32Array = NO_LOGITS;
     if (want !== 'none') {
       const rows = want === 'all' ? tokens : 1;
       const last = x + (tokens - rows) * hidden * 4;
       k.rmsnorm(h, hidden, last, hidden, this.norm, hidden, rows, cfg.rmsNormEps);
       if (rows === 1) {
         k.matmul(this.head.fmt, this.logits.byteOffset, this.head.ptr, h, vocab, hidden, 1);
+        result = this.logits;
       } else {
         const all = rt.arena.allocF32(rows * vocab, 'logits');
         k.matmul(this.head.fmt, all, this.head.ptr, h, vocab, hidden, rows);
@@ -203,29 +251,37 @@ export class Model {
       }
     }
     rt.arena.release(mark);
-    this.position += tokens;
+    seq.position += tokens;
     return result;
   }
 
-  private check(ids: ArrayLike<number>): void {
-    const vocab = this.config.vocabSize;
-    if (ids.length === 0) fail('no tokens to run: the prompt is empty');
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i];
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) {
-        fail(`token id ${id} at index ${i} is outside the vocabulary (expected 0 to ${vocab - 1}, vocab_size in config.json)`);
-      }
-    }
-    const end = this.position + ids.length;
-    if (end > this.config.maxPositionEmbeddings) {
-      fail(`${end} tokens exceed max_position_embeddings (${this.config.maxPositionEmbeddings}) in config.json`);
-    }
-    if (end > this.contextLength) {
-      fail(`${end} tokens exceed the context length (${this.contextLength}); load the model with a larger context (--context)`);
-    }
-  }
-
   async close(): Promise<void> {
+    this.closed = true;
     await this.rt.close();
   }
+}
+
+/**
+ * Refuses a load whose weights, KV-cache pool and scratch cannot fit in one wasm32 memory, before any
+ * weight is read. The scratch is a bound on one pass's temporaries (passTokens tokens), not an exact sum.
+ */
+function checkFits(
+  cfg: DeepSeekConfig, w: WeightReader, weightBytes: number, cacheBytes: number, contextLength: number, maxSequences: number,
+  passTokens: number, threads: number,
+): void {
+  const { hiddenSize: hidden, numAttentionHeads: heads, qkNopeHeadDim: nope, qkRopeHeadDim: rope, kvLoraRank: rank } = cfg;
+  const widest = Math.max(cfg.intermediateSize, 2 * cfg.moeIntermediateSize * Math.max(1, cfg.nSharedExperts), cfg.qLoraRank ?? 0);
+  const perToken = 4 * (4 * hidden + heads * (nope + rope) + 2 * heads * rank + 2 * widest + cfg.nRoutedExperts);
+  const scratch = passTokens * perToken + threads * contextLength * 4 * 4 + 2 * contextLength * rope * 4 + cfg.vocabSize * 4 + 8 * MiB;
+  const need = weightBytes + cacheBytes + scratch;
+  if (need <= MAX_MEMORY_BYTES) return;
+  const mib = (n: number): string => `${Math.ceil(n / MiB)} MiB`;
+  const fixes = [w.mode !== 'q4' ? 'a smaller weight format (--quant q4)' : null, cacheBytes > MAX_MEMORY_BYTES / 8 ? 'a smaller --context' : null]
+    .filter((f) => f !== null)
+    .join(' or ');
+  fail(
+    `${w.dir}: this load needs about ${mib(need)} of WebAssembly memory (weights ${mib(weightBytes)} as ${w.mode}, ` +
+      `KV cache ${mib(cacheBytes)} for ${maxSequences} x ${contextLength} tokens, scratch ${mib(scratch)}), but one wasm32 memory ` +
+      `holds at most ${mib(MAX_MEMORY_BYTES)}; ${fixes ? `try ${fixes}, or ` : ''}run it on a GPU (--backend cuda)`,
+  );
 }

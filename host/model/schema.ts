@@ -250,19 +250,22 @@ export function weightSize(w: Weight): number {
 }
 
 /**
- * Parameters of the model (a tied head counted once; MTP left out) and those one decoded token reads: all
- * but the routed experts it was not sent to (the head too, tied or not), and of the embedding only a row
- * (counted as none).
+ * The share of a weight one decoded token reads: all of it, but for a routed expert the chance it was
+ * chosen (k of E), and of the embedding only a row (counted as none). A tied head is read as the head.
  */
+export function activeShare(cfg: DeepSeekConfig, w: Weight): number {
+  if (w.role === ROLE_EMBED) return 0;
+  return w.role === ROLE_EXP_GATE_UP || w.role === ROLE_EXP_DOWN ? cfg.numExpertsPerTok / cfg.nRoutedExperts : 1;
+}
+
+/** Parameters of the model (a tied head counted once; MTP left out), those one decoded token reads, and the embedding's. */
 export function parameterCounts(s: ModelSchema): { total: number; active: number; embed: number } {
-  const cfg = s.config;
   let total = 0;
   let active = 0;
   for (const w of schemaWeights(s)) {
     const n = weightSize(w);
     if (!w.tied) total += n;
-    if (w.role === ROLE_EMBED) continue;
-    active += w.role === ROLE_EXP_GATE_UP || w.role === ROLE_EXP_DOWN ? (n * cfg.numExpertsPerTok) / cfg.nRoutedExperts : n;
+    active += n * activeShare(s.config, w);
   }
   return { total, active, embed: weightSize(s.embed) };
 }

@@ -5,7 +5,7 @@ import type { DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
 import type { BatchEntry, Sequence } from './backend.js';
 
-class Slot implements Sequence {
+export class Slot implements Sequence {
   position = 0;
   freed = false;
   constructor(readonly slot: number, readonly pool: SequencePool) {}
@@ -39,6 +39,14 @@ export class SequencePool {
     if (!(s instanceof Slot) || s.pool !== this) fail('this sequence belongs to another model');
     if (s.freed) fail(`sequence ${s.slot} was freed; create a new one`);
     return s;
+  }
+
+  /** A new slot holding as many tokens as `sequence`: the backend copies the cache rows from `from` to `to`. */
+  fork(sequence: Sequence): { from: Slot; to: Slot } {
+    const from = this.own(sequence);
+    const to = this.create() as Slot;
+    to.position = from.position;
+    return { from, to };
   }
 
   free(sequence: Sequence): void {

@@ -4,7 +4,9 @@ import { bf16ToF32, dequantFp8Blocks, f16ToF32, type DType } from '../checkpoint
 import { readTensorInto, type TensorEntry } from '../checkpoint/safetensors.js';
 import { fail } from '../errors.js';
 import type { Runtime } from '../runtime/runtime.js';
+import { ROLE_KV_B } from '../runtime/constants.js';
 import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, type WeightFormat } from '../runtime/kernels.js';
+import type { TensorSpec, Weight } from './schema.js';
 
 /** A weight matrix [rows, cols] in wasm memory, in the format the kernels read. */
 export interface Matrix {
@@ -16,12 +18,16 @@ export interface Matrix {
   stored: DType;
 }
 
-/** One part of a matrix stacked from several checkpoint tensors (gate and up become one). */
-export interface Part {
+/** Where a loaded weight lies: its role, layer and index (expert, or head for kv_b's cuts), format, shape and address. */
+export interface Placed {
+  role: number;
+  layer: number;
+  index: number;
   name: string;
+  fmt: WeightFormat;
   rows: number;
-  /** Explains the expected shape in errors, e.g. "moe_intermediate_size x hidden_size". */
-  why: string;
+  cols: number;
+  ptr: number;
 }
 
 /** One matrix cut from a checkpoint tensor: `rows` rows from `row`, transposed ([cols, rows]) when asked. */
@@ -29,6 +35,9 @@ export interface Cut {
   row: number;
   rows: number;
   transpose: boolean;
+  /** ROLE_* of the cut, and its index (the head). */
+  role: number;
+  index: number;
 }
 
 /** The weight formats --quant names (docs/quantized-format.md). */
@@ -75,22 +84,14 @@ export function resolveQuant(ckpt: Checkpoint, requested?: QuantName): QuantMode
 }
 
 /**
- * Matrices that stay f32 or bf16 whatever the mode: the embeddings (read a row at a time by the embed
- * kernel), MLA's kv_b as one tensor (what `deepwasm convert` writes; attention loads it through
- * WeightReader.cuts, as per-head matrices in the mode's format) and the MoE router (its logits stay
- * float32). Recognised by their checkpoint names.
- */
-export function keepsFloat(name: string): boolean {
-  return name === 'model.embed_tokens.weight' || name.endsWith('.kv_b_proj.weight') || name.endsWith('.mlp.gate.weight');
-}
-
-/**
  * Reads checkpoint tensors into the arena in the format the mode asks for: f32 and bf16 as they are
  * (or converted), q8 and q4 quantized here in wasm (or packed as they are from a converted checkpoint),
  * fp8 kept as e4m3 with its block scales. Vectors (norms, biases) are always f32.
  */
 export class WeightReader {
   readonly mode: QuantMode;
+  /** Every weight loaded so far, in load order: the directory of the WASI image, later the placement. */
+  readonly placed: Placed[] = [];
 
   constructor(
     private readonly ckpt: Checkpoint,
@@ -101,43 +102,86 @@ export class WeightReader {
     this.mode = resolveQuant(ckpt, quant);
   }
 
-  has(name: string): boolean {
-    return this.ckpt.has(name);
+  /** The checkpoint's folder, for messages. */
+  get dir(): string {
+    return this.ckpt.dir;
   }
 
-  /** The format a matrix made of these tensors loads in. */
-  formatOf(entries: TensorEntry[]): WeightFormat {
+  /** The format a matrix of the schema, made of these tensors, loads in. */
+  formatOf(w: Weight, entries: TensorEntry[]): WeightFormat {
     const floatFmt: WeightFormat = entries.every((e) => e.dtype === 'BF16') ? FMT_BF16 : FMT_F32;
     const mode = this.mode;
     if (mode === 'f32') return FMT_F32;
     if (mode === 'bf16') return FMT_BF16;
-    if (mode === 'stored' || keepsFloat(entries[0].name)) return floatFmt;
+    if (mode === 'stored' || w.kind === 'float') return floatFmt;
     if (mode === 'fp8') return entries.every((e) => e.dtype === 'F8_E4M3') && this.fp8Block()[1] === 128 ? FMT_FP8 : floatFmt;
     return mode === 'q8' ? FMT_Q8 : FMT_Q4;
   }
 
-  matrix(parts: Part[], cols: number): Matrix {
-    const entries = parts.map((p) => {
-      const e = this.ckpt.get(p.name);
-      if (!this.isConverted(e)) expectShape(e, [p.rows, cols], p.why);
+  /** The checkpoint tensors of a weight, their shapes checked (a converted tensor's against its own layout, later). */
+  private entries(w: Weight): TensorEntry[] {
+    return w.parts.map((t) => {
+      const e = this.ckpt.get(t.name);
+      if (!this.isConverted(e)) expectShape(e, t.shape, t.why);
       return e;
     });
-    const fmt = this.formatOf(entries);
-    const rows = parts.reduce((n, p) => n + p.rows, 0);
+  }
+
+  /** Bytes the weight takes in memory once loaded, from the checkpoint's header alone (kv_b: its cuts). */
+  plannedBytes(w: Weight): number {
+    if (w.kind === 'vector') return w.optional && !this.ckpt.has(w.parts[0].name) ? 0 : w.shape[0] * 4;
+    const [rows, cols] = w.shape;
     const k = this.rt.kernels;
-    const ptr = this.rt.arena.alloc(k.weight_bytes(fmt, rows, cols) >>> 0, parts[0].name);
+    if (w.tied) return 0;
+    if (w.role === ROLE_KV_B) {
+      const fmt = this.cutFormat(this.ckpt.get(w.parts[0].name));
+      const { numAttentionHeads: heads, qkNopeHeadDim: nope, vHeadDim: v, kvLoraRank: rank } = this.ckpt.config;
+      return heads * ((k.weight_bytes(fmt, rank, nope) >>> 0) + (k.weight_bytes(fmt, v, rank) >>> 0));
+    }
+    return k.weight_bytes(this.formatOf(w, this.entries(w)), rows, cols) >>> 0;
+  }
+
+  /** Bytes of the checkpoint that loading the weight reads. */
+  readBytes(w: Weight): number {
+    if (w.tied || (w.optional && !this.ckpt.has(w.parts[0].name))) return 0;
+    let n = 0;
+    for (const t of w.parts) {
+      const e = this.ckpt.get(t.name);
+      n += e.nbytes;
+      if (e.dtype === 'F8_E4M3') n += this.fp8Scales(e, e.shape[0], e.shape[1]).nbytes;
+      if (this.isConverted(e) && this.ckpt.has(e.name + SCALE_SUFFIX)) n += this.ckpt.get(e.name + SCALE_SUFFIX).nbytes;
+    }
+    return n;
+  }
+
+  matrix(w: Weight): Matrix {
+    const entries = this.entries(w);
+    const fmt = this.formatOf(w, entries);
+    const [rows, cols] = w.shape;
+    const k = this.rt.kernels;
+    const ptr = this.rt.arena.alloc(k.weight_bytes(fmt, rows, cols) >>> 0, w.parts[0].name);
     if (fmt === FMT_Q8 || fmt === FMT_Q4 || fmt === FMT_FP8) this.rt.ensureQuantScratch(cols);
     let row = 0;
     for (const [i, e] of entries.entries()) {
-      const n = parts[i].rows;
+      const n = w.parts[i].shape[0];
       if (fmt === FMT_F32) this.readAsF32(e, ptr + row * cols * 4, n, cols);
       else if (fmt === FMT_BF16) this.readAsBf16(e, ptr + row * cols * 2, n, cols);
       else if (fmt === FMT_FP8) this.readFp8(e, ptr, rows, row, n, cols);
-      else if (this.isConverted(e)) this.readConverted(fmt, e, parts[i], ptr, rows, row, cols);
+      else if (this.isConverted(e)) this.readConverted(fmt, e, w.parts[i], ptr, rows, row, cols);
       else this.quantize(fmt, e, ptr, rows, row, n, cols);
       row += n;
     }
+    this.place(w.role, w.layer, w.expert, w.parts[0].name, fmt, rows, cols, ptr);
     return { fmt, ptr, rows, cols, stored: entries[0].dtype };
+  }
+
+  /** Records the head of a tied model, which is the embedding. */
+  alias(w: Weight, m: Matrix): void {
+    this.place(w.role, w.layer, w.expert, w.parts[0].name, m.fmt, m.rows, m.cols, m.ptr);
+  }
+
+  private place(role: number, layer: number, index: number, name: string, fmt: WeightFormat, rows: number, cols: number, ptr: number): void {
+    this.placed.push({ role, layer, index, name, fmt, rows, cols, ptr });
   }
 
   /**
@@ -148,23 +192,25 @@ export class WeightReader {
    * greedy top-1 agreements with f32, for 0.5% of v3-2k6's weights) and fp8 mode keeps them float
    * (bf16 stays bf16, others f32): a transposed cut no longer has DeepSeek's 128x128 blocks.
    */
-  cuts(part: Part, cols: number, cuts: Cut[]): Matrix[] {
+  cuts(w: Weight, cuts: Cut[]): Matrix[] {
+    const part = w.parts[0];
+    const [partRows, cols] = part.shape;
     const e = this.ckpt.get(part.name);
-    expectShape(e, [part.rows, cols], part.why);
-    const floatFmt: WeightFormat = e.dtype === 'BF16' ? FMT_BF16 : FMT_F32;
-    const mode = this.mode;
-    const fmt = mode === 'f32' ? FMT_F32 : mode === 'bf16' ? FMT_BF16 : mode === 'q8' || mode === 'q4' ? FMT_Q8 : floatFmt;
+    expectShape(e, part.shape, part.why);
+    const fmt = this.cutFormat(e);
     const k = this.rt.kernels;
     const arena = this.rt.arena;
     const out = cuts.map((c): Matrix => {
       const [rows, mCols] = c.transpose ? [cols, c.rows] : [c.rows, cols];
       if (fmt === FMT_Q8) this.rt.ensureQuantScratch(mCols);
-      const ptr = arena.alloc(k.weight_bytes(fmt, rows, mCols) >>> 0, `${part.name} [${c.row}, +${c.rows})${c.transpose ? '^T' : ''}`);
+      const name = `${part.name} [${c.row}, +${c.rows})${c.transpose ? '^T' : ''}`;
+      const ptr = arena.alloc(k.weight_bytes(fmt, rows, mCols) >>> 0, name);
+      this.place(c.role, w.layer, c.index, name, fmt, rows, mCols, ptr);
       return { fmt, ptr, rows, cols: mCols, stored: e.dtype };
     });
     const mark = arena.mark();
-    const all = arena.allocF32(part.rows * cols, `${e.name} (staging)`);
-    this.readAsF32(e, all, part.rows, cols);
+    const all = arena.allocF32(partRows * cols, `${e.name} (staging)`);
+    this.readAsF32(e, all, partRows, cols);
     // A transposed cut is staged once more; a plain one is read where it lies.
     const most = Math.max(0, ...cuts.filter((c) => c.transpose).map((c) => c.rows));
     const turned = arena.allocF32(most * cols, `${e.name} (one transposed cut)`);
@@ -186,11 +232,23 @@ export class WeightReader {
     return out;
   }
 
-  vector(name: string, size: number, why: string): number {
-    const e = this.ckpt.get(name);
-    expectShape(e, [size], why);
-    const ptr = this.rt.arena.allocF32(size, name);
-    this.readAsF32(e, ptr, 1, size);
+  private cutFormat(e: TensorEntry): WeightFormat {
+    const mode = this.mode;
+    if (mode === 'f32') return FMT_F32;
+    if (mode === 'bf16') return FMT_BF16;
+    if (mode === 'q8' || mode === 'q4') return FMT_Q8;
+    return e.dtype === 'BF16' ? FMT_BF16 : FMT_F32;
+  }
+
+  /** A vector (norm, bias) in f32; 0 for an optional one the checkpoint does not have. */
+  vector(w: Weight): number {
+    const t = w.parts[0];
+    if (w.optional && !this.ckpt.has(t.name)) return 0;
+    const e = this.ckpt.get(t.name);
+    expectShape(e, t.shape, t.why);
+    const ptr = this.rt.arena.allocF32(t.shape[0], t.name);
+    this.readAsF32(e, ptr, 1, t.shape[0]);
+    this.place(w.role, w.layer, w.expert, t.name, FMT_F32, t.shape[0], 1, ptr);
     return ptr;
   }
 
@@ -224,15 +282,16 @@ export class WeightReader {
   }
 
   /** Weights and scales as `deepwasm convert` stores them (docs/quantized-format.md), packed into panels. */
-  private readConverted(fmt: WeightFormat, e: TensorEntry, part: Part, blob: number, totalRows: number, rowStart: number, cols: number): void {
+  private readConverted(fmt: WeightFormat, e: TensorEntry, part: TensorSpec, blob: number, totalRows: number, rowStart: number, cols: number): void {
     const groups = Math.ceil(cols / 32);
     const want = fmt === FMT_Q8 ? 'I8' : 'U8';
     if (e.dtype !== want) fail(`${e.path}: tensor "${e.name}" has dtype ${e.dtype}, but this checkpoint's ${fmt === FMT_Q8 ? 'q8' : 'q4'} weights are ${want}`);
-    expectShape(e, [part.rows, fmt === FMT_Q8 ? groups * 32 : groups * 16], `${part.why}, ${fmt === FMT_Q8 ? 'q8: one byte per weight' : 'q4: two weights per byte'}, padded to whole groups of 32`);
+    const partRows = part.shape[0];
+    expectShape(e, [partRows, fmt === FMT_Q8 ? groups * 32 : groups * 16], `${part.why}, ${fmt === FMT_Q8 ? 'q8: one byte per weight' : 'q4: two weights per byte'}, padded to whole groups of 32`);
     const scaleName = e.name + SCALE_SUFFIX;
     if (!this.ckpt.has(scaleName)) fail(`${e.path}: quantized tensor "${e.name}" has no "${scaleName}" (its per-group scales)`);
     const s = this.ckpt.get(scaleName);
-    expectShape(s, [part.rows, groups], `${part.why}: one F32 scale per group of 32 columns`);
+    expectShape(s, [partRows, groups], `${part.why}: one F32 scale per group of 32 columns`);
     if (s.dtype !== 'F32') fail(`${s.path}: "${scaleName}" has dtype ${s.dtype}; expected F32`);
     const arena = this.rt.arena;
     const mark = arena.mark();
@@ -240,7 +299,7 @@ export class WeightReader {
     const sc = arena.alloc(s.nbytes, `${scaleName} (staging)`);
     this.read(e, this.rt.bytes(q, e.nbytes));
     this.read(s, this.rt.bytes(sc, s.nbytes));
-    this.rt.kernels.q_pack(fmt, blob, totalRows, q, sc, part.rows, cols, rowStart);
+    this.rt.kernels.q_pack(fmt, blob, totalRows, q, sc, partRows, cols, rowStart);
     arena.release(mark);
   }
 

@@ -76,3 +76,9 @@ export const ROLE_ROPE_SIN = 36;
 export const GROUPED_DESC_BYTES = 32;
 /** Bytes after the job board where set_scratch keeps the quantized kernels' scratch descriptor. */
 export const BOARD_EXTRA_BYTES = 64;
+
+// wasm core
+/** Most threads one runtime runs (Runtime.create), and the per-thread slots the quantized scratch reserves. */
+export const MAX_THREADS = 256;
+/** Bytes per matrix of a matrix table (grouped_entries): i32 [ptr, rows, cols, fmt]. */
+export const MATRIX_DESC_BYTES = 16;

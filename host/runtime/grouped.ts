@@ -1,18 +1,42 @@
-// The host's half of matmul_grouped (assembly/kernels/grouped.ts): writing its descriptor table, and
-// how many entries one step may take.
-import { GROUPED_DESC_BYTES } from './kernels.js';
-import { QUANT_CHUNK_TOKENS } from './runtime.js';
+// The host's half of matmul_grouped (assembly/kernels/grouped.ts): how many entries one step may take,
+// and the matrix tables grouped_entries builds its entries from.
+import { MATRIX_DESC_BYTES } from './constants.js';
+import type { MatrixView } from './ops.js';
+import { QUANT_CHUNK_TOKENS, type Runtime } from './runtime.js';
 
 /** Most entries one grouped step takes: each entry may bring its own input, and the quantized scratch
  * holds QUANT_CHUNK_TOKENS inputs of the widest matrix loaded (Runtime.ensureQuantScratch). */
 export const GROUPED_MAX = QUANT_CHUNK_TOKENS;
 
-/** Entry i of the table at desc: out = W x, W [rows, cols] at w (i32 is a view of the whole memory). */
-export function putEntry(i32: Int32Array, desc: number, i: number, out: number, w: number, x: number, rows: number, cols: number): void {
-  const d = (desc + i * GROUPED_DESC_BYTES) / 4;
-  i32[d] = out;
-  i32[d + 1] = w;
-  i32[d + 2] = x;
-  i32[d + 3] = rows;
-  i32[d + 4] = cols;
+/**
+ * Matrices of one format (a layer's experts, an attention's heads) described in wasm memory, written
+ * once at load: MATRIX_DESC_BYTES each, i32 [ptr, rows, cols, fmt]. A decode step then builds its
+ * matmul_grouped table with grouped_entries in wasm instead of writing it from here.
+ */
+export class MatrixTable {
+  /** Where the descriptors are. */
+  readonly ptr: number;
+  readonly fmt: number;
+
+  constructor(rt: Runtime, readonly matrices: readonly MatrixView[], what: string) {
+    this.fmt = matrices[0].fmt;
+    this.ptr = rt.arena.alloc(matrices.length * MATRIX_DESC_BYTES, what);
+    const i32 = rt.heap().i32;
+    matrices.forEach((m, i) => {
+      const d = (this.ptr + i * MATRIX_DESC_BYTES) / 4;
+      i32[d] = m.ptr;
+      i32[d + 1] = m.rows;
+      i32[d + 2] = m.cols;
+      i32[d + 3] = m.fmt;
+    });
+  }
+
+  get length(): number {
+    return this.matrices.length;
+  }
+
+  /** The address of matrix i's descriptor: where a table of the matrices from i on starts. */
+  at(i: number): number {
+    return this.ptr + i * MATRIX_DESC_BYTES;
+  }
 }

@@ -2,14 +2,14 @@
 // the shared memory); we call instance.exports directly instead of @assemblyscript/loader, whose
 // helpers allocate inside the module and so would race between threads on a shared memory.
 
-export const FMT_F32 = 0;
-export const FMT_BF16 = 1;
-/** int8 weights, an f32 scale per group of 32 (docs/quantized-format.md). */
-export const FMT_Q8 = 2;
-/** 4-bit weights, an f32 scale per group of 32 (docs/quantized-format.md). */
-export const FMT_Q4 = 3;
-/** e4m3 weights with 128x128 block scales. */
-export const FMT_FP8 = 4;
+import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8 } from './constants.js';
+
+// The numbers the kernels take, from their one definition (assembly/constants.ts).
+export {
+  FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, GROUPED_DESC_BYTES, MATRIX_DESC_BYTES, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY,
+  ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
+} from './constants.js';
+
 export type WeightFormat = typeof FMT_F32 | typeof FMT_BF16 | typeof FMT_Q8 | typeof FMT_Q4 | typeof FMT_FP8;
 
 /** The formats the loader's --quant names. */
@@ -20,15 +20,6 @@ export const FORMAT_NAMES: Record<WeightFormat, 'f32' | 'bf16' | 'q8' | 'q4' | '
   [FMT_Q4]: 'q4',
   [FMT_FP8]: 'fp8',
 };
-
-/** Bytes per entry of matmul_grouped's descriptor table (assembly/kernels/grouped.ts). */
-export const GROUPED_DESC_BYTES = 32;
-
-export const ROUTE_GREEDY = 0;
-export const ROUTE_GROUP_LIMITED_GREEDY = 1;
-export const ROUTE_NOAUX_TC = 2;
-export const SCORE_SOFTMAX = 0;
-export const SCORE_SIGMOID = 1;
 
 export interface Kernels {
   heap_base(): number;
@@ -43,6 +34,13 @@ export interface Kernels {
    * to matmul(fmt, out_e, w_e, x_e, rows_e, cols_e, 1). Inputs are quantized once per run of equal x.
    */
   matmul_grouped(fmt: number, desc: number, n: number): void;
+  /**
+   * Writes matmul_grouped entries at desc for the matrices of a matrix table (n descriptors of
+   * MATRIX_DESC_BYTES at mats: i32 [ptr, rows, cols, fmt]): all of them when starts is 0, else those with
+   * pairs in moe_group's starts [n + 1]. Entry i computes out + i * outStride = W x_i, x_i = x + i * xStride
+   * (strides in floats). Returns the number of entries written.
+   */
+  grouped_entries(desc: number, mats: number, n: number, starts: number, out: number, outStride: number, x: number, xStride: number): number;
   /** Bytes of a rows x cols matrix in format fmt as the kernels read it (quantized: column panels). */
   weight_bytes(fmt: number, rows: number, cols: number): number;
   /** Scratch bytes quantized matmuls over `cols` columns need to take `tokens` tokens per pass. */
@@ -84,6 +82,11 @@ export interface Kernels {
     tokens: number, heads: number, nope: number, ropeDim: number, rank: number, pos0: number, softmaxScale: number,
   ): void;
   mla_scratch_floats(positions: number): number;
+  /**
+   * Groups route()'s pairs by expert (a stable counting sort): starts [experts + 1] i32, then each pair's
+   * token in rows [tokens * k] i32 and its weight in rowWeights [tokens * k] f32, expert by expert.
+   */
+  moe_group(chosen: number, weights: number, tokens: number, k: number, experts: number, starts: number, rows: number, rowWeights: number): void;
   read_probe(src: number, bytes: number, out: number): void;
 }
 

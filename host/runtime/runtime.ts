@@ -2,8 +2,10 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { fail } from '../errors.js';
 import { Arena } from './arena.js';
+import { BOARD_EXTRA_BYTES, MAX_THREADS } from './constants.js';
 import { detectRelaxedSimd, simdChoiceFromEnv, type SimdChoice, type SimdLevel } from './features.js';
 import { instantiate, type Kernels } from './kernels.js';
+import { Ops } from './ops.js';
 
 /** The two builds of the core (asconfig.json): SIMD128 only, and SIMD128 plus relaxed SIMD. */
 const WASM_URL: Record<SimdLevel, URL> = {
@@ -37,7 +39,9 @@ async function nodePool(module: WebAssembly.Module, memory: WebAssembly.Memory, 
   const { Worker } = await import('node:worker_threads');
   const pool: PoolThread[] = [];
   for (let tid = 1; tid < threads; tid++) {
-    const worker = new Worker(WORKER_URL, { workerData: { module, memory, board, tid } });
+    // A worker inherits the process's flags; --input-type (node -e with ESM) is refused for a file worker.
+    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    const worker = new Worker(WORKER_URL, { workerData: { module, memory, board, tid }, execArgv });
     const ready = new Promise<void>((resolve, reject) => {
       worker.once('message', () => resolve());
       worker.once('error', reject);
@@ -124,8 +128,6 @@ export interface RuntimeOptions {
 
 /** Scratch for the quantized matmuls: at least this much, more for matrices wider than ~4000 columns. */
 const MIN_QUANT_SCRATCH = 4 * 1024 * 1024;
-/** Bytes after the job board for the scratch descriptor: BOARD_EXTRA_BYTES in assembly/kernels/quantize.ts. */
-const BOARD_EXTRA_BYTES = 64;
 /** Tokens a quantized prefill takes per pass over the weights, at least (so also the inputs of that
  * width one matmul_grouped step can take: host/runtime/grouped.ts). */
 export const QUANT_CHUNK_TOKENS = 64;
@@ -150,6 +152,9 @@ export class Runtime {
     readonly simd: SimdLevel,
   ) {}
 
+  /** The kernels under the names and views the model code uses. */
+  readonly ops: Ops = new Ops(this);
+
   private scratchCols = 0;
 
   /** The pool's workers: node:worker_threads Workers, or Web Workers in a browser (empty after close()). */
@@ -158,15 +163,15 @@ export class Runtime {
   }
 
   static async create(threads = defaultThreads(), opts: RuntimeOptions = {}): Promise<Runtime> {
-    if (!Number.isInteger(threads) || threads < 1 || threads > 256) {
-      fail(`threads must be a whole number from 1 to 256, got ${threads}`);
+    if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
+      fail(`threads must be a whole number from 1 to ${MAX_THREADS}, got ${threads}`);
     }
     const module = opts.module ?? wasmModule(simdLevel(opts.simd));
     const memory = new WebAssembly.Memory({ initial: 32, maximum: 65536, shared: true });
     const kernels = instantiate(module, memory);
     const simd: SimdLevel = kernels.relaxed_simd() === 1 ? 'relaxed' : 'simd128';
     const arena = new Arena(memory, kernels.heap_base());
-    // The board plus BOARD_EXTRA_BYTES, where set_scratch keeps the quantized kernels' scratch (quantize.ts).
+    // The board plus BOARD_EXTRA_BYTES, where set_scratch keeps the quantized kernels' scratch (assembly/board.ts).
     const boardBytes = (kernels.BOARD_BYTES.value as number) + BOARD_EXTRA_BYTES;
     const board = arena.alloc(boardBytes, 'the job board');
     new Uint8Array(memory.buffer, board, boardBytes).fill(0);

@@ -1,13 +1,23 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { checkModelFolder } from '../checkpoint/checkpoint.js';
 import { fail } from '../errors.js';
 import { Tokenizer } from './tokenizer.js';
+
+export interface LoadTokenizerOptions {
+  /**
+   * `dir` holds only tokenizer files, so it needs no config.json (the tokenize and template commands, a tokenizer
+   * kept apart from its weights). By default `dir` is a model folder and is checked as one first.
+   */
+  tokenizerOnly?: boolean;
+}
 
 /**
  * Node-only loader: `dir/tokenizer.json` (required) and `dir/tokenizer_config.json` (optional; without it there is no
  * chat template and BOS comes from the tokenizer.json post-processor).
  */
-export function loadTokenizer(dir: string): Tokenizer {
+export function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}): Tokenizer {
+  checkModelFolder(dir, opts.tokenizerOnly ? 'tokenizer' : 'model');
   const tokenizerFile = join(dir, 'tokenizer.json');
   const configFile = join(dir, 'tokenizer_config.json');
   if (!existsSync(tokenizerFile)) {

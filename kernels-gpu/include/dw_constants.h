@@ -79,4 +79,10 @@
 /* Bytes after the job board where set_scratch keeps the quantized kernels' scratch descriptor. */
 #define DW_BOARD_EXTRA_BYTES 64
 
+/* wasm core */
+/* Most threads one runtime runs (Runtime.create), and the per-thread slots the quantized scratch reserves. */
+#define DW_MAX_THREADS 256
+/* Bytes per matrix of a matrix table (grouped_entries): i32 [ptr, rows, cols, fmt]. */
+#define DW_MATRIX_DESC_BYTES 16
+
 #endif

@@ -225,16 +225,14 @@ export class CudaModel implements ModelBackend {
   }
 
   fork(sequence: Sequence): Sequence {
-    const src = this.pool.own(sequence);
-    const dst = this.pool.create();
+    const { from, to } = this.pool.fork(sequence);
     try {
-      this.check(this.lib.seqCopy(this.h, dst.slot, src.slot, src.position), 'fork');
+      this.check(this.lib.seqCopy(this.h, to.slot, from.slot, from.position), 'fork');
     } catch (e) {
-      this.pool.free(dst);
+      this.pool.free(to);
       throw e;
     }
-    this.pool.own(dst).position = src.position;
-    return dst;
+    return to;
   }
 
   free(sequence: Sequence): void {

@@ -1,61 +1,15 @@
-import { openCheckpoint } from '../../checkpoint/checkpoint.js';
-import { isMoeLayer, type DeepSeekConfig } from '../../checkpoint/config.js';
+import type { DeepSeekConfig } from '../../checkpoint/config.js';
+import { loadBackend } from '../../backends/load.js';
 import { fail } from '../../errors.js';
 import { argmax } from '../../generate/sampler.js';
-import { Model, type LoadOptions } from '../../model/model.js';
-import { parseQuant, type QuantMode } from '../../model/weights.js';
+import type { ModelBackend } from '../../model/backend.js';
+import { Model } from '../../model/model.js';
+import { modelSchema, parameterCounts } from '../../model/schema.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { profileKernels, type KernelTime } from '../kernel-profile.js';
+import { profileKernels, type KernelTime } from '../../runtime/kernel-profile.js';
+import { loadOptions } from '../load.js';
 import { loadProgress } from '../progress.js';
-import { MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
-
-/** Weights of one layer's attention: what decode reads from it per token. */
-function attentionParams(c: DeepSeekConfig): number {
-  const h = c.hiddenSize;
-  const qRows = c.numAttentionHeads * (c.qkNopeHeadDim + c.qkRopeHeadDim);
-  const q = c.qLoraRank === null ? qRows * h : c.qLoraRank * h + qRows * c.qLoraRank;
-  const kv = (c.kvLoraRank + c.qkRopeHeadDim) * h + c.numAttentionHeads * (c.qkNopeHeadDim + c.vHeadDim) * c.kvLoraRank;
-  return q + kv + h * c.numAttentionHeads * c.vHeadDim;
-}
-
-/**
- * Matrix parameters in the model, those one decoded token reads (its k routed experts, not all E; the
- * head but not the embeddings, of which it reads one row) and the embeddings' share.
- */
-export function modelParams(c: DeepSeekConfig): { total: number; active: number; embed: number } {
-  const h = c.hiddenSize;
-  const mlp = (inter: number): number => 3 * h * inter;
-  const embed = c.vocabSize * h;
-  let total = c.tieWordEmbeddings ? embed : 2 * embed;
-  let active = embed;
-  for (let i = 0; i < c.numHiddenLayers; i++) {
-    const attn = attentionParams(c);
-    total += attn;
-    active += attn;
-    if (isMoeLayer(c, i)) {
-      const shared = c.nSharedExperts > 0 ? mlp(c.moeIntermediateSize * c.nSharedExperts) : 0;
-      total += c.nRoutedExperts * h + c.nRoutedExperts * mlp(c.moeIntermediateSize) + shared;
-      active += c.nRoutedExperts * h + c.numExpertsPerTok * mlp(c.moeIntermediateSize) + shared;
-    } else {
-      total += mlp(c.intermediateSize);
-      active += mlp(c.intermediateSize);
-    }
-  }
-  return { total, active, embed: c.tieWordEmbeddings ? 0 : embed };
-}
-
-/**
- * Bytes the embeddings take in the arena: they stay float in every mode (the embed kernel gathers
- * rows), bf16 when the checkpoint or the mode is bf16, else f32.
- */
-function embedBytes(dir: string, mode: QuantMode, params: number): number {
-  if (mode === 'f32') return params * 4;
-  if (mode === 'bf16') return params * 2;
-  const ckpt = openCheckpoint(dir);
-  const stored = ckpt.has('model.embed_tokens.weight') ? ckpt.get('model.embed_tokens.weight').dtype : 'F32';
-  ckpt.close();
-  return params * (stored === 'BF16' ? 2 : 4);
-}
+import { BACKEND_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
 /**
  * A deterministic prompt of n ids: BOS (when the config names one), then ids spread over the vocabulary by a
@@ -105,6 +59,7 @@ export const benchCommand: Command = {
     { name: 'prompt-tokens', kind: 'int', value: 'N', min: 1, help: 'prompt length for the prefill pass (default 64)' },
     { name: 'gen-tokens', kind: 'int', value: 'N', min: 1, help: 'tokens to decode (default 32)' },
     THREADS_FLAG,
+    BACKEND_FLAG,
     { name: 'json', kind: 'boolean', help: 'end with one JSON line of the results' },
     { name: 'profile', kind: 'boolean', help: 'after the timed run, decode --gen-tokens more tokens with every kernel call timed and print where a token\'s time goes' },
   ],
@@ -113,19 +68,11 @@ export const benchCommand: Command = {
     const promptTokens = (flags['prompt-tokens'] as number | undefined) ?? 64;
     const genTokens = (flags['gen-tokens'] as number | undefined) ?? 32;
     const context = promptTokens + genTokens * (flags.profile === true ? 2 : 1);
-    const quant = flags.quant === undefined ? undefined : parseQuant(flags.quant as string);
-
     const progress = loadProgress(`loading ${dir}`);
     const loadStart = performance.now();
-    const opts: LoadOptions = {
-      threads: flags.threads as number | undefined,
-      contextLength: context,
-      quant,
-      onProgress: progress.onProgress,
-    };
-    let model: Model;
+    let model: ModelBackend;
     try {
-      model = await Model.load(dir, opts);
+      model = await loadBackend(dir, { ...loadOptions(flags), contextLength: context, onProgress: progress.onProgress });
     } catch (e) {
       // The one limit a benchmark hits first: say which numbers to change.
       if (e instanceof Error && /exceed max_position_embeddings|context length must be/.test(e.message)) {
@@ -137,48 +84,53 @@ export const benchCommand: Command = {
     const loadSecs = (performance.now() - loadStart) / 1000;
     try {
       const cfg = model.config;
-      const params = modelParams(cfg);
-      // Arena bytes per parameter outside the embeddings (KV cache and scratch are small beside them).
-      const bytesPerParam = (model.rt.arena.used - embedBytes(dir, model.quant, params.embed)) / (params.total - params.embed);
+      const params = parameterCounts(modelSchema(cfg));
       const prompt = benchPrompt(cfg, promptTokens);
+      // On the CPU the read probe streams the model's own memory; other backends have no probe here.
+      const rt = model instanceof Model ? model.rt : null;
+      if (flags.profile === true && !rt) fail(`--profile times the WebAssembly kernels; it runs on --backend cpu only`);
 
       // Warm-up: one token through every layer (JIT, first touch of scratch memory), then forgotten.
-      model.forward(prompt.slice(0, 1));
-      model.reset();
+      const sequence = model.createSequence();
+      const step = (tokens: ArrayLike<number>): Float32Array => model.forward([{ sequence, tokens }])[0];
+      step(prompt.slice(0, 1));
+      model.truncate(sequence, 0);
 
       // The probe runs right before and after decode, so the two see the same machine.
-      const probeBytes = Math.floor(Math.min(model.rt.arena.used - model.rt.arena.start, PROBE_MAX_BYTES) / 64) * 64;
+      const probeBytes = rt ? Math.floor(Math.min(rt.arena.used - rt.arena.start, PROBE_MAX_BYTES) / 64) * 64 : 0;
       let t = performance.now();
-      let logits = model.forward(prompt);
+      let logits = step(prompt);
       const prefillMs = performance.now() - t;
-      const probeBefore = probeBandwidth(model.rt, probeBytes);
+      const probeBefore = rt ? probeBandwidth(rt, probeBytes) : 0;
       t = performance.now();
-      for (let k = 0; k < genTokens; k++) logits = model.forward([argmax(logits)]);
+      for (let k = 0; k < genTokens; k++) logits = step([argmax(logits)]);
       const decodeMs = performance.now() - t;
-      const readGbs = (probeBefore + probeBandwidth(model.rt, probeBytes)) / 2;
+      const readGbs = rt ? (probeBefore + probeBandwidth(rt, probeBytes)) / 2 : 0;
 
       const prefillTokS = (promptTokens * 1000) / prefillMs;
       const decodeTokS = (genTokens * 1000) / decodeMs;
-      const activeBytes = params.active * bytesPerParam;
+      const activeBytes = model.activeBytes;
       const decodeGbs = (activeBytes * decodeTokS) / 1e9;
       const probeNote = probeBytes < PROBE_CACHE_BYTES ? `; only ${(probeBytes / MB).toFixed(0)} MiB, which may sit in cache` : '';
       const peakRssMb = process.resourceUsage().maxRSS / 1024;
-      const arenaMb = model.rt.arena.highWater / MB;
       const lines = [
         `model    ${dir}: ${cfg.modelType}, ${cfg.numHiddenLayers} layers, ${(params.total / 1e9).toFixed(2)} B parameters ` +
-          `(${(params.active / 1e9).toFixed(2)} B read per token), weights ${model.quant === 'stored' ? 'as stored' : model.quant}, ` +
-          `${model.threads} thread${model.threads === 1 ? '' : 's'}`,
+          `(${(params.active / 1e9).toFixed(2)} B read per token), weights ${model.quant === 'stored' ? 'as stored' : model.quant}, ${model.device}`,
         `load     ${loadSecs.toFixed(1)} s`,
         `prefill  ${promptTokens} tokens in ${(prefillMs / 1000).toFixed(2)} s: ${prefillTokS.toFixed(2)} tok/s`,
         `decode   ${genTokens} tokens in ${(decodeMs / 1000).toFixed(2)} s: ${decodeTokS.toFixed(2)} tok/s ` +
           `(${(decodeMs / genTokens).toFixed(1)} ms/token, ~${(activeBytes / 1e6).toFixed(0)} MB of weights each: ${decodeGbs.toFixed(1)} GB/s)`,
-        `read     ${readGbs.toFixed(1)} GB/s read probe around decode (same threads, ${(probeBytes / MB).toFixed(0)} MiB of model memory${probeNote}): ` +
-          `decode streams ${((100 * decodeGbs) / readGbs).toFixed(0)}% of it`,
-        `memory   peak RSS ${peakRssMb.toFixed(0)} MB, wasm arena ${arenaMb.toFixed(0)} MiB`,
+        ...(rt
+          ? [
+              `read     ${readGbs.toFixed(1)} GB/s read probe around decode (same threads, ${(probeBytes / MB).toFixed(0)} MiB of model memory${probeNote}): ` +
+                `decode streams ${((100 * decodeGbs) / readGbs).toFixed(0)}% of it`,
+            ]
+          : []),
+        `memory   peak RSS ${peakRssMb.toFixed(0)} MB${rt ? `, wasm arena ${(rt.arena.highWater / MB).toFixed(0)} MiB` : ''}`,
       ];
-      if (flags.profile === true) {
-        const times = profileKernels(model.rt, () => {
-          for (let k = 0; k < genTokens; k++) logits = model.forward([argmax(logits)]);
+      if (flags.profile === true && rt) {
+        const times = profileKernels(rt, () => {
+          for (let k = 0; k < genTokens; k++) logits = step([argmax(logits)]);
         });
         const total = times.kernels.reduce((n, t) => n + t.ms, 0) / genTokens;
         const perToken = (t: KernelTime): string =>
@@ -202,7 +154,7 @@ export const benchCommand: Command = {
           decode_tok_s: round(decodeTokS),
           peak_rss_mb: round(peakRssMb),
           decode_gb_s: round(decodeGbs),
-          read_probe_gb_s: round(readGbs),
+          ...(rt ? { read_probe_gb_s: round(readGbs) } : {}),
         };
         process.stdout.write(JSON.stringify(json) + '\n');
       }

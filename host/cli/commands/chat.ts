@@ -1,7 +1,8 @@
 import { createInterface } from 'node:readline';
 import { DeepWasmError } from '../../errors.js';
 import type { ChatMessage } from '../../tokenizer/index.js';
-import { CONTEXT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { watchUtf8 } from '../utf8.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
 import { guardStdout } from './stdio.js';
 
@@ -11,20 +12,23 @@ export const chatCommand: Command = {
   description:
     'An interactive chat using the chat template of tokenizer_config.json; replies stream as they are generated. ' +
     'Type /reset to forget the conversation and /exit (or Ctrl-D) to quit; Ctrl-C stops the current reply, and ' +
-    'Ctrl-C twice at the prompt quits. When stdin is not a terminal, each line is one user message and each reply ' +
-    'is printed followed by a newline. The whole conversation is re-read every turn, so it must fit in --context.',
+    'Ctrl-C twice at the prompt quits with exit code 130. When stdin is not a terminal, each line is one user message and each reply ' +
+    'is printed followed by a newline, and Ctrl-C stops the reply and quits with 130. The whole conversation is re-read every turn, so it must fit in --context.',
   flags: [
     TEXT_MODEL_FLAG,
     { name: 'system', kind: 'string', value: 'TEXT', help: 'system prompt at the start of the conversation' },
     ...SAMPLING_FLAGS,
     THREADS_FLAG,
     CONTEXT_FLAG,
+    BACKEND_FLAG,
+    QUANT_FLAG,
   ],
   async run(flags) {
     const opts = generateOptions(flags);
     const system = flags['system'] as string | undefined;
     const model = await loadTextModel(flags);
     const interactive = process.stdin.isTTY === true;
+    watchUtf8(process.stdin, 'stdin');
     const rl = createInterface({ input: process.stdin, output: interactive ? process.stdout : undefined, terminal: interactive, crlfDelay: Infinity });
     const history: ChatMessage[] = [];
     const reset = (): void => {
@@ -36,13 +40,18 @@ export const chatCommand: Command = {
     };
     let reply: AbortController | undefined;
     let interruptedAtPrompt = false;
+    let quitByCtrlC = false;
     const stdout = guardStdout(() => {
       reply?.abort();
       rl.close();
     });
     const interrupt = (): void => {
-      if (reply !== undefined) reply.abort();
-      else if (interruptedAtPrompt) rl.close();
+      // Piped input has no prompt to come back to: Ctrl-C ends the chat.
+      if (!interactive || (reply === undefined && interruptedAtPrompt)) {
+        quitByCtrlC = true;
+        reply?.abort();
+        rl.close();
+      } else if (reply !== undefined) reply.abort();
       else {
         interruptedAtPrompt = true;
         process.stderr.write('\n(Ctrl-C again or /exit to quit)\n');
@@ -57,8 +66,8 @@ export const chatCommand: Command = {
       if (interactive) process.stderr.write('/reset forgets the conversation, /exit quits, Ctrl-C stops a reply.\n');
       prompt();
       for await (const line of rl) {
-        // Lines read before stdout failed are still queued.
-        if (stdout.failed) break;
+        // Lines read before stdout failed or Ctrl-C are still queued.
+        if (stdout.failed || quitByCtrlC) break;
         interruptedAtPrompt = false;
         const command = line.trim();
         if (command === '/exit') break;
@@ -85,6 +94,7 @@ export const chatCommand: Command = {
         prompt();
       }
       stdout.check();
+      return quitByCtrlC ? EXIT_INTERRUPTED : undefined;
     } finally {
       rl.close();
       process.off('SIGINT', interrupt);

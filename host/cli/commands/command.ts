@@ -1,3 +1,4 @@
+import { BACKEND_NAMES } from '../../model/backend.js';
 import { QUANT_NAMES } from '../../model/weights.js';
 import type { FlagSpec, Flags } from '../args.js';
 
@@ -9,13 +10,23 @@ export interface Command {
   /** What --help says about the command, when there is more to say than the summary. */
   description?: string;
   flags: FlagSpec[];
-  run(flags: Flags): Promise<void>;
+  /** Resolves to the exit code when it is not 0 (EXIT_INTERRUPTED after Ctrl-C). */
+  run(flags: Flags): Promise<void | number>;
 }
+
+/** What shells report for a process ended by SIGINT (128 + 2), so scripts can tell an interrupted run from a finished one. */
+export const EXIT_INTERRUPTED = 130;
 
 /** Flags that several commands share. */
 export const MODEL_FLAG: FlagSpec = { name: 'model', kind: 'string', value: 'DIR', help: 'Hugging Face checkpoint folder (config.json + *.safetensors)' };
 export const THREADS_FLAG: FlagSpec = { name: 'threads', kind: 'int', value: 'N', min: 1, max: 256, help: 'threads per kernel (default: all cores)' };
 export const CONTEXT_FLAG: FlagSpec = { name: 'context', kind: 'int', value: 'N', min: 1, help: 'most tokens per sequence (default: min(max_position_embeddings, 4096))' };
+export const BACKEND_FLAG: FlagSpec = {
+  name: 'backend',
+  kind: 'string',
+  value: BACKEND_NAMES.join('|'),
+  help: 'where to run: the WebAssembly CPU core (default) or an NVIDIA GPU (needs npm run build:gpu)',
+};
 export const QUANT_FLAG: FlagSpec = {
   name: 'quant',
   kind: 'string',

@@ -1,6 +1,7 @@
 import { DEFAULT_MODEL_DIR, loadModel, type TextModel } from '../../index.js';
 import { DEFAULT_MAX_TOKENS, resolveGenerateOptions, type GenerateOptions } from '../../generate/options.js';
 import type { FlagSpec, Flags } from '../args.js';
+import { loadOptions } from '../load.js';
 import { loadProgress } from '../progress.js';
 
 /** The flags of the commands that read a model folder with its tokenizer; text commands default to the embedded model. */
@@ -60,11 +61,7 @@ export function modelDir(flags: Flags): string {
 export async function loadTextModel(flags: Flags): Promise<TextModel> {
   const dir = modelDir(flags);
   const progress = loadProgress(`loading ${dir}`);
-  const model = await loadModel(dir, {
-    threads: flags['threads'] as number | undefined,
-    contextLength: flags['context'] as number | undefined,
-    onProgress: progress.onProgress,
-  });
+  const model = await loadModel(dir, { ...loadOptions(flags), onProgress: progress.onProgress });
   progress.done();
   return model;
 }

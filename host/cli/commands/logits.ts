@@ -1,10 +1,9 @@
 import { writeSafetensors, type TensorToWrite } from '../../checkpoint/safetensors.js';
 import { fail } from '../../errors.js';
 import { argmax } from '../../generate/sampler.js';
-import type { ModelBackend } from '../../model/backend.js';
-import { parseQuant } from '../../model/weights.js';
-import { loadWithProgress } from '../load.js';
-import { CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { checkOutputFile } from '../files.js';
+import { loadOptions, loadWithProgress } from '../load.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
 /** Parses "1,2,3" into token ids, naming the bad entry when one is not a whole number. */
 function parseIds(text: string): number[] {
@@ -14,23 +13,6 @@ function parseIds(text: string): number[] {
     if (!/^\d+$/.test(p)) fail(`--ids entry ${i} is "${p}": expected a whole number token id`);
     return Number(p);
   });
-}
-
-/** What this command needs of a model; the CPU Model and the CUDA backend both provide it. */
-interface LogitsModel {
-  readonly config: { vocabSize: number };
-  forward(ids: ArrayLike<number>, opts?: { allLogits?: boolean }): Float32Array;
-  close(): Promise<void>;
-}
-
-/** A backend's one sequence as a LogitsModel. */
-function oneSequence(m: ModelBackend): LogitsModel {
-  const sequence = m.createSequence();
-  return {
-    config: m.config,
-    forward: (ids, opts) => m.forward([{ sequence, tokens: ids, logits: opts?.allLogits ? 'all' : 'last' }])[0],
-    close: () => m.close(),
-  };
 }
 
 export const logitsCommand: Command = {
@@ -47,28 +29,18 @@ export const logitsCommand: Command = {
     { name: 'out', kind: 'string', value: 'FILE', required: true, help: 'output .safetensors file' },
     THREADS_FLAG,
     CONTEXT_FLAG,
-    { name: 'backend', kind: 'string', value: 'cpu|cuda', help: 'where to run: the WebAssembly CPU core (default) or an NVIDIA GPU' },
+    BACKEND_FLAG,
     QUANT_FLAG,
   ],
   async run(flags) {
     const ids = parseIds(flags.ids as string);
     const gen = (flags.gen as number | undefined) ?? 0;
-    const backend = (flags.backend as string | undefined) ?? 'cpu';
-    if (backend !== 'cpu' && backend !== 'cuda') fail(`--backend is "${backend}": expected cpu or cuda`);
-    const model: LogitsModel =
-      backend === 'cuda'
-        ? oneSequence(await (await import('../../backends/cuda/model.js')).loadCudaModel(flags.model as string, {
-            contextLength: flags.context as number | undefined,
-            quant: flags.quant === undefined ? undefined : parseQuant(flags.quant as string),
-          }))
-        : await loadWithProgress(flags.model as string, {
-            threads: flags.threads as number | undefined,
-            contextLength: flags.context as number | undefined,
-            quant: flags.quant === undefined ? undefined : parseQuant(flags.quant as string),
-          });
+    checkOutputFile(flags.out as string, '--out');
+    const model = await loadWithProgress(flags.model as string, loadOptions(flags));
     try {
       const vocab = model.config.vocabSize;
-      const logits = model.forward(ids, { allLogits: true });
+      const sequence = model.createSequence();
+      const logits = model.forward([{ sequence, tokens: ids, logits: 'all' }])[0];
       const tensors: TensorToWrite[] = [{ name: 'logits', dtype: 'F32', shape: [ids.length, vocab], data: logits }];
       if (gen > 0) {
         const genIds = new Int32Array(gen);
@@ -77,7 +49,7 @@ export const logitsCommand: Command = {
         for (let k = 0; k < gen; k++) {
           genLogits.set(step, k * vocab);
           genIds[k] = argmax(step);
-          if (k + 1 < gen) step = model.forward([genIds[k]]);
+          if (k + 1 < gen) step = model.forward([{ sequence, tokens: [genIds[k]] }])[0];
         }
         tensors.push({ name: 'gen_ids', dtype: 'I32', shape: [gen], data: genIds });
         tensors.push({ name: 'gen_logits', dtype: 'F32', shape: [gen, vocab], data: genLogits });

@@ -1,31 +1,36 @@
-import { fail } from '../../errors.js';
 import type { GenerateResult } from '../../generate/text-model.js';
-import { CONTEXT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
+import { PROMPT_FLAGS, promptText } from './prompt.js';
 import { guardStdout } from './stdio.js';
 
 export const runCommand: Command = {
   name: 'run',
   summary: 'continue a prompt and stream the generated text to stdout',
   description:
-    'Encodes --prompt with the tokenizer (BOS included) and streams the continuation to stdout: only the generated ' +
+    'Encodes --prompt (or the text of --prompt-file) with the tokenizer (BOS included) and streams the continuation to stdout: only the generated ' +
     'text, without a stop string, so it can be piped. A summary (tokens, prefill and decode speed, why it ended) goes ' +
-    'to stderr. Sampling is greedy unless --temperature is above 0. Ctrl-C stops generating.',
+    'to stderr. Sampling is greedy unless --temperature is above 0. Ctrl-C stops generating, prints the summary and exits with 130.',
   flags: [
     TEXT_MODEL_FLAG,
-    { name: 'prompt', kind: 'string', value: 'TEXT', required: true, help: 'the text to continue' },
+    ...PROMPT_FLAGS,
     ...SAMPLING_FLAGS,
     THREADS_FLAG,
     CONTEXT_FLAG,
+    BACKEND_FLAG,
+    QUANT_FLAG,
   ],
   async run(flags) {
-    const prompt = flags['prompt'] as string;
-    if (prompt === '') fail('--prompt is empty: give the text to continue');
+    const prompt = await promptText(flags);
     const opts = generateOptions(flags);
     const model = await loadTextModel(flags);
     const abort = new AbortController();
     const stdout = guardStdout(() => abort.abort());
-    const interrupt = (): void => abort.abort();
+    let interrupted = false;
+    const interrupt = (): void => {
+      interrupted = true;
+      abort.abort();
+    };
     process.once('SIGINT', interrupt);
     try {
       const result = await model.generateText(prompt, { ...opts, signal: abort.signal, onToken: (text) => process.stdout.write(text) });
@@ -33,6 +38,7 @@ export const runCommand: Command = {
       if (process.stdout.isTTY) process.stdout.write('\n');
       stdout.check();
       process.stderr.write(summary(result) + '\n');
+      return interrupted ? EXIT_INTERRUPTED : undefined;
     } finally {
       process.off('SIGINT', interrupt);
       await model.close();

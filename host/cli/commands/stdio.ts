@@ -1,8 +1,10 @@
 import { createInterface } from 'node:readline';
 import { fail } from '../../errors.js';
+import { decodeUserText, watchUtf8 } from '../utf8.js';
 
 /** Calls `each` with every line of stdin parsed as JSON and its 1-based line number; a bad line fails naming it. */
 export async function forEachJsonLine(each: (value: unknown, where: string) => void): Promise<void> {
+  watchUtf8(process.stdin, 'stdin');
   let n = 0;
   for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) {
     n++;
@@ -10,10 +12,15 @@ export async function forEachJsonLine(each: (value: unknown, where: string) => v
   }
 }
 
-export async function readStdin(): Promise<string> {
+export async function readStdinBytes(): Promise<Uint8Array> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks);
+}
+
+/** All of stdin as text, warning when it is not UTF-8. */
+export async function readStdin(): Promise<string> {
+  return decodeUserText(await readStdinBytes(), 'stdin');
 }
 
 export function parseJson(text: string, where: string): unknown {

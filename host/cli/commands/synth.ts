@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { PRESET_NAMES, presetConfig } from '../../checkpoint/presets.js';
-import { SYNTH_DTYPES, synthCheckpoint, type SynthDType } from '../../checkpoint/synth.js';
+import { SYNTH_DTYPES, synthCheckpoint, type SynthDType } from '../../model/synth.js';
 import { fail } from '../../errors.js';
 import { createProgress } from '../progress.js';
 import type { Command } from './command.js';

@@ -17,7 +17,7 @@ export const templateCommand: Command = {
     { name: 'generation-prompt', kind: 'boolean', help: 'end with the assistant prefix, as when asking the model to answer' },
   ],
   async run(flags) {
-    const tokenizer = loadTokenizer(modelDir(flags));
+    const tokenizer = loadTokenizer(modelDir(flags), { tokenizerOnly: true });
     const addGenerationPrompt = flags['generation-prompt'] === true;
     // Once nobody reads the texts, stop reading the messages.
     const stdout = guardStdout(() => process.stdin.destroy());

@@ -18,7 +18,7 @@ export const tokenizeCommand: Command = {
     { name: 'special', kind: 'boolean', help: 'add the special tokens the tokenizer config asks for (BOS for DeepSeek)' },
   ],
   async run(flags) {
-    const tokenizer = loadTokenizer(modelDir(flags));
+    const tokenizer = loadTokenizer(modelDir(flags), { tokenizerOnly: true });
     // Once nobody reads the ids, stop reading the texts.
     const stdout = guardStdout(() => process.stdin.destroy());
     const addSpecialTokens = flags['special'] === true;

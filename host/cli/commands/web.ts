@@ -3,7 +3,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fail } from '../../errors.js';
+import { checkModelFolder } from '../../checkpoint/checkpoint.js';
+import { DeepWasmError, fail } from '../../errors.js';
 import { DEFAULT_MODEL_DIR } from '../../index.js';
 import type { Command } from './command.js';
 
@@ -32,7 +33,7 @@ export const webCommand: Command = {
     const web = join(ROOT, 'dist/web');
     if (!existsSync(join(web, 'index.html'))) fail(`${web}/index.html is missing: run "npm run build:web" first`);
     const modelDir = resolve((flags['model'] as string | undefined) ?? DEFAULT_MODEL_DIR);
-    if (!existsSync(join(modelDir, 'config.json'))) fail(`${modelDir} has no config.json: give a model folder with --model`);
+    checkModelFolder(modelDir);
     const server = await serveWeb({ web, wasm: join(ROOT, 'build'), model: modelDir, isolation: !flags['no-isolation'], port: (flags['port'] as number | undefined) ?? 8080 });
     const { port } = server.address() as AddressInfo;
     process.stdout.write(`DeepWasm web demo: http://127.0.0.1:${port}/ (model ${modelDir}${flags['no-isolation'] ? ', without COOP/COEP' : ''}); Ctrl-C stops\n`);
@@ -59,10 +60,17 @@ export interface WebServerOptions {
 export async function serveWeb(o: WebServerOptions) {
   const server = createServer((req, res) => handle(o, req, res));
   await new Promise<void>((ok, no) => {
-    server.once('error', (e: NodeJS.ErrnoException) => no(e.code === 'EADDRINUSE' ? new Error(`port ${o.port} is in use: pick another with --port`) : e));
+    server.once('error', (e: NodeJS.ErrnoException) => no(listenError(e, o.port)));
     server.listen(o.port, '127.0.0.1', () => ok());
   });
   return server;
+}
+
+/** The reasons a user's --port cannot be listened on, as one-line errors; anything else stays an internal error. */
+function listenError(e: NodeJS.ErrnoException, port: number): Error {
+  if (e.code === 'EADDRINUSE') return new DeepWasmError(`--port ${port} is in use; pick another with --port N`);
+  if (e.code === 'EACCES') return new DeepWasmError(`--port ${port} needs privileges this user lacks (ports below 1024 usually do); pick another with --port N`);
+  return e;
 }
 
 function handle(o: WebServerOptions, req: IncomingMessage, res: ServerResponse): void {

@@ -1,5 +1,5 @@
-import { FORMAT_NAMES, GROUPED_DESC_BYTES, type Kernels, type WeightFormat } from '../runtime/kernels.js';
-import type { Runtime } from '../runtime/runtime.js';
+import { FORMAT_NAMES, GROUPED_DESC_BYTES, type Kernels, type WeightFormat } from './kernels.js';
+import type { Runtime } from './runtime.js';
 
 export interface KernelTime {
   name: string;

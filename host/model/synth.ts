@@ -7,8 +7,10 @@
 import * as fs from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fail } from '../errors.js';
-import { isMoeLayer, parseConfig, type DeepSeekConfig } from './config.js';
-import { DTYPE_SIZE, type DType } from './dtypes.js';
+import { modelSchema, schemaWeights } from './schema.js';
+import { ROLE_EMBED, ROLE_ROUTER_BIAS } from '../runtime/constants.js';
+import { parseConfig, type DeepSeekConfig } from '../checkpoint/config.js';
+import { DTYPE_SIZE, type DType } from '../checkpoint/dtypes.js';
 
 export type SynthDType = 'bf16' | 'f32';
 export const SYNTH_DTYPES: readonly SynthDType[] = ['bf16', 'f32'];
@@ -77,52 +79,25 @@ export function synthConfig(raw: RawConfig, source: string, dtype: SynthDType, l
   return { raw: out, config: parseConfig(out, source) };
 }
 
-/** Every tensor a DeepSeek-V2/V3 checkpoint of this config holds, in the order they are written. */
+/**
+ * Every tensor a DeepSeek-V2/V3 checkpoint of this config holds (host/model/schema.ts), in checkpoint order.
+ * Linear layers [out, in] get std 1/sqrt(in): each keeps the scale of its (normalised) input, so activations
+ * stay O(1) through any depth and the logits come out with unit spread. The embedding has std 1, norms are
+ * ones, and the routing bias is small and f32 (as in DeepSeek's releases), so routing is mostly the scores'.
+ */
 export function planTensors(cfg: DeepSeekConfig, dtype: SynthDType): SynthTensor[] {
   const wt: DType = dtype === 'bf16' ? 'BF16' : 'F32';
   const list: SynthTensor[] = [];
-  const add = (name: string, shape: number[], init: Init, type: DType = wt): void => {
-    list.push({ name, dtype: type, shape, init, nbytes: shape.reduce((p, d) => p * d, 1) * DTYPE_SIZE[type] });
-  };
-  // Linear layers [out, in] with std 1/sqrt(in): each keeps the scale of its (normalised) input, so
-  // activations stay O(1) through any depth and the logits come out with unit spread.
-  const linear = (name: string, rows: number, cols: number): void => add(name, [rows, cols], { kind: 'normal', std: 1 / Math.sqrt(cols) });
-  const norm = (name: string, n: number): void => add(name, [n], { kind: 'ones' });
-  const mlp = (p: string, inter: number): void => {
-    linear(`${p}.gate_proj.weight`, inter, cfg.hiddenSize);
-    linear(`${p}.up_proj.weight`, inter, cfg.hiddenSize);
-    linear(`${p}.down_proj.weight`, cfg.hiddenSize, inter);
-  };
-
-  const { hiddenSize: hidden, numAttentionHeads: heads, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: v, kvLoraRank: rank } = cfg;
-  add('model.embed_tokens.weight', [cfg.vocabSize, hidden], { kind: 'normal', std: 1 });
-  for (let i = 0; i < cfg.numHiddenLayers; i++) {
-    const p = `model.layers.${i}`;
-    norm(`${p}.input_layernorm.weight`, hidden);
-    const a = `${p}.self_attn`;
-    if (cfg.qLoraRank === null) linear(`${a}.q_proj.weight`, heads * (nope + rope), hidden);
-    else {
-      linear(`${a}.q_a_proj.weight`, cfg.qLoraRank, hidden);
-      norm(`${a}.q_a_layernorm.weight`, cfg.qLoraRank);
-      linear(`${a}.q_b_proj.weight`, heads * (nope + rope), cfg.qLoraRank);
-    }
-    linear(`${a}.kv_a_proj_with_mqa.weight`, rank + rope, hidden);
-    norm(`${a}.kv_a_layernorm.weight`, rank);
-    linear(`${a}.kv_b_proj.weight`, heads * (nope + v), rank);
-    linear(`${a}.o_proj.weight`, hidden, heads * v);
-    norm(`${p}.post_attention_layernorm.weight`, hidden);
-    if (isMoeLayer(cfg, i)) {
-      linear(`${p}.mlp.gate.weight`, cfg.nRoutedExperts, hidden);
-      // f32 in DeepSeek's releases; small, so that routing is mostly decided by the scores.
-      if (cfg.topkMethod === 'noaux_tc') add(`${p}.mlp.gate.e_score_correction_bias`, [cfg.nRoutedExperts], { kind: 'normal', std: 0.01 }, 'F32');
-      for (let e = 0; e < cfg.nRoutedExperts; e++) mlp(`${p}.mlp.experts.${e}`, cfg.moeIntermediateSize);
-      if (cfg.nSharedExperts > 0) mlp(`${p}.mlp.shared_experts`, cfg.moeIntermediateSize * cfg.nSharedExperts);
-    } else {
-      mlp(`${p}.mlp`, cfg.intermediateSize);
+  for (const w of schemaWeights(modelSchema(cfg))) {
+    if (w.tied) continue;
+    for (const t of w.parts) {
+      const bias = w.role === ROLE_ROUTER_BIAS;
+      const init: Init =
+        w.kind === 'vector' ? (bias ? { kind: 'normal', std: 0.01 } : { kind: 'ones' }) : { kind: 'normal', std: w.role === ROLE_EMBED ? 1 : 1 / Math.sqrt(t.shape[1]) };
+      const type: DType = bias ? 'F32' : wt;
+      list.push({ name: t.name, dtype: type, shape: [...t.shape], init, nbytes: t.shape.reduce((p, d) => p * d, 1) * DTYPE_SIZE[type] });
     }
   }
-  norm('model.norm.weight', hidden);
-  if (!cfg.tieWordEmbeddings) linear('lm_head.weight', cfg.vocabSize, hidden);
   return list;
 }
 

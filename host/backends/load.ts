@@ -1,0 +1,12 @@
+// Loads a checkpoint folder on the backend the options name. The CUDA backend is imported only when asked
+// for, so the CPU path needs neither koffi nor the CUDA library.
+import { fail } from '../errors.js';
+import { BACKEND_NAMES, type LoadOptions, type ModelBackend } from '../model/backend.js';
+import { Model } from '../model/model.js';
+
+export async function loadBackend(dir: string, opts: LoadOptions = {}): Promise<ModelBackend> {
+  const backend = opts.backend ?? 'cpu';
+  if (backend === 'cpu') return Model.load(dir, opts);
+  if (backend === 'cuda') return (await import('./cuda/model.js')).loadCudaModel(dir, opts);
+  fail(`backend is "${String(backend)}": expected one of ${BACKEND_NAMES.join(', ')}`);
+}

@@ -1,0 +1,120 @@
+// Sequences on the CPU backend: several KV caches from one pool, interleaved, batched, forked and truncated,
+// each giving the same bits as a sequence run alone; and the batch checks, which reject a bad batch before
+// any of it runs.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { Sequence } from '../host/model/backend.js';
+import { Model } from '../host/model/model.js';
+import { FIXTURES, readExpected } from './helpers.js';
+
+const DIR = `${FIXTURES}models/v3-tiny`;
+const ref = readExpected(`${DIR}/expected.safetensors`);
+const prompt = Array.from(ref.inputIds);
+const next = Array.from(ref.genIds);
+let model: Model;
+
+test.before(async () => {
+  model = await Model.load(DIR, { threads: 2, maxSequences: 3, contextLength: 64 });
+});
+test.after(async () => {
+  await model.close();
+});
+
+const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.slice().buffer));
+const run = (s: Sequence, tokens: number[]): number[] => bits(model.forward([{ sequence: s, tokens }])[0]);
+
+/** Prompt, then the reference continuation one token at a time: every step's logits. */
+function alone(ids: number[]): number[][] {
+  const s = model.createSequence();
+  try {
+    return [run(s, ids), ...next.slice(0, 4).map((t) => run(s, [t]))];
+  } finally {
+    model.free(s);
+  }
+}
+
+test('two sequences interleaved step by step give the bits each gives alone', () => {
+  const other = prompt.slice(0, 3).reverse();
+  const want = [alone(prompt), alone(other)];
+  const [a, b] = [model.createSequence(), model.createSequence()];
+  const got: number[][][] = [[run(a, prompt)], [run(b, other)]];
+  for (const t of next.slice(0, 4)) {
+    got[0].push(run(a, [t]));
+    got[1].push(run(b, [t]));
+  }
+  assert.equal(got, want);
+  assert.is(a.position, prompt.length + 4);
+  model.free(a);
+  model.free(b);
+});
+
+test('one batch of several sequences gives what separate calls give, and its rows are copies', () => {
+  const [a, b] = [model.createSequence(), model.createSequence()];
+  const rows = model.forward([
+    { sequence: a, tokens: prompt },
+    { sequence: b, tokens: prompt.slice(0, 2), logits: 'all' },
+  ]);
+  assert.is(rows[1].length, 2 * ref.vocab);
+  assert.equal(bits(rows[0]), alone(prompt)[0]);
+  const c = model.createSequence();
+  assert.equal(bits(rows[1]), bits(model.forward([{ sequence: c, tokens: prompt.slice(0, 2), logits: 'all' }])[0]));
+  const none = model.forward([{ sequence: c, tokens: [next[0]], logits: 'none' }]);
+  assert.is(none[0].length, 0);
+  assert.is(c.position, 3);
+  for (const s of [a, b, c]) model.free(s);
+});
+
+test('fork copies the cache: the fork and the original go on as one sequence would, apart', () => {
+  const want = alone(prompt);
+  const a = model.createSequence();
+  run(a, prompt);
+  const f = model.fork(a);
+  assert.is(f.position, prompt.length);
+  assert.equal(run(f, [next[0]]), want[1]);
+  assert.equal(run(a, [next[0]]), want[1], 'the original is unchanged by the fork');
+  assert.equal(run(f, [next[1]]), want[2]);
+  model.free(a);
+  model.free(f);
+});
+
+test('truncate forgets the tail: running the same tokens again gives the same bits', () => {
+  const a = model.createSequence();
+  const first = [run(a, prompt), run(a, [next[0]]), run(a, [next[1]])];
+  model.truncate(a, prompt.length);
+  assert.is(a.position, prompt.length);
+  assert.equal([run(a, [next[0]]), run(a, [next[1]])], first.slice(1));
+  model.truncate(a, 0);
+  assert.equal(run(a, prompt), first[0]);
+  model.free(a);
+});
+
+test('bad batches and sequences are refused before anything runs, each with a clear message', () => {
+  const a = model.createSequence();
+  const b = model.createSequence();
+  const c = model.createSequence();
+  assert.throws(() => model.createSequence(), /all 3 sequences of this model are in use; free one/);
+  assert.throws(() => model.forward([{ sequence: a, tokens: [1] }, { sequence: a, tokens: [2] }]), /sequence 0 appears twice in one batch/);
+  assert.throws(() => model.forward([{ sequence: a, tokens: [1] }, { sequence: b, tokens: [1, ref.vocab] }]), /token id \d+ at index 1 of batch entry 1 is outside the vocabulary/);
+  assert.is(a.position, 0, 'the good entry before the bad one did not run');
+  assert.throws(() => model.forward([{ sequence: c, tokens: new Array(65).fill(1) }]), /65 tokens exceed the context length \(64\)/);
+  assert.throws(() => model.forward([]), /at least one/);
+  assert.throws(() => model.truncate(a, 1), /cannot truncate sequence 0 to 1: it holds 0 tokens/);
+  model.free(b);
+  assert.throws(() => model.forward([{ sequence: b, tokens: [1] }]), /sequence 1 was freed/);
+  assert.throws(() => model.free(b), /was freed/);
+  const reused = model.createSequence();
+  assert.is(reused.slot, 1);
+  for (const s of [a, c, reused]) model.free(s);
+});
+
+test('a load that cannot fit in one wasm32 memory is refused before any weight is read, naming the bytes and the fix', async () => {
+  let read = 0;
+  const load = Model.load(DIR, { threads: 1, maxSequences: 50000, contextLength: 256, onProgress: (n) => (read = n) });
+  await load.then(
+    () => assert.unreachable('it loaded'),
+    (e: Error) => assert.match(e.message, /needs about \d+ MiB of WebAssembly memory \(weights \d+ MiB as stored, KV cache \d+ MiB for 50000 x 256 tokens, scratch \d+ MiB\), but one wasm32 memory holds at most 4096 MiB; try .*a smaller --context/),
+  );
+  assert.is(read, 0);
+});
+
+test.run();
