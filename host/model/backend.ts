@@ -51,8 +51,8 @@ export interface LoadOptions {
   /** CPU: the compiled core to run (either build), instead of reading build/*.wasm from disk; `simd` is then unused. */
   wasm?: WebAssembly.Module;
   /**
-   * CPU: most tokens one pass through the layers takes (default 256): a longer prompt runs in passes of
-   * this many, so its temporaries stay bounded (MLA's per-head buffers alone take heads x tokens x
+   * Most tokens one pass through the layers takes (default 256; on CUDA the prefill chunk): a longer prompt
+   * runs in passes of this many, so its temporaries stay bounded (MLA's per-head buffers alone take heads x tokens x
    * kv_lora_rank floats twice: 128 MiB for 4096 tokens of a 16-head model). 256 keeps every reuse of the
    * weights inside a pass (4-token tiles, 64-token quantization chunks).
    */
