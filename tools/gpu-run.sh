@@ -107,6 +107,18 @@ if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
   fi
 fi
 
+# The commands users run, on both backends: run and chat print the CPU's greedy text on cuda too.
+if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
+  say "CLI on cpu and cuda"
+  DW_RESULTS_TEXT="$OUT/text.json" timeout "${DW_TEST_TIMEOUT:-240}" $NODE dist/test/cuda-text.test.js 2>&1 | tee -a "$OUT/test.log"
+  trc=${PIPESTATUS[0]}
+  timeout 120 $NODE dist/test/backend-cli.test.js 2>&1 | tee -a "$OUT/test.log"
+  brc=${PIPESTATUS[0]}
+  say "CLI tests exit codes $trc $brc"
+  [ $rc = 0 ] && rc=$trc
+  [ $rc = 0 ] && rc=$brc
+fi
+
 # --- benchmark --------------------------------------------------------------------------------------
 if [ $have_gpu = 1 ] && [ "${DW_SKIP_BENCH:-0}" != 1 ]; then
   say "16B benchmark (bf16)"
