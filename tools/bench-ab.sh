@@ -19,7 +19,9 @@ done
 "$node" -e '
 const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => [l.slice(0, 3), JSON.parse(l.slice(4))]);
 const med = (side, k) => { const xs = rows.filter(([s]) => s === side).map(([, j]) => j[k]).sort((a, b) => a - b); return xs[xs.length >> 1]; };
+// Each round, new over old too: its two runs are seconds apart and share the phase of the machine.
+const paired = (k) => { const o = rows.filter(([s]) => s === "old"), n = rows.filter(([s]) => s === "new"); const r = n.map(([, j], i) => j[k] / o[i][1][k]).sort((a, b) => a - b); return r[r.length >> 1]; };
 for (const k of ["prefill_tok_s", "decode_tok_s"]) {
   const [o, n] = [med("old", k), med("new", k)];
-  console.log(`${k}: old median ${o}, new median ${n}, new/old ${(n / o).toFixed(3)}`);
+  console.log(`${k}: old median ${o}, new median ${n}, new/old ${(n / o).toFixed(3)}, median of new/old per round ${paired(k).toFixed(3)}`);
 }' "$out"

@@ -212,6 +212,8 @@ export class Model implements ModelBackend {
     const cfg = this.config;
     const { rt } = this;
     const k = rt.kernels;
+    const op = rt.ops;
+    const eps = cfg.rmsNormEps;
     const tokens = ids.length;
     const pos0 = seq.position;
     const hidden = cfg.hiddenSize;
@@ -225,28 +227,30 @@ export class Model implements ModelBackend {
     const x = rt.arena.allocF32(tokens * hidden, 'hidden states');
     const h = rt.arena.allocF32(tokens * hidden, 'normed hidden states');
     const y = rt.arena.allocF32(tokens * hidden, 'block outputs');
+    // h = embed(tokens); for each layer: h += attn(attn_norm(h)); h += ffn(ffn_norm(h))
     k.embed(this.embed.fmt, x, this.embed.ptr, idPtr, tokens, hidden);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i];
-      k.rmsnorm(h, hidden, x, hidden, b.attnNorm, hidden, tokens, cfg.rmsNormEps);
+      op.rmsnorm(h, x, b.attnNorm, hidden, eps, tokens);
       b.attn.forward(rt, h, tokens, pos0, cache + i * layerBytes, this.attention, y);
-      k.add(x, y, tokens * hidden);
-      k.rmsnorm(h, hidden, x, hidden, b.ffnNorm, hidden, tokens, cfg.rmsNormEps);
+      op.add(x, y, tokens * hidden);
+      op.rmsnorm(h, x, b.ffnNorm, hidden, eps, tokens);
       b.ffn.forward(rt, h, tokens, y);
-      k.add(x, y, tokens * hidden);
+      op.add(x, y, tokens * hidden);
     }
 
+    // logits = head(norm(h)) at the last position, or at every position
     let result: Float32Array = NO_LOGITS;
     if (want !== 'none') {
       const rows = want === 'all' ? tokens : 1;
       const last = x + (tokens - rows) * hidden * 4;
-      k.rmsnorm(h, hidden, last, hidden, this.norm, hidden, rows, cfg.rmsNormEps);
+      op.rmsnorm(h, last, this.norm, hidden, eps, rows);
       if (rows === 1) {
-        k.matmul(this.head.fmt, this.logits.byteOffset, this.head.ptr, h, vocab, hidden, 1);
+        op.linear(this.logits.byteOffset, this.head, h, 1);
         result = this.logits;
       } else {
         const all = rt.arena.allocF32(rows * vocab, 'logits');
-        k.matmul(this.head.fmt, all, this.head.ptr, h, vocab, hidden, rows);
+        op.linear(all, this.head, h, rows);
         result = rt.f32(all, rows * vocab).slice();
       }
     }
