@@ -21,6 +21,8 @@ export { DEFAULT_MAX_TOKENS, type GenerateOptions, type SamplingOptions } from '
 export { Model } from './model/model.js';
 export type { BackendName, BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './model/backend.js';
 export { loadBackend } from './backends/load.js';
+export { convertCheckpoint, type ConvertOptions } from './model/convert.js';
+export { modelSchema, schemaWeights, parameterCounts, type ModelSchema, type Weight } from './model/schema.js';
 export { Tokenizer, StreamDecoder } from './tokenizer/index.js';
 export type { ChatMessage, ChatTemplateOptions, ChatToolCall, DecodeOptions, EncodeOptions } from './tokenizer/index.js';
 export { loadTokenizer, type LoadTokenizerOptions } from './tokenizer/load.js';
