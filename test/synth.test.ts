@@ -301,8 +301,15 @@ test('deepwasm synth writes a checkpoint from --config and refuses to overwrite 
   const out = freshDir();
   const ok = cli('synth', '--config', cfgFile, '--out', out, '--seed', '7', '--layers', '2', '--dtype', 'f32');
   assert.is(ok.status, 0, ok.stderr);
-  assert.match(ok.stdout, /^wrote .*: \d+\.\d\d M parameters, \d+ tensors, [\d.]+ MB in 1 shard, [\d.]+ s \([\d.]+ [MG]B\/s\)\n$/);
+  assert.match(ok.stdout, /^wrote .*: \d+\.\d\d M parameters, \d+ tensors, [\d.]+ MB in 1 shard, [\d.]+ s \([\d.]+ [MG]B\/s\); tokenizer: the embedded model's, cut to vocab_size\n$/);
   assert.is(JSON.parse(fs.readFileSync(join(out, 'config.json'), 'utf8')).num_hidden_layers, 2);
+  // Its tokenizer holds no id past vocab_size, and the text commands run on it.
+  const tok = JSON.parse(fs.readFileSync(join(out, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number> }; added_tokens: { id: number }[] };
+  const ids = [...Object.values(tok.model.vocab), ...tok.added_tokens.map((t) => t.id)];
+  assert.is(Math.max(...ids), TINY_V3.vocab_size - 1);
+  const run = cli('run', '--model', out, '--prompt', 'Once upon a time, a whale', '--max-tokens', '5', '--threads', '1');
+  assert.is(run.status, 0, run.stderr);
+  assert.match(run.stderr, /^\d+ tokens, prefill/m);
   const again = cli('synth', '--config', cfgFile, '--out', out);
   assert.is(again.status, 1);
   assert.match(again.stderr, /already holds a checkpoint.*--force/);

@@ -2,6 +2,7 @@ import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openSafetensors, readTensorInto, writeSafetensors, type TensorToWrite } from '../host/checkpoint/safetensors.js';
+import { cutTokenizerJson } from '../host/tokenizer/cut.js';
 import { loadTokenizer } from '../host/tokenizer/load.js';
 import { FIXTURES } from './helpers.js';
 
@@ -46,17 +47,7 @@ export function makeTextModelDir(config: Record<string, unknown> = {}): { dir: s
 export function fixtureTextDir(fixture: string): { dir: string; remove: () => void } {
   const src = `${FIXTURES}models/${fixture}`;
   const vocab = (JSON.parse(readFileSync(`${src}/config.json`, 'utf8')) as { vocab_size: number }).vocab_size;
-  const tok = JSON.parse(readFileSync(join(V3_TOKENIZER, 'tokenizer.json'), 'utf8')) as {
-    added_tokens: { id: number }[];
-    model: { vocab: Record<string, number>; merges: (string | string[])[] };
-  };
-  const kept = Object.fromEntries(Object.entries(tok.model.vocab).filter(([, id]) => id < vocab));
-  tok.model.vocab = kept;
-  tok.model.merges = tok.model.merges.filter((m) => {
-    const [a, b] = typeof m === 'string' ? m.split(' ') : m;
-    return a in kept && b in kept && a + b in kept;
-  });
-  tok.added_tokens = tok.added_tokens.filter((t) => t.id < vocab);
+  const tok = cutTokenizerJson(JSON.parse(readFileSync(join(V3_TOKENIZER, 'tokenizer.json'), 'utf8')), vocab);
   const dir = mkdtempSync(join(tmpdir(), `deepwasm-text-${fixture}-`));
   for (const name of readdirSync(src)) if (!name.startsWith('expected')) symlinkSync(join(src, name), join(dir, name));
   writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tok));

@@ -6,6 +6,7 @@ import type { Command } from './commands/command.js';
 import { benchCommand } from './commands/bench.js';
 import { chatCommand } from './commands/chat.js';
 import { convertCommand } from './commands/convert.js';
+import { inspectCommand } from './commands/inspect.js';
 import { logitsCommand } from './commands/logits.js';
 import { runCommand } from './commands/run.js';
 import { synthCommand } from './commands/synth.js';
@@ -14,7 +15,7 @@ import { tokenizeCommand } from './commands/tokenize.js';
 import { webCommand } from './commands/web.js';
 import { osErrorMessage } from './files.js';
 
-const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, benchCommand, convertCommand, webCommand];
+const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, inspectCommand, benchCommand, convertCommand, webCommand];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

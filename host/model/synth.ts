@@ -10,6 +10,7 @@ import { fail } from '../errors.js';
 import { modelSchema, schemaWeights } from './schema.js';
 import { ROLE_EMBED, ROLE_ROUTER_BIAS } from '../runtime/constants.js';
 import { parseConfig, type DeepSeekConfig } from '../checkpoint/config.js';
+import { cutTokenizerJson, tokenizerIds } from '../tokenizer/cut.js';
 import { DTYPE_SIZE, type DType } from '../checkpoint/dtypes.js';
 
 export type SynthDType = 'bf16' | 'f32';
@@ -45,6 +46,12 @@ export interface SynthOptions {
   chunkValues?: number;
   /** Replace a checkpoint already in `out` instead of refusing. */
   overwrite?: boolean;
+  /**
+   * A folder whose tokenizer.json and tokenizer_config.json the checkpoint gets, the tokenizer cut to
+   * vocab_size ids when it has more, so the text commands run on it (none when vocab_size is below 259: the
+   * 256 byte tokens sit at ids 3 to 258).
+   */
+  tokenizerFrom?: string;
   onProgress?: (bytesWritten: number, totalBytes: number) => void;
 }
 
@@ -55,6 +62,8 @@ export interface SynthResult {
   tensors: number;
   parameters: number;
   totalBytes: number;
+  /** Whether tokenizer.json and tokenizer_config.json were written (tokenizerFrom). */
+  tokenizer: boolean;
 }
 
 export const DEFAULT_SHARD_BYTES = 2 * 1024 ** 3;
@@ -177,10 +186,29 @@ export async function synthCheckpoint(opts: SynthOptions): Promise<SynthResult> 
   for (const [k, shard] of shards.entries()) for (const t of shard) weightMap[t.name] = names[k];
   const sortedMap = Object.fromEntries(Object.keys(weightMap).sort().map((n) => [n, weightMap[n]]));
   fs.writeFileSync(join(opts.out, INDEX), JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: sortedMap }, null, 2) + '\n');
+  const tokenizer = opts.tokenizerFrom !== undefined && writeTokenizer(opts.tokenizerFrom, opts.out, config.vocabSize);
   // config.json last: a checkpoint interrupted mid-write has none, so nothing mistakes it for a whole one.
   fs.writeFileSync(join(opts.out, 'config.json'), JSON.stringify(raw, null, 2) + '\n');
   const parameters = tensors.reduce((n, t) => n + t.shape.reduce((p, d) => p * d, 1), 0);
-  return { config, shards: names, tensors: tensors.length, parameters, totalBytes };
+  return { config, shards: names, tensors: tensors.length, parameters, totalBytes, tokenizer };
+}
+
+/** The byte tokens of DeepSeek's byte-level BPE end at id 258: a smaller vocabulary cannot encode every text. */
+const BYTE_TOKENS_END = 259;
+
+function writeTokenizer(from: string, out: string, vocab: number): boolean {
+  if (vocab < BYTE_TOKENS_END) return false;
+  const read = (name: string): string => {
+    try {
+      return fs.readFileSync(join(from, name), 'utf8');
+    } catch (e) {
+      fail(`cannot read the tokenizer to give the checkpoint (${(e as Error).message})`);
+    }
+  };
+  const json = JSON.parse(read('tokenizer.json'));
+  fs.writeFileSync(join(out, 'tokenizer.json'), JSON.stringify(tokenizerIds(json) > vocab ? cutTokenizerJson(json, vocab) : json));
+  fs.writeFileSync(join(out, 'tokenizer_config.json'), read('tokenizer_config.json'));
+  return true;
 }
 
 function writeAt(fd: number, buf: Uint8Array, n: number, position: number): Promise<void> {

@@ -5,7 +5,8 @@ import { readTensorInto, type TensorEntry } from '../checkpoint/safetensors.js';
 import { fail } from '../errors.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { ROLE_KV_B } from '../runtime/constants.js';
-import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, type WeightFormat } from '../runtime/kernels.js';
+import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, type Kernels, type WeightFormat } from '../runtime/kernels.js';
+import type { DeepSeekConfig } from '../checkpoint/config.js';
 import type { TensorSpec, Weight } from './schema.js';
 
 /** A weight matrix [rows, cols] in wasm memory, in the format the kernels read. */
@@ -109,13 +110,7 @@ export class WeightReader {
 
   /** The format a matrix of the schema, made of these tensors, loads in. */
   formatOf(w: Weight, entries: TensorEntry[]): WeightFormat {
-    const floatFmt: WeightFormat = entries.every((e) => e.dtype === 'BF16') ? FMT_BF16 : FMT_F32;
-    const mode = this.mode;
-    if (mode === 'f32') return FMT_F32;
-    if (mode === 'bf16') return FMT_BF16;
-    if (mode === 'stored' || w.kind === 'float') return floatFmt;
-    if (mode === 'fp8') return entries.every((e) => e.dtype === 'F8_E4M3') && this.fp8Block()[1] === 128 ? FMT_FP8 : floatFmt;
-    return mode === 'q8' ? FMT_Q8 : FMT_Q4;
+    return formatFor(this.mode, w, entries.map((e) => e.dtype), this.fp8Block()[1]);
   }
 
   /** The checkpoint tensors of a weight, their shapes checked (a converted tensor's against its own layout, later). */
@@ -129,16 +124,9 @@ export class WeightReader {
 
   /** Bytes the weight takes in memory once loaded, from the checkpoint's header alone (kv_b: its cuts). */
   plannedBytes(w: Weight): number {
-    if (w.kind === 'vector') return w.optional && !this.ckpt.has(w.parts[0].name) ? 0 : w.shape[0] * 4;
-    const [rows, cols] = w.shape;
-    const k = this.rt.kernels;
-    if (w.tied) return 0;
-    if (w.role === ROLE_KV_B) {
-      const fmt = this.cutFormat(this.ckpt.get(w.parts[0].name));
-      const { numAttentionHeads: heads, qkNopeHeadDim: nope, vHeadDim: v, kvLoraRank: rank } = this.ckpt.config;
-      return heads * ((k.weight_bytes(fmt, rank, nope) >>> 0) + (k.weight_bytes(fmt, v, rank) >>> 0));
-    }
-    return k.weight_bytes(this.formatOf(w, this.entries(w)), rows, cols) >>> 0;
+    if (w.tied || (w.optional && !this.ckpt.has(w.parts[0].name))) return 0;
+    const dtypes = w.kind === 'vector' ? [] : this.entries(w).map((e) => e.dtype);
+    return weightBytes(this.rt.kernels, this.ckpt.config, this.mode, w, dtypes, this.fp8Block()[1]);
   }
 
   /** Bytes of the checkpoint that loading the weight reads. */
@@ -197,7 +185,7 @@ export class WeightReader {
     const [partRows, cols] = part.shape;
     const e = this.ckpt.get(part.name);
     expectShape(e, part.shape, part.why);
-    const fmt = this.cutFormat(e);
+    const fmt = cutFormatFor(this.mode, e.dtype);
     const k = this.rt.kernels;
     const arena = this.rt.arena;
     const out = cuts.map((c): Matrix => {
@@ -230,14 +218,6 @@ export class WeightReader {
     }
     arena.release(mark);
     return out;
-  }
-
-  private cutFormat(e: TensorEntry): WeightFormat {
-    const mode = this.mode;
-    if (mode === 'f32') return FMT_F32;
-    if (mode === 'bf16') return FMT_BF16;
-    if (mode === 'q8' || mode === 'q4') return FMT_Q8;
-    return e.dtype === 'BF16' ? FMT_BF16 : FMT_F32;
   }
 
   /** A vector (norm, bias) in f32; 0 for an optional one the checkpoint does not have. */
@@ -379,6 +359,42 @@ export class WeightReader {
     this.onBytes(s.nbytes);
     dequantFp8Blocks(src, scales, rows, cols, dst, block[0], block[1]);
   }
+}
+
+/**
+ * The format a matrix of the schema loads in under `mode`, given its tensors' dtypes: f32/bf16 modes make
+ * every matrix that; 'stored' and the schema's 'float' matrices stay float (bf16 when every part is bf16,
+ * else f32); fp8 keeps e4m3 tensors with 128-column blocks and leaves the rest float; q8/q4 quantize.
+ */
+export function formatFor(mode: QuantMode, w: Weight, dtypes: readonly DType[], fp8BlockCols: number): WeightFormat {
+  const floatFmt: WeightFormat = dtypes.every((d) => d === 'BF16') ? FMT_BF16 : FMT_F32;
+  if (mode === 'f32') return FMT_F32;
+  if (mode === 'bf16') return FMT_BF16;
+  if (mode === 'stored' || w.kind === 'float') return floatFmt;
+  if (mode === 'fp8') return dtypes.every((d) => d === 'F8_E4M3') && fp8BlockCols === 128 ? FMT_FP8 : floatFmt;
+  return mode === 'q8' ? FMT_Q8 : FMT_Q4;
+}
+
+/**
+ * kv_b's per-head cuts: float as stored, except that q8 and q4 modes make them q8 (in q4, kv_b cost the
+ * v2-lite-tiny fixture 4 of its 13 greedy top-1 agreements with f32, for 0.5% of v3-2k6's weights).
+ */
+export function cutFormatFor(mode: QuantMode, dtype: DType): WeightFormat {
+  if (mode === 'f32') return FMT_F32;
+  if (mode === 'bf16') return FMT_BF16;
+  if (mode === 'q8' || mode === 'q4') return FMT_Q8;
+  return dtype === 'BF16' ? FMT_BF16 : FMT_F32;
+}
+
+/** Bytes a weight of the schema takes once loaded under `mode` (kv_b: its per-head cuts; vectors: f32). */
+export function weightBytes(k: Kernels, cfg: DeepSeekConfig, mode: QuantMode, w: Weight, dtypes: readonly DType[], fp8BlockCols: number): number {
+  if (w.kind === 'vector') return w.shape[0] * 4;
+  if (w.role === ROLE_KV_B) {
+    const fmt = cutFormatFor(mode, dtypes[0]);
+    const { numAttentionHeads: heads, qkNopeHeadDim: nope, vHeadDim: v, kvLoraRank: rank } = cfg;
+    return heads * ((k.weight_bytes(fmt, rank, nope) >>> 0) + (k.weight_bytes(fmt, v, rank) >>> 0));
+  }
+  return k.weight_bytes(formatFor(mode, w, dtypes, fp8BlockCols), w.shape[0], w.shape[1]) >>> 0;
 }
 
 /** f32 -> bf16 with round-to-nearest-even (NaN stays NaN). */

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { PRESET_NAMES, presetConfig } from '../../checkpoint/presets.js';
 import { SYNTH_DTYPES, synthCheckpoint, type SynthDType } from '../../model/synth.js';
 import { fail } from '../../errors.js';
+import { DEFAULT_MODEL_DIR } from '../../index.js';
 import { createProgress } from '../progress.js';
 import type { Command } from './command.js';
 
@@ -72,6 +73,7 @@ export const synthCommand: Command = {
       dtype: dtype as SynthDType,
       layers: flags.layers as number | undefined,
       overwrite: flags.force === true,
+      tokenizerFrom: DEFAULT_MODEL_DIR,
       onProgress: (written, total) => {
         progress ??= createProgress(`writing ${out}`, total);
         progress.advance(written - seen);
@@ -82,7 +84,10 @@ export const synthCommand: Command = {
     const secs = (performance.now() - start) / 1000;
     process.stdout.write(
       `wrote ${out}: ${paramsText(result.parameters)} parameters, ${result.tensors} tensors, ${bytesText(result.totalBytes)} ` +
-        `in ${result.shards.length} shard${result.shards.length === 1 ? '' : 's'}, ${secs.toFixed(1)} s (${bytesText(result.totalBytes / secs)}/s)\n`,
+        `in ${result.shards.length} shard${result.shards.length === 1 ? '' : 's'}, ${secs.toFixed(1)} s (${bytesText(result.totalBytes / secs)}/s); ` +
+        (result.tokenizer
+          ? 'tokenizer: the embedded model\'s, cut to vocab_size\n'
+          : `no tokenizer (vocab_size ${result.config.vocabSize} is below the 259 ids of a byte-level tokenizer)\n`),
     );
   },
 };
