@@ -648,7 +648,9 @@ test('progress: silent off a terminal or for small loads; a bar on a terminal', 
   p.done();
   assert.ok(lines.length >= 2 && lines.length < 10, `${lines.length} writes`);
   const last = lines[lines.length - 2]!;
-  assert.ok(last.startsWith('\rloading [') && last.includes('100%') && last.includes('1024/1024 MB'), last);
+  assert.ok(last.startsWith('\rloading [') && last.includes('100%') && last.includes('1024/1024 MB') && / MB\/s in \d+ s\x1b\[K$/.test(last), last);
+  // Before the end, the time left at the rate so far.
+  assert.ok(lines.slice(0, -2).every((l) => / MB\/s (\d+ s|\d+ min \d\d s) left\x1b\[K$/.test(l)), lines[0]);
   assert.is(lines[lines.length - 1], '\n');
 });
 

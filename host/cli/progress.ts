@@ -30,7 +30,9 @@ export function createProgress(label: string, totalBytes: number, out: ProgressS
     const frac = Math.min(1, doneBytes / totalBytes);
     const secs = (now - start) / 1000;
     const rate = secs > 0 ? doneBytes / MB / secs : 0;
-    const stats = ` ${(frac * 100).toFixed(0).padStart(3)}% ${(doneBytes / MB).toFixed(0)}/${(totalBytes / MB).toFixed(0)} MB ${rate.toFixed(0)} MB/s`;
+    // At the end, how long it took; before, how long is left at the rate so far.
+    const time = finished ? `in ${clock(secs)}` : rate > 0 ? `${clock((totalBytes - doneBytes) / MB / rate)} left` : '';
+    const stats = ` ${(frac * 100).toFixed(0).padStart(3)}% ${(doneBytes / MB).toFixed(0)}/${(totalBytes / MB).toFixed(0)} MB ${rate.toFixed(0)} MB/s ${time}`;
     const width = Math.max(10, Math.min(40, (out.columns ?? 80) - label.length - stats.length - 4));
     const filled = Math.round(frac * width);
     // \r returns to column 0 and \x1b[K clears what a longer previous line left behind.
@@ -51,6 +53,12 @@ export function createProgress(label: string, totalBytes: number, out: ProgressS
       out.write('\n');
     },
   };
+}
+
+/** Seconds as "42 s" or "3 min 05 s". */
+function clock(secs: number): string {
+  const s = Math.round(secs);
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
 }
 
 /** Progress as the loaders report it (bytes read so far, total): draws the bar on first report. */
