@@ -7,9 +7,10 @@ import { Attention, type AttentionShared } from './attention.js';
 import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './backend.js';
 import { Mlp } from './mlp.js';
 import { Moe } from './moe.js';
+import { scratchBytes } from './placement.js';
 import { ropeTables, softmaxScale } from './rope.js';
-import { activeShare, modelSchema, schemaWeights, type BlockSchema } from './schema.js';
-import { SequencePool, type Slot } from './sequences.js';
+import { kvRowBytes, modelSchema, schemaWeights, weightTotals, type BlockSchema } from './schema.js';
+import { SequencePool, poolShape, type Slot } from './sequences.js';
 import { WeightReader, type Matrix, type Placed, type QuantMode } from './weights.js';
 
 /** One transformer block: x += attn(norm(x)); x += ffn(norm(x)), the ffn being MoE or a dense MLP. */
@@ -44,6 +45,9 @@ export class Model implements ModelBackend {
   readonly maxSequences: number;
   private readonly sequences: SequencePool;
   private closed = false;
+  /** One cached position of one layer (the latent c and the roped key), and one layer of a sequence's cache. */
+  private readonly rowBytes: number;
+  private readonly layerBytes: number;
 
   private constructor(
     readonly config: DeepSeekConfig,
@@ -67,6 +71,8 @@ export class Model implements ModelBackend {
     readonly placed: readonly Placed[],
   ) {
     this.maxSequences = caches.length;
+    this.rowBytes = kvRowBytes(config);
+    this.layerBytes = contextLength * this.rowBytes;
     this.sequences = new SequencePool(config, contextLength, caches.length);
   }
 
@@ -77,15 +83,7 @@ export class Model implements ModelBackend {
   /** Loads the weights of an opened checkpoint (a folder's, or one held in memory); closes it when done. */
   static async fromCheckpoint(ckpt: Checkpoint, opts: LoadOptions = {}): Promise<Model> {
     try {
-      const cfg = ckpt.config;
-      const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
-      const maxSequences = opts.maxSequences ?? 1;
-      const passTokens = opts.passTokens ?? 256;
-      if (!Number.isInteger(passTokens) || passTokens < 1) fail(`passTokens must be a whole number of at least 1, got ${passTokens}`);
-      if (!Number.isInteger(maxSequences) || maxSequences < 1) fail(`maxSequences must be a whole number of at least 1, got ${maxSequences}`);
-      if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
-        fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
-      }
+      const { contextLength, maxSequences, passTokens } = poolShape(ckpt.config, opts);
       const rt = await Runtime.create(opts.threads, { simd: opts.simd, module: opts.wasm });
       try {
         return Model.read(ckpt, rt, opts, contextLength, maxSequences, passTokens);
@@ -104,16 +102,10 @@ export class Model implements ModelBackend {
     let total = 0;
     const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), total), opts.quant);
     const schema = modelSchema(cfg, { hasLmHead: ckpt.has('lm_head.weight') });
-    const latent = cfg.kvLoraRank + cfg.qkRopeHeadDim;
-    const cacheFloats = cfg.numHiddenLayers * contextLength * latent;
+    const cacheFloats = (cfg.numHiddenLayers * contextLength * kvRowBytes(cfg)) / 4;
     const weights = schemaWeights(schema);
     total = weights.reduce((n, x) => n + w.readBytes(x), 0);
-    const bytes = { weights: 0, active: 0 };
-    for (const x of weights) {
-      const b = w.plannedBytes(x.tied ? schema.embed : x);
-      if (!x.tied) bytes.weights += b;
-      bytes.active += b * activeShare(cfg, x);
-    }
+    const bytes = weightTotals(schema, (x) => w.plannedBytes(x));
     checkFits(cfg, w, bytes.weights, maxSequences * cacheFloats * 4, contextLength, maxSequences, passTokens, rt.threads);
 
     const embed = w.matrix(schema.embed);
@@ -166,8 +158,7 @@ export class Model implements ModelBackend {
   /** A new sequence with a copy of this one's cached latents (rows [0, position) of every layer). */
   fork(sequence: Sequence): Sequence {
     const { from, to } = this.sequences.fork(sequence);
-    const rowBytes = (this.config.kvLoraRank + this.config.qkRopeHeadDim) * 4;
-    const layerBytes = this.contextLength * rowBytes;
+    const { rowBytes, layerBytes } = this;
     const heap = new Uint8Array(this.rt.memory.buffer);
     for (let i = 0; i < this.blocks.length; i++) {
       const src = this.caches[from.slot] + i * layerBytes;
@@ -218,7 +209,7 @@ export class Model implements ModelBackend {
     const pos0 = seq.position;
     const hidden = cfg.hiddenSize;
     const vocab = cfg.vocabSize;
-    const layerBytes = this.contextLength * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 4;
+    const { layerBytes } = this;
     const cache = this.caches[seq.slot];
     const mark = rt.arena.mark();
 
@@ -273,10 +264,7 @@ function checkFits(
   cfg: DeepSeekConfig, w: WeightReader, weightBytes: number, cacheBytes: number, contextLength: number, maxSequences: number,
   passTokens: number, threads: number,
 ): void {
-  const { hiddenSize: hidden, numAttentionHeads: heads, qkNopeHeadDim: nope, qkRopeHeadDim: rope, kvLoraRank: rank } = cfg;
-  const widest = Math.max(cfg.intermediateSize, 2 * cfg.moeIntermediateSize * Math.max(1, cfg.nSharedExperts), cfg.qLoraRank ?? 0);
-  const perToken = 4 * (4 * hidden + heads * (nope + rope) + 2 * heads * rank + 2 * widest + cfg.nRoutedExperts);
-  const scratch = passTokens * perToken + threads * contextLength * 4 * 4 + 2 * contextLength * rope * 4 + cfg.vocabSize * 4 + 8 * MiB;
+  const scratch = scratchBytes(cfg, contextLength, passTokens, threads);
   const need = weightBytes + cacheBytes + scratch;
   if (need <= MAX_MEMORY_BYTES) return;
   const mib = (n: number): string => `${Math.ceil(n / MiB)} MiB`;

@@ -244,6 +244,11 @@ export function schemaWeights(s: ModelSchema, opts: { mtp?: boolean } = {}): Wei
   return out;
 }
 
+/** Bytes one layer caches per token: the normed latent c and the roped shared key, f32 (MLA, absorbed). */
+export function kvRowBytes(cfg: DeepSeekConfig): number {
+  return (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 4;
+}
+
 /** Elements of a weight. */
 export function weightSize(w: Weight): number {
   return w.shape.reduce((p, d) => p * d, 1);
@@ -256,6 +261,21 @@ export function weightSize(w: Weight): number {
 export function activeShare(cfg: DeepSeekConfig, w: Weight): number {
   if (w.role === ROLE_EMBED) return 0;
   return w.role === ROLE_EXP_GATE_UP || w.role === ROLE_EXP_DOWN ? cfg.numExpertsPerTok / cfg.nRoutedExperts : 1;
+}
+
+/**
+ * Bytes of the model's weights (a tied head counted once) and those one decoded token reads, with
+ * `bytesOf` sizing each weight as a load holds it.
+ */
+export function weightTotals(s: ModelSchema, bytesOf: (w: Weight) => number): { weights: number; active: number } {
+  let weights = 0;
+  let active = 0;
+  for (const w of schemaWeights(s)) {
+    const b = bytesOf(w.tied ? s.embed : w);
+    if (!w.tied) weights += b;
+    active += b * activeShare(s.config, w);
+  }
+  return { weights, active };
 }
 
 /** Parameters of the model (a tied head counted once; MTP left out), those one decoded token reads, and the embedding's. */

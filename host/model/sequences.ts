@@ -3,7 +3,27 @@
 // themselves (wasm memory, device memory) and only copy rows on fork.
 import type { DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
-import type { BatchEntry, Sequence } from './backend.js';
+import type { BatchEntry, LoadOptions, Sequence } from './backend.js';
+
+/** The pool and pass sizes a load asks for, with their defaults, checked against the config. */
+export interface PoolShape {
+  contextLength: number;
+  maxSequences: number;
+  passTokens: number;
+}
+
+/** The load options' pool and pass sizes: every backend checks them here, before it allocates or reads anything. */
+export function poolShape(cfg: DeepSeekConfig, opts: LoadOptions): PoolShape {
+  const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
+  const maxSequences = opts.maxSequences ?? 1;
+  const passTokens = opts.passTokens ?? 256;
+  if (!Number.isInteger(passTokens) || passTokens < 1) fail(`passTokens must be a whole number of at least 1, got ${passTokens}`);
+  if (!Number.isInteger(maxSequences) || maxSequences < 1) fail(`maxSequences must be a whole number of at least 1, got ${maxSequences}`);
+  if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
+    fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
+  }
+  return { contextLength, maxSequences, passTokens };
+}
 
 export class Slot implements Sequence {
   position = 0;
@@ -19,7 +39,6 @@ export class SequencePool {
     readonly contextLength: number,
     readonly maxSequences: number,
   ) {
-    if (!Number.isInteger(maxSequences) || maxSequences < 1) fail(`maxSequences must be a whole number of at least 1, got ${maxSequences}`);
     this.taken = new Array(maxSequences).fill(null);
   }
 

@@ -68,20 +68,32 @@ export function parseQuant(text: string, where = '--quant'): QuantName {
  * anything else loads as stored.
  */
 export function resolveQuant(ckpt: Checkpoint, requested?: QuantName): QuantMode {
-  const converted = ckpt.config.deepwasmQuantization?.format;
   const hasFp8 = [...ckpt.tensors.values()].some((e) => e.dtype === 'F8_E4M3');
+  return quantFor(ckpt.dir, { converted: ckpt.config.deepwasmQuantization?.format, hasFp8, totalBytes: ckpt.totalBytes }, requested);
+}
+
+/** What decides a load's default format: a deepwasm conversion, FP8 tensors, the stored size. */
+export interface StoredWeights {
+  converted?: 'q8' | 'q4';
+  hasFp8: boolean;
+  totalBytes: number;
+}
+
+/** resolveQuant's rule over the facts of the weights as stored; `where` names them in errors. */
+export function quantFor(where: string, stored: StoredWeights, requested?: QuantName): QuantMode {
+  const { converted, hasFp8 } = stored;
   if (converted) {
     if (requested !== undefined && requested !== converted) {
-      fail(`${ckpt.dir} was written by "deepwasm convert" in ${converted}; it loads only as ${converted} (leave out --quant, or convert the original checkpoint to ${requested})`);
+      fail(`${where} was written by "deepwasm convert" in ${converted}; it loads only as ${converted} (leave out --quant, or convert the original checkpoint to ${requested})`);
     }
     return converted;
   }
   if (requested === 'fp8' && !hasFp8) {
-    fail(`--quant fp8 keeps FP8 weights as they are, but ${ckpt.dir} has no F8_E4M3 tensors; use q8, q4, bf16 or f32`);
+    fail(`--quant fp8 keeps FP8 weights as they are, but ${where} has no F8_E4M3 tensors; use q8, q4, bf16 or f32`);
   }
   if (requested !== undefined) return requested;
   if (hasFp8) return 'fp8';
-  return ckpt.totalBytes > DEFAULT_Q8_ABOVE_BYTES ? 'q8' : 'stored';
+  return stored.totalBytes > DEFAULT_Q8_ABOVE_BYTES ? 'q8' : 'stored';
 }
 
 /**

@@ -6,6 +6,7 @@ import {
   ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../../runtime/constants.js';
 import { CONFIG_BYTES, CONFIG_INTS } from './ffi.js';
+import type { PoolShape } from '../../model/sequences.js';
 
 const TOPK_METHOD = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITED_GREEDY, noaux_tc: ROUTE_NOAUX_TC } as const;
 
@@ -17,13 +18,6 @@ export interface DecodeTuning {
   attnSplits?: number;
   /** Synchronise and check after every kernel, so a fault names its kernel (slow; default: DW_SYNC=1 in the environment). */
   syncLaunches?: boolean;
-}
-
-export interface PoolShape {
-  contextLength: number;
-  maxSequences: number;
-  /** Tokens per prefill chunk. */
-  passTokens: number;
 }
 
 export function packConfig(cfg: DeepSeekConfig, pool: PoolShape, tuning: DecodeTuning = {}): ArrayBuffer {

@@ -9,7 +9,7 @@ import { fail } from '../../errors.js';
 import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from '../../model/backend.js';
 import { ropeTables } from '../../model/rope.js';
 import { modelSchema, schemaWeights } from '../../model/schema.js';
-import { SequencePool } from '../../model/sequences.js';
+import { SequencePool, poolShape } from '../../model/sequences.js';
 import { DTYPE_F32, ROLE_ROPE_COS, ROLE_ROPE_SIN } from '../../runtime/constants.js';
 import { packConfig, type DecodeTuning } from './config.js';
 import { openLibrary, type DwLib, type Handle, type MemoryPlan } from './ffi.js';
@@ -126,17 +126,10 @@ export class CudaModel implements ModelBackend {
 
   /** Makes the model, runs fill (declare, check the memory, load), uploads the rope tables, finalizes. */
   private static async build(lib: DwLib, cfg: DeepSeekConfig, quant: CudaQuant, opts: CudaLoadOptions, fill: (m: CudaModel) => void): Promise<CudaModel> {
-    const contextLength = opts.contextLength ?? Math.min(cfg.maxPositionEmbeddings, 4096);
-    if (!Number.isInteger(contextLength) || contextLength < 1 || contextLength > cfg.maxPositionEmbeddings) {
-      fail(`context length must be a whole number from 1 to max_position_embeddings (${cfg.maxPositionEmbeddings}), got ${contextLength}`);
-    }
-    const maxSequences = opts.maxSequences ?? 1;
-    if (!Number.isInteger(maxSequences) || maxSequences < 1) fail(`maxSequences must be a whole number of at least 1, got ${maxSequences}`);
-    const passTokens = opts.passTokens ?? 256;
-    if (!Number.isInteger(passTokens) || passTokens < 1) fail(`passTokens must be a whole number of at least 1, got ${passTokens}`);
-    const handle = lib.create(packConfig(cfg, { contextLength, maxSequences, passTokens }, opts.decode));
+    const pool = poolShape(cfg, opts);
+    const handle = lib.create(packConfig(cfg, pool, opts.decode));
     if (!handle) fail(`CUDA backend: ${lib.lastError()}`);
-    const model = new CudaModel(cfg, contextLength, maxSequences, quant, lib.deviceInfo().info, lib, handle);
+    const model = new CudaModel(cfg, pool.contextLength, pool.maxSequences, quant, lib.deviceInfo().info, lib, handle);
     try {
       fill(model);
       model.uploadRope();

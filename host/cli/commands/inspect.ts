@@ -5,8 +5,8 @@ import type { DType } from '../../checkpoint/dtypes.js';
 import { PRESET_NAMES, presetConfig } from '../../checkpoint/presets.js';
 import { fail } from '../../errors.js';
 import { defaultMemoryLimit, describeUnits, placeUnits, planUnits, scratchBytes } from '../../model/placement.js';
-import { activeShare, modelSchema, parameterCounts, schemaWeights, type Weight } from '../../model/schema.js';
-import { DEFAULT_Q8_ABOVE_BYTES, parseQuant, resolveQuant, weightBytes, type QuantMode } from '../../model/weights.js';
+import { kvRowBytes, modelSchema, parameterCounts, schemaWeights, weightTotals, type Weight } from '../../model/schema.js';
+import { parseQuant, quantFor, weightBytes, type QuantMode, type QuantName } from '../../model/weights.js';
 import { Runtime } from '../../runtime/runtime.js';
 import { CONTEXT_FLAG, QUANT_FLAG, type Command } from './command.js';
 
@@ -26,7 +26,7 @@ interface Source {
   dtypeOf(tensor: string): DType;
   fp8BlockCols: number;
   /** The load's format: --quant, else the loader's default rule. */
-  mode(requested?: QuantMode): QuantMode;
+  mode(requested?: QuantName): QuantMode;
   /** The formats this source can load in, for the bytes-per-format line. */
   modes: QuantMode[];
 }
@@ -37,7 +37,7 @@ function fromCheckpoint(dir: string): Source {
     const dtypes = new Map([...ckpt.tensors.values()].map((e) => [e.name, e.dtype]));
     const fp8 = [...dtypes.values()].includes('F8_E4M3');
     const converted = ckpt.config.deepwasmQuantization?.format;
-    const resolved = (q?: QuantMode): QuantMode => resolveQuant(ckpt, q === 'stored' ? undefined : q);
+    const stored = { converted, hasFp8: fp8, totalBytes: ckpt.totalBytes };
     return {
       name: dir,
       config: ckpt.config,
@@ -45,7 +45,7 @@ function fromCheckpoint(dir: string): Source {
       has: (t) => dtypes.has(t),
       dtypeOf: (t) => dtypes.get(t) ?? fail(`${dir}: the checkpoint has no tensor "${t}", which its config.json needs`),
       fp8BlockCols: ckpt.config.quantization?.blockSize[1] ?? 128,
-      mode: resolved,
+      mode: (q) => quantFor(dir, stored, q),
       modes: converted ? [converted] : fp8 ? ['fp8', 'bf16', 'q8', 'q4'] : ['f32', 'bf16', 'q8', 'q4'],
     };
   } finally {
@@ -64,7 +64,7 @@ function fromPreset(name: string): Source {
     has: () => true,
     dtypeOf: () => 'BF16',
     fp8BlockCols: 128,
-    mode: (q) => q ?? (stored > DEFAULT_Q8_ABOVE_BYTES ? 'q8' : 'stored'),
+    mode: (q) => quantFor(`preset ${name}`, { hasFp8: false, totalBytes: stored }, q),
     modes: ['f32', 'bf16', 'q8', 'q4'],
   };
 }
@@ -107,12 +107,11 @@ export const inspectCommand: Command = {
       };
       const bytesOf = sizeIn(mode);
       const params = parameterCounts(schema);
-      const total = weights.reduce((n, w) => n + bytesOf(w), 0);
-      const active = weights.reduce((n, w) => n + (w.tied ? bytesOf(schema.embed) : bytesOf(w)) * activeShare(cfg, w), 0);
-      const kvPerToken = cfg.numHiddenLayers * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 4;
+      const { weights: total, active } = weightTotals(schema, bytesOf);
+      const kvPerToken = cfg.numHiddenLayers * kvRowBytes(cfg);
       const scratch = scratchBytes(cfg, context, 256, 1);
       const limit = flags['memory-limit'] !== undefined ? (flags['memory-limit'] as number) * MiB : defaultMemoryLimit(scratch);
-      const plan = placeUnits(planUnits(schema, bytesOf, (kvPerToken / cfg.numHiddenLayers) * context * sequences), limit);
+      const plan = placeUnits(planUnits(schema, bytesOf, kvRowBytes(cfg) * context * sequences), limit);
       const moeLayers = schema.blocks.filter((b) => 'moe' in b.ffn).length;
       const perFormat = src.modes.map((m) => `${m} ${gb(weights.reduce((n, w) => n + sizeIn(m)(w), 0))}`).join(', ');
       const need = plan.memories.reduce((n, m) => n + m.bytes, 0) + plan.memories.length * scratch;
