@@ -29,13 +29,7 @@ __device__ __forceinline__ float dot_raw4(const Raw<F> &r, const float4 a, const
     return fmaf(bf16_hi(r.u.w), b.w, s);
   } else {
     float w[8];
-    if constexpr (F == F_FP8) {
-      fp8x4_to_f32(r.u.x, w);
-      fp8x4_to_f32(r.u.y, w + 4);
-    } else {
-      i8x4_to_f32((uint32_t)r.u.x, w);
-      i8x4_to_f32((uint32_t)r.u.y, w + 4);
-    }
+    quant_to_f32(r, w);
     float s = w[0] * a.x;
     s = fmaf(w[1], a.y, s);
     s = fmaf(w[2], a.z, s);

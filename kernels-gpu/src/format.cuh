@@ -134,6 +134,18 @@ __device__ __forceinline__ Raw<F> load_raw(const char *__restrict__ rowp, const 
   return r;
 }
 
+// The 8 weights of a quantized (fp8 or q8) r as f32, before their scale r.s.
+template <int F>
+__device__ __forceinline__ void quant_to_f32(const Raw<F> &r, float *o) {
+  if constexpr (F == F_FP8) {
+    fp8x4_to_f32(r.u.x, o);
+    fp8x4_to_f32(r.u.y, o + 4);
+  } else {
+    i8x4_to_f32((uint32_t)r.u.x, o);
+    i8x4_to_f32((uint32_t)r.u.y, o + 4);
+  }
+}
+
 // The 8 weights of r as f32 (the scale applied).
 template <int F>
 __device__ __forceinline__ void raw_to_f32(const Raw<F> &r, float *o) {
@@ -143,13 +155,7 @@ __device__ __forceinline__ void raw_to_f32(const Raw<F> &r, float *o) {
     o[0] = bf16_lo(r.u.x); o[1] = bf16_hi(r.u.x); o[2] = bf16_lo(r.u.y); o[3] = bf16_hi(r.u.y);
     o[4] = bf16_lo(r.u.z); o[5] = bf16_hi(r.u.z); o[6] = bf16_lo(r.u.w); o[7] = bf16_hi(r.u.w);
   } else {
-    if constexpr (F == F_FP8) {
-      fp8x4_to_f32(r.u.x, o);
-      fp8x4_to_f32(r.u.y, o + 4);
-    } else {
-      i8x4_to_f32((uint32_t)r.u.x, o);
-      i8x4_to_f32((uint32_t)r.u.y, o + 4);
-    }
+    quant_to_f32(r, o);
 #pragma unroll
     for (int i = 0; i < 8; i++) o[i] *= r.s;
   }

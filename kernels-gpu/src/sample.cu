@@ -31,10 +31,11 @@ __device__ void block_argmax(float &v, int &i) {
   __syncthreads();
 }
 
-__device__ void thread_argmax(const float *x, int n, float &v, int &i) {
+// This thread's argmax of x[lo, hi), strided over the block (ties to the lowest index).
+__device__ void thread_argmax(const float *x, int lo, int hi, float &v, int &i) {
   v = -INFINITY;
   i = 0x7fffffff;
-  for (int k = threadIdx.x; k < n; k += blockDim.x) {
+  for (int k = lo + threadIdx.x; k < hi; k += blockDim.x) {
     const float c = x[k];
     if (i == 0x7fffffff || c > v) {
       v = c;
@@ -43,19 +44,22 @@ __device__ void thread_argmax(const float *x, int n, float &v, int &i) {
   }
 }
 
+// The step's greedy token: into the state the graph reads next, the position advanced, the log.
+__device__ void record_token(DState *state, int token, int advance) {
+  state->token = token;
+  state->pos += advance;
+  if (state->log && state->count < state->cap) state->log[state->count] = token;
+  state->count++;
+}
+
 __global__ void __launch_bounds__(1024) argmax_kernel(const float *logits, int n, DState *state, int advance) {
   pdl_wait();
   pdl_trigger();
   float v;
   int i;
-  thread_argmax(logits, n, v, i);
+  thread_argmax(logits, 0, n, v, i);
   block_argmax(v, i);
-  if (threadIdx.x == 0) {
-    state->token = i;
-    state->pos += advance;
-    if (state->log && state->count < state->cap) state->log[state->count] = i;
-    state->count++;
-  }
+  if (threadIdx.x == 0) record_token(state, i, advance);
 }
 
 // The same over ARGMAX_BLOCKS blocks: each takes a contiguous chunk (one load per thread in flight,
@@ -69,15 +73,9 @@ __global__ void __launch_bounds__(256) argmax_blocks_kernel(const float *logits,
   pdl_trigger();
   const int chunk = ceil_div(n, (int)gridDim.x);
   const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
-  float v = -INFINITY;
-  int i = 0x7fffffff;
-  for (int k = lo + threadIdx.x; k < hi; k += blockDim.x) {
-    const float c = logits[k];
-    if (i == 0x7fffffff || c > v) {
-      v = c;
-      i = k;
-    }
-  }
+  float v;
+  int i;
+  thread_argmax(logits, lo, hi, v, i);
   block_argmax(v, i);
   if (threadIdx.x == 0) {
     cv[blockIdx.x] = v;
@@ -100,10 +98,7 @@ __global__ void __launch_bounds__(256) argmax_blocks_kernel(const float *logits,
   }
   block_argmax(v, i);
   if (threadIdx.x == 0) {
-    state->token = i;
-    state->pos += advance;
-    if (state->log && state->count < state->cap) state->log[state->count] = i;
-    state->count++;
+    record_token(state, i, advance);
     *counter = 0;
   }
 }
@@ -114,7 +109,7 @@ __global__ void __launch_bounds__(1024) topk_kernel(const float *logits, int n, 
   for (int r = 0; r < k; r++) {
     float v;
     int i;
-    thread_argmax(scratch, n, v, i);
+    thread_argmax(scratch, 0, n, v, i);
     block_argmax(v, i);
     if (threadIdx.x == 0) {
       vals[r] = v;
