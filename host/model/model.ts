@@ -102,6 +102,12 @@ export class Model implements ModelBackend {
     this.runtimes = places.map((p) => p.rt);
   }
 
+  /** What the WASI image (pack.ts) needs beside the weights: the attention tables and the first sequence's cache; one memory only. */
+  get oneMemory(): { attention: AttentionShared; cache: number } {
+    if (this.places.length > 1) fail(`the WASI image holds one WebAssembly memory, but this model spans ${this.places.length}; pack a smaller model or format`);
+    return { attention: this.places[0].attention!, cache: this.caches[0][0] };
+  }
+
   /** The runtime of the first memory (the embedding's). */
   get rt(): Runtime {
     return this.places[0].rt;
@@ -157,8 +163,18 @@ export class Model implements ModelBackend {
     if (schema.head.tied) w.alias(schema.head, embed.m);
     const head = { place: placeOf(schema.norm), norm, m: headMatrix };
 
+    // A sequence's cache is one block per memory, its layers there one after another (so in one memory the
+    // whole cache is one [layers, contextLength, latent] block, as the WASI image lays it).
     const cacheBytes = contextLength * kvRowBytes(cfg);
-    const caches = blocks.map((b, i) => Array.from({ length: maxSequences }, (_, s) => b.place.rt.arena.alloc(cacheBytes, `KV cache of layer ${i}, sequence ${s}`)));
+    const caches = blocks.map(() => new Array<number>(maxSequences));
+    for (const p of places) {
+      const layers = blocks.flatMap((b, i) => (b.place === p ? [i] : []));
+      if (layers.length === 0) continue;
+      for (let s = 0; s < maxSequences; s++) {
+        const base = p.rt.arena.alloc(layers.length * cacheBytes, `KV cache of sequence ${s}, layers ${layers[0]}-${layers[layers.length - 1]}`);
+        layers.forEach((layer, j) => (caches[layer][s] = base + j * cacheBytes));
+      }
+    }
     const logits = head.place.rt.f32(head.place.rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
     const memories = plan.memories.map((m) => ({ bytes: m.bytes, units: describeUnits(m.units, cfg) }));
     return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, w.placed, memories);
