@@ -174,27 +174,35 @@ export function closeAll(): void {
 
 /** Copies the tensor's raw little-endian bytes into dst[0, nbytes). */
 export function readTensorInto(entry: TensorEntry, dst: Uint8Array): void {
-  const file = basename(entry.path);
   if (dst.length < entry.nbytes) {
-    fail(`${file}: tensor "${entry.name}" needs ${entry.nbytes} bytes, destination holds ${dst.length}`);
+    fail(`${basename(entry.path)}: tensor "${entry.name}" needs ${entry.nbytes} bytes, destination holds ${dst.length}`);
   }
-  const target = dst.length === entry.nbytes ? dst : dst.subarray(0, entry.nbytes);
+  readTensorRange(entry, 0, dst.length === entry.nbytes ? dst : dst.subarray(0, entry.nbytes));
+}
+
+/** Copies dst.length bytes of the tensor, from `start` bytes into it: a piece of a tensor too big to stage whole. */
+export function readTensorRange(entry: TensorEntry, start: number, dst: Uint8Array): void {
+  const file = basename(entry.path);
+  if (start < 0 || start + dst.length > entry.nbytes) {
+    fail(`${file}: tensor "${entry.name}" has ${entry.nbytes} bytes; bytes [${start}, ${start + dst.length}) are not in it`);
+  }
+  const at = entry.offset + start;
   if (entry.bytes) {
-    target.set(entry.bytes.subarray(entry.offset, entry.offset + entry.nbytes));
+    dst.set(entry.bytes.subarray(at, at + dst.length));
     return;
   }
   const fd = cachedFd(entry.path);
   let got: number;
   try {
-    got = readExactly(fd, target, entry.offset);
+    got = readExactly(fd, dst, at);
   } catch (e) {
     closeFile(entry.path);
     fail(`${file}: reading tensor "${entry.name}" failed (${(e as Error).message})`);
   }
-  if (got !== entry.nbytes) {
+  if (got !== dst.length) {
     // The file changed under us or was cut short after its header; a stale fd would keep failing.
     closeFile(entry.path);
-    fail(`${file}: tensor "${entry.name}" needs bytes [${entry.offset}, ${entry.offset + entry.nbytes}) but the file ends at ${entry.offset + got}; truncated?`);
+    fail(`${file}: tensor "${entry.name}" needs bytes [${entry.offset}, ${entry.offset + entry.nbytes}) but the file ends at ${at + got}; truncated?`);
   }
 }
 

@@ -60,9 +60,14 @@ export function planBytes(plan: MemoryPlan, scratch: number): number {
 /** Share of the machine's RAM a plan may take: the rest is the OS, the JS heap, the workers and the page cache. */
 export const RAM_SHARE = 0.9;
 
-/** This machine's RAM in bytes, where the runtime says (Node, Deno); undefined in a browser. */
+/** This machine's RAM in bytes, where the runtime says (Node, Deno with --allow-sys); undefined in a browser. */
 export function machineRam(): number | undefined {
-  return typeof totalmem === 'function' ? totalmem() : undefined;
+  try {
+    return typeof totalmem === 'function' ? totalmem() : undefined;
+  } catch {
+    // Deno without --allow-sys refuses to say: the plan is then not checked against the RAM.
+    return undefined;
+  }
 }
 
 /**
