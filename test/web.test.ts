@@ -1,16 +1,20 @@
 // The browser demo in a real browser: Debian's chromium driven by playwright-core loads the embedded model from
 // `deepwasm web` and its greedy text equals the Node CLI's (--threads 1), once cross-origin isolated (COOP/COEP), where
-// the page runs a pool of threads (nested Web Workers), and once served without those headers, on one thread. A screenshot of each run is written to a temp folder.
+// the page runs a pool of threads (nested Web Workers), and once served without those headers, on one thread, from a
+// copy of the model in a folder of another name. The files are cached in parts (small ones here, so that one shard is
+// several); a reload takes them from the cache, and a file replaced on the server is downloaded again. A screenshot of
+// each run is written to a temp folder.
 // Without chromium the tests are skipped with one line saying how to install it, except under CI (CI=true), where
 // that is a failure: CI must run them (.ci/run installs chromium).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { DEFAULT_MODEL_DIR } from '../host/index.js';
 
 const MAIN = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 // Only test/web-without-chromium.test.ts points this elsewhere, to check what a machine without chromium gets.
@@ -18,6 +22,9 @@ const CHROMIUM = process.env.DEEPWASM_CHROMIUM ?? '/usr/bin/chromium';
 const INSTALL = 'apt-get install -y --no-install-recommends chromium';
 const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
 const PROMPT = 'Once upon a time';
+/** The embedded model's 14 MiB shard in parts of at most 4 MiB. */
+const PART_MIB = 4;
+const QUERY = `?prompt=${encodeURIComponent(PROMPT)}&max_tokens=24&temperature=0&part_mib=${PART_MIB}`;
 
 function cliText(): string {
   const r = spawnSync(process.execPath, [MAIN, 'run', '--prompt', PROMPT, '--max-tokens', '24', '--temperature', '0', '--threads', '1'], { encoding: 'utf8', timeout: 120_000 });
@@ -70,6 +77,25 @@ async function finished(page: Page): Promise<{ state: string; output: string }> 
   return page.evaluate(() => ({ state: document.body.dataset.state ?? '', output: document.getElementById('output')!.textContent ?? '' }));
 }
 
+/** The cache entries the page holds: each file's manifest and its parts. */
+async function cachedParts(page: Page): Promise<string[]> {
+  return page.evaluate(async () => (await (await caches.open('deepwasm-models-v2')).keys()).map((r) => r.url));
+}
+
+/** The page's model name, memories and stats after a generation, checked the same way in every run. */
+async function checkShown(page: Page, name: string): Promise<void> {
+  assert.is(await page.textContent('#model'), `model: ${name}`);
+  assert.match((await page.textContent('#stats'))!, /^24 tokens after a \d+-token prompt · prefill \d+\.\d tokens\/s · decode \d+\.\d tokens\/s$/);
+}
+
+/** A copy of the embedded model in a folder named `name`, so the page must show that name. */
+function modelCopy(name: string): string {
+  const dir = join(mkdtempSync(join(tmpdir(), 'deepwasm-web-model-')), name);
+  mkdirSync(dir);
+  for (const f of readdirSync(DEFAULT_MODEL_DIR)) if (!f.endsWith('.md')) copyFileSync(join(DEFAULT_MODEL_DIR, f), join(dir, f));
+  return dir;
+}
+
 let expected = '';
 let shots = '';
 
@@ -86,12 +112,13 @@ for (const isolated of hasChromium ? [true, false] : []) {
     expected ||= cliText();
     assert.ok(expected.length > 0, 'the CLI printed text');
     const browser = await launch();
-    const { url, proc } = await startServer(isolated ? [] : ['--no-isolation']);
+    const copy = isolated ? undefined : modelCopy('tiny-copy');
+    const { url, proc } = await startServer(isolated ? [] : ['--no-isolation', '--model', copy!]);
     try {
       const page = await browser.newPage();
       const errors: string[] = [];
       page.on('pageerror', (e) => errors.push(e.message));
-      await page.goto(`${url}?prompt=${encodeURIComponent(PROMPT)}&max_tokens=24&temperature=0`);
+      await page.goto(url + QUERY);
       const r = await finished(page);
       shots ||= mkdtempSync(join(tmpdir(), 'deepwasm-web-'));
       const shot = join(shots, `web-${isolated ? 'isolated' : 'not-isolated'}.png`);
@@ -100,6 +127,9 @@ for (const isolated of hasChromium ? [true, false] : []) {
       assert.equal(errors, [], 'no uncaught page errors');
       assert.is(r.state, 'done', `state (output: ${r.output})`);
       assert.is(r.output, expected);
+      await checkShown(page, isolated ? 'embedded model' : 'tiny-copy');
+      const parts = (await cachedParts(page)).filter((u) => /\/model\.safetensors\?deepwasm-part=\d+$/.test(u));
+      assert.ok(parts.length >= 3, `the shard is cached in parts of ${PART_MIB} MiB: ${parts.length}`);
       assert.is(await page.evaluate(() => globalThis.crossOriginIsolated), isolated, 'crossOriginIsolated');
       const note = (await page.textContent('#isolation'))!;
       const threads = Number(await page.evaluate(() => document.body.dataset.threads));
@@ -112,12 +142,21 @@ for (const isolated of hasChromium ? [true, false] : []) {
         assert.is(threads, 1, `one thread without isolation: ${note}`);
         assert.ok(note.startsWith('1 thread (not cross-origin isolated: threads need COOP/COEP)'), `the page says why one thread: ${note}`);
       }
+      if (!isolated) {
+        // The shard replaced on the server (a new mtime, so a new ETag): the reload downloads it again.
+        utimesSync(join(copy!, 'model.safetensors'), new Date(), new Date(Date.now() + 5_000));
+        await page.reload();
+        const again = await finished(page);
+        assert.is(again.output, expected);
+        assert.match((await page.textContent('#bytes'))!, /1 of 2 files from the browser cache/);
+      }
       if (isolated) {
-        // A reload takes the model files from the Cache API and gives the same text.
+        // A reload takes the model files from the Cache API, in their parts, and gives the same text.
         await page.reload();
         const again = await finished(page);
         assert.is(again.output, expected);
         assert.match((await page.textContent('#bytes'))!, /2 of 2 files from the browser cache/);
+        await checkShown(page, 'embedded model');
         // Chat through the UI: the reply streams into the transcript and the stats line shows tokens/s.
         await page.goto(url);
         await page.click('#load');
@@ -145,6 +184,41 @@ for (const isolated of hasChromium ? [true, false] : []) {
         assert.is(stopped.state, 'done');
         assert.match((await page.textContent('#stats'))!, /stopped/);
       }
+    } finally {
+      await browser.close();
+      await stopServer(proc);
+      if (copy) rmSync(join(copy, '..'), { recursive: true, force: true });
+    }
+  });
+}
+
+if (hasChromium) {
+  test('browser (chromium): a model that will not fit in the browser storage is refused, saying why, and leaves nothing cached', async () => {
+    const browser = await launch();
+    const { url, proc } = await startServer([]);
+    try {
+      // Refused before the download: what navigator.storage.estimate() says is left is less than the files.
+      const page = await browser.newPage();
+      await page.goto(url + '?part_mib=4');
+      await page.waitForFunction(() => document.getElementById('servedName')!.textContent !== '…');
+      const worker = page.workers()[0];
+      await worker.evaluate(() => {
+        navigator.storage.estimate = async () => ({ quota: 10 * 1048576, usage: 2 * 1048576 });
+      });
+      await page.click('#load');
+      const refused = await finished(page);
+      assert.is(refused.state, 'error');
+      assert.match(refused.output, /^the model's files need \d+\.\d MiB of browser storage to be cached, but this site may store only 8\.00 MiB more \(2\.00 MiB of its 10\.0 MiB in use\); free disk space or clear this site's data$/);
+      assert.equal(await cachedParts(page), [], 'nothing cached');
+      // The quota the browser enforces, smaller than it reports: the download stops when a part cannot be written.
+      const small = await browser.newPage();
+      const cdp = await small.context().newCDPSession(small);
+      await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(url).origin, quotaSize: 1048576 });
+      await small.goto(url + QUERY);
+      const full = await finished(small);
+      assert.is(full.state, 'error');
+      assert.match(full.output, /^model\.safetensors: the browser's storage for this site ran out after caching \d+\.\d MiB \(QuotaExceededError\); free disk space or clear this site's data$/);
+      assert.ok((await cachedParts(small)).every((u) => u.includes('.wasm')), 'no part of the shard left in the cache');
     } finally {
       await browser.close();
       await stopServer(proc);
