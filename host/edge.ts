@@ -31,14 +31,20 @@ import { Tokenizer } from './tokenizer/tokenizer.js';
 export { TextModel, type GenerateResult } from './generate/text-model.js';
 export { DeepWasmError } from './errors.js';
 
-type Bytes = ArrayBuffer | ArrayBufferView | Blob | ReadableStream<Uint8Array> | Response;
+export type { RandomAccessBytes } from './checkpoint/byte-source.js';
+
+type Bytes = ArrayBuffer | ArrayBufferView | Blob | ReadableStream<Uint8Array> | Response | RandomAccessBytes;
 
 /**
- * Bytes as an ArrayBuffer, a view of one, a Blob, a ReadableStream of Uint8Arrays or a Response (or a promise of
- * one of them). A stream or a Response body is read to its end into memory in pieces; a Blob is read on demand
- * where FileReaderSync exists (a browser worker: an OPFS File or a Cache API body is never held whole), else as a stream.
+ * Bytes as an ArrayBuffer, a view of one, a Blob, a ReadableStream of Uint8Arrays, a Response, or anything with a
+ * `size` and a synchronous `read(offset, dst)` (RandomAccessBytes: e.g. over an OPFS sync access handle), or a
+ * promise of one of them. A stream or a Response body is read to its end into memory in pieces; a Blob is read on
+ * demand where FileReaderSync exists (a browser worker: a File is never held whole), else as a stream.
  */
 export type ByteSource = Bytes | Promise<Bytes>;
+
+const isRandomAccess = (s: object): s is RandomAccessBytes =>
+  typeof (s as RandomAccessBytes).read === 'function' && Number.isSafeInteger((s as RandomAccessBytes).size) && (s as RandomAccessBytes).size >= 0;
 
 export interface BufferModelSources {
   /** build/deepwasm.wasm or build/deepwasm-relaxed.wasm (the engine must have relaxed SIMD), or it compiled. */
@@ -63,7 +69,8 @@ async function bytesOf(name: string, source: ByteSource): Promise<RandomAccessBy
     if (!s.ok) fail(`${name}: the response is ${s.status} ${s.statusText}${s.url ? ` (${s.url})` : ''}`);
     return s.body ? bytesFromStream(name, s.body) : new ChunkedBytes([]);
   }
-  return fail(`${name}: expected an ArrayBuffer, a typed array, a Blob, a ReadableStream or a Response`);
+  if (typeof s === 'object' && s !== null && isRandomAccess(s)) return s;
+  return fail(`${name}: expected an ArrayBuffer, a typed array, a Blob, a ReadableStream, a Response or { size, read(offset, dst) }`);
 }
 
 async function compileWasm(source: ByteSource): Promise<WebAssembly.Module> {

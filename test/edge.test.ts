@@ -99,15 +99,24 @@ test('edge: a Response whose body streams in thousands of small chunks gives the
   assert.is(maxAbsDiff(got, expected), 0);
 });
 
-test('edge: a Blob and a bare ReadableStream load and generate what loadModel does', async () => {
+test('edge: a Blob, a bare ReadableStream and { size, read } load and generate what loadModel does', async () => {
   const expected = await nodeText();
   const weights = readFileSync(FILES['model.safetensors']);
-  for (const source of [new Blob([weights]), trickle(new Uint8Array(weights), 1 << 20)]) {
+  const reads: number[] = [];
+  const randomAccess = {
+    size: weights.length,
+    read(offset: number, dst: Uint8Array) {
+      reads.push(dst.length);
+      dst.set(weights.subarray(offset, offset + dst.length));
+    },
+  };
+  for (const source of [new Blob([weights]), trickle(new Uint8Array(weights), 1 << 20), randomAccess]) {
     const model = await loadModelFromBuffers(sources({ 'model.safetensors': source }));
     const { text } = await model.generateText(PROMPT, { maxTokens: 24, temperature: 0 });
     await model.close();
     assert.is(text, expected);
   }
+  assert.ok(reads.length > 10 && Math.max(...reads) < weights.length / 2, 'read tensor by tensor');
 });
 
 test('edge: weights of another type name the file and what is accepted', async () => {
@@ -115,7 +124,7 @@ test('edge: weights of another type name the file and what is accepted', async (
     await loadModelFromBuffers(sources({ 'model.safetensors': 'model.safetensors' }));
     assert.unreachable('loaded');
   } catch (e) {
-    assert.match((e as Error).message, /model\.safetensors: expected an ArrayBuffer, a typed array, a Blob, a ReadableStream or a Response/);
+    assert.match((e as Error).message, /model\.safetensors: expected an ArrayBuffer, a typed array, a Blob, a ReadableStream, a Response or \{ size, read\(offset, dst\) \}/);
   }
 });
 

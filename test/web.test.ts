@@ -1,13 +1,13 @@
 // The browser demo in a real browser: Debian's chromium driven by playwright-core loads the embedded model from
 // `deepwasm web` and its greedy text equals the Node CLI's (--threads 1), once cross-origin isolated (COOP/COEP), where
 // the page runs a pool of threads (nested Web Workers), and once served without those headers, on one thread, from a
-// copy of the model in a folder of another name. The files are cached in parts (small ones here, so that one shard is
-// several); a reload takes them from the cache, and a file replaced on the server is downloaded again. A screenshot of
-// each run is written to a temp folder.
+// copy of the model in a folder of another name. The files are cached in the origin private file system; a reload
+// takes them from there, and a file replaced on the server is downloaded again. A screenshot of each run is written
+// to a temp folder.
 // Without chromium the tests are skipped with one line saying how to install it, except under CI (CI=true), where
 // that is a failure: CI must run them (.ci/run installs chromium).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,14 +17,13 @@ import * as assert from 'uvu/assert';
 import { DEFAULT_MODEL_DIR } from '../host/index.js';
 
 const MAIN = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
+const WASM = fileURLToPath(new URL('../../build/deepwasm.wasm', import.meta.url));
 // Only test/web-without-chromium.test.ts points this elsewhere, to check what a machine without chromium gets.
 const CHROMIUM = process.env.DEEPWASM_CHROMIUM ?? '/usr/bin/chromium';
 const INSTALL = 'apt-get install -y --no-install-recommends chromium';
 const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
 const PROMPT = 'Once upon a time';
-/** The embedded model's 14 MiB shard in parts of at most 4 MiB. */
-const PART_MIB = 4;
-const QUERY = `?prompt=${encodeURIComponent(PROMPT)}&max_tokens=24&temperature=0&part_mib=${PART_MIB}`;
+const QUERY = `?prompt=${encodeURIComponent(PROMPT)}&max_tokens=24&temperature=0`;
 
 function cliText(): string {
   const r = spawnSync(process.execPath, [MAIN, 'run', '--prompt', PROMPT, '--max-tokens', '24', '--temperature', '0', '--threads', '1'], { encoding: 'utf8', timeout: 120_000 });
@@ -77,9 +76,18 @@ async function finished(page: Page): Promise<{ state: string; output: string }> 
   return page.evaluate(() => ({ state: document.body.dataset.state ?? '', output: document.getElementById('output')!.textContent ?? '' }));
 }
 
-/** The cache entries the page holds: each file's manifest and its parts. */
-async function cachedParts(page: Page): Promise<string[]> {
-  return page.evaluate(async () => (await (await caches.open('deepwasm-models-v2')).keys()).map((r) => r.url));
+/** The files the page keeps in OPFS by URL, with their sizes, from their manifests (web/model-store.js). */
+async function cachedFiles(page: Page): Promise<Record<string, number>> {
+  return page.evaluate(async () => {
+    const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('deepwasm-models-v1', { create: true });
+    const files: Record<string, number> = {};
+    for await (const [name, handle] of (dir as unknown as { entries(): AsyncIterable<[string, FileSystemFileHandle]> }).entries()) {
+      if (!name.endsWith('.json')) continue;
+      const { url, size } = JSON.parse(await (await handle.getFile()).text());
+      files[url] = size;
+    }
+    return files;
+  });
 }
 
 /** The page's model name, memories and stats after a generation, checked the same way in every run. */
@@ -128,8 +136,7 @@ for (const isolated of hasChromium ? [true, false] : []) {
       assert.is(r.state, 'done', `state (output: ${r.output})`);
       assert.is(r.output, expected);
       await checkShown(page, isolated ? 'embedded model' : 'tiny-copy');
-      const parts = (await cachedParts(page)).filter((u) => /\/model\.safetensors\?deepwasm-part=\d+$/.test(u));
-      assert.ok(parts.length >= 3, `the shard is cached in parts of ${PART_MIB} MiB: ${parts.length}`);
+      assert.equal(await cachedFiles(page), { [`${url}model/model.safetensors`]: statSync(join(copy ?? DEFAULT_MODEL_DIR, 'model.safetensors')).size, [`${url}wasm/deepwasm.wasm`]: statSync(WASM).size }, 'both files cached');
       assert.is(await page.evaluate(() => globalThis.crossOriginIsolated), isolated, 'crossOriginIsolated');
       const note = (await page.textContent('#isolation'))!;
       const threads = Number(await page.evaluate(() => document.body.dataset.threads));
@@ -151,7 +158,7 @@ for (const isolated of hasChromium ? [true, false] : []) {
         assert.match((await page.textContent('#bytes'))!, /1 of 2 files from the browser cache/);
       }
       if (isolated) {
-        // A reload takes the model files from the Cache API, in their parts, and gives the same text.
+        // A reload takes the model files from OPFS and gives the same text.
         await page.reload();
         const again = await finished(page);
         assert.is(again.output, expected);
@@ -199,7 +206,7 @@ if (hasChromium) {
     try {
       // Refused before the download: what navigator.storage.estimate() says is left is less than the files.
       const page = await browser.newPage();
-      await page.goto(url + '?part_mib=4');
+      await page.goto(url);
       await page.waitForFunction(() => document.getElementById('servedName')!.textContent !== '…');
       const worker = page.workers()[0];
       await worker.evaluate(() => {
@@ -209,16 +216,17 @@ if (hasChromium) {
       const refused = await finished(page);
       assert.is(refused.state, 'error');
       assert.match(refused.output, /^the model's files need \d+\.\d MiB of browser storage to be cached, but this site may store only 8\.00 MiB more \(2\.00 MiB of its 10\.0 MiB in use\); free disk space or clear this site's data$/);
-      assert.equal(await cachedParts(page), [], 'nothing cached');
-      // The quota the browser enforces, smaller than it reports: the download stops when a part cannot be written.
+      assert.equal(await cachedFiles(page), {}, 'nothing cached');
+      // The quota the browser enforces, smaller than it reports: the download stops when the shard cannot be written
+      // (Chromium refuses when the file is opened or when it is flushed).
       const small = await browser.newPage();
       const cdp = await small.context().newCDPSession(small);
-      await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(url).origin, quotaSize: 1048576 });
+      await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(url).origin, quotaSize: 4 * 1048576 });
       await small.goto(url + QUERY);
       const full = await finished(small);
       assert.is(full.state, 'error');
-      assert.match(full.output, /^model\.safetensors: the browser's storage for this site ran out after caching \d+\.\d MiB \(QuotaExceededError\); free disk space or clear this site's data$/);
-      assert.ok((await cachedParts(small)).every((u) => u.includes('.wasm')), 'no part of the shard left in the cache');
+      assert.match(full.output, /^model\.safetensors: (after caching \d+\.\d MiB, )?the browser's storage for this site is full \(QuotaExceededError\); free disk space or clear this site's data$/);
+      assert.equal(Object.keys(await cachedFiles(small)), [`${url}wasm/deepwasm.wasm`], 'nothing of the shard left in the cache');
     } finally {
       await browser.close();
       await stopServer(proc);

@@ -1,7 +1,7 @@
 // The page: it only talks to the worker (worker.js), which owns the model, so the page never blocks.
 // Automation: /?prompt=...&max_tokens=N&temperature=T loads the served model (or ?model=URL) and runs one plain-text
 // generation; then document.body.dataset.state is "done" and #output holds exactly the generated text ("error" and a
-// message on failure). &part_mib=M caches files in parts of M MiB (default 256; tests cut small files into several).
+// message on failure).
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
@@ -53,14 +53,9 @@ function modelName(base, i) {
   return folder ? decodeURIComponent(folder) : base;
 }
 
-/** The load request: part size from &part_mib, memory limit from the server's --memory-limit. */
+/** The load request, with the server's --memory-limit. */
 function loadRequest(base, i) {
   const msg = { type: 'load', base, wasmUrl: new URL('./wasm/deepwasm.wasm', location.href).href };
-  if (params.has('part_mib')) {
-    const part = Number(params.get('part_mib'));
-    if (!(part > 0)) throw new Error(`part_mib=${params.get('part_mib')}: expected a positive number of MiB`);
-    msg.partBytes = Math.max(1, Math.floor(part * MiB));
-  }
   if (i.memoryLimitMiB !== undefined) msg.memoryLimit = Math.floor(i.memoryLimitMiB * MiB);
   return msg;
 }
@@ -91,7 +86,7 @@ worker.onmessage = (e) => {
         : `${mb(m.loaded)} of ${mb(m.total)} (${pct.toFixed(1)}%) · ${m.file}`;
   } else if (m.type === 'loaded') {
     $('progress').value = 1;
-    $('bytes').textContent = `${mb(m.bytes)} (100%) · ` + (m.cached ? `${m.fromCache} of ${m.files} files from the browser cache` : 'not cached: this page has no Cache API');
+    $('bytes').textContent = `${mb(m.bytes)} (100%) · ` + (m.cached ? `${m.fromCache} of ${m.files} files from the browser cache` : 'not cached: no origin private file system here');
     showThreads(m.threads);
     pending?.resolve(m);
   } else if (m.type === 'token') {

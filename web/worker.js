@@ -1,10 +1,10 @@
-// The worker that owns the model: it downloads the model files into the Cache API in parts (or takes them from it,
-// model-cache.js), loads them with host/edge.ts (no filesystem; the Blobs are read from disk into wasm memory piece by
-// piece, so no file is ever held whole here) and generates, posting progress, text pieces and results to the page,
+// The worker that owns the model: it downloads the model files into the origin private file system (or takes them
+// from it, model-store.js), loads them with host/edge.ts (no filesystem API; each tensor is read from its file
+// straight into wasm memory, so no file is ever held whole here) and generates, posting progress, text pieces and results to the page,
 // which never blocks. Cross-origin isolated, the kernels run on a pool of threads (this worker plus nested Web Workers running
 // web-worker.js over one shared memory; this worker may block in Atomics.wait, the page may not); otherwise on one.
 import { loadModelFromBuffers } from '../host/edge.ts';
-import { DEFAULT_PART_BYTES, fileName, lengthOf, openModelCache, tagOf } from './model-cache.js';
+import { fileName, lengthOf, openModelStore, tagOf } from './model-store.js';
 
 // The token loop yields with setImmediate (Node, Deno) between tokens; browsers lack it, and setTimeout(0) is
 // clamped to 4 ms once nested, so a MessageChannel stands in.
@@ -45,8 +45,8 @@ function throttled(send) {
 }
 
 /**
- * fetch(), with the URL in a network error's message. The files are kept in the Cache API; 'no-store' keeps the
- * browser's HTTP cache from holding a second copy of each on disk.
+ * fetch(), with the URL in a network error's message. The files are kept in OPFS; 'no-store' keeps the browser's
+ * HTTP cache from holding a second copy of each on disk.
  */
 function get(url, init = {}) {
   return fetch(url, { cache: 'no-store', ...init }).catch((e) => {
@@ -63,7 +63,7 @@ async function describe(url) {
 /** Refuses before any download when the files to cache will not fit in what the browser lets this site store. */
 async function checkRoom(bytes) {
   if (bytes === 0 || !navigator.storage?.estimate) return;
-  // Persistent storage is not evicted under pressure, so the parts written first are still there after the last.
+  // Persistent storage is not evicted under pressure, so the files written first are still there after the last.
   await navigator.storage.persist?.().catch(() => false);
   const { quota, usage } = await navigator.storage.estimate();
   if (quota === undefined || usage === undefined || bytes <= quota - usage) return;
@@ -73,7 +73,7 @@ async function checkRoom(bytes) {
   );
 }
 
-/** A download passed through to a Blob without the Cache API: the browser keeps a large Blob on disk, not in this heap. */
+/** A download passed through to a Blob where there is no OPFS: the browser keeps a large Blob on disk, not in this heap. */
 async function blobOf(res, onBytes) {
   const counted = new TransformStream({
     transform(chunk, ctrl) {
@@ -85,36 +85,45 @@ async function blobOf(res, onBytes) {
 }
 
 /**
- * The files at `urls` as Blobs: from the cache when it holds them unchanged, else downloaded into it in parts of
- * partBytes. Posts download progress; returns the Blobs and how many came from the cache.
+ * The files at `urls`, each from the store when it holds it unchanged, else downloaded into it (a Blob where there is
+ * no store). Posts download progress; returns the files (close() those from the store once loaded) and how many were cached.
  */
-async function filesOf(urls, partBytes) {
-  const store = await openModelCache();
+async function filesOf(urls) {
+  const store = await openModelStore();
   const remote = await Promise.all(urls.map(describe));
-  const files = store ? await Promise.all(urls.map((url, i) => store.get(url, remote[i]))) : urls.map(() => null);
-  const fromCache = files.filter(Boolean).length;
-  if (store) await checkRoom(urls.reduce((n, _, i) => n + (files[i] ? 0 : remote[i]?.length ?? 0), 0));
-  let total = urls.reduce((n, _, i) => n + (files[i]?.size ?? remote[i]?.length ?? 0), 0);
-  let loaded = 0;
-  const progress = throttled(post);
-  for (let i = 0; i < urls.length; i++) {
-    const file = fileName(urls[i]);
-    if (!files[i]) {
-      const res = await get(urls[i]);
-      if (!res.ok) throw new Error(`${urls[i]}: ${res.status} ${res.statusText}`);
-      const onBytes = (n) => {
-        loaded += n;
-        total = Math.max(total, loaded);
-        progress({ type: 'progress', phase: 'download', loaded, total, file });
-      };
-      files[i] = store ? await store.put(urls[i], res, partBytes, onBytes) : await blobOf(res, onBytes);
-    } else loaded += files[i].size;
-    progress({ type: 'progress', phase: 'download', loaded, total, file }, true);
+  const files = [];
+  try {
+    for (let i = 0; i < urls.length; i++) files.push(store ? await store.open(urls[i], remote[i]) : null);
+    const fromCache = files.filter(Boolean).length;
+    if (store) await checkRoom(urls.reduce((n, _, i) => n + (files[i] ? 0 : remote[i]?.length ?? 0), 0));
+    let total = urls.reduce((n, _, i) => n + (files[i]?.size ?? remote[i]?.length ?? 0), 0);
+    let loaded = 0;
+    const progress = throttled(post);
+    for (let i = 0; i < urls.length; i++) {
+      const file = fileName(urls[i]);
+      if (!files[i]) {
+        const res = await get(urls[i]);
+        if (!res.ok) throw new Error(`${urls[i]}: ${res.status} ${res.statusText}`);
+        const onBytes = (n) => {
+          loaded += n;
+          total = Math.max(total, loaded);
+          progress({ type: 'progress', phase: 'download', loaded, total, file });
+        };
+        files[i] = store ? await store.put(urls[i], res, onBytes) : await blobOf(res, onBytes);
+      } else loaded += files[i].size;
+      progress({ type: 'progress', phase: 'download', loaded, total, file }, true);
+    }
+    return { files, fromCache, bytes: loaded, cached: !!store };
+  } catch (e) {
+    closeAll(files);
+    throw e;
   }
-  return { files, fromCache, bytes: loaded, cached: !!store };
 }
 
-async function load({ base, wasmUrl, partBytes = DEFAULT_PART_BYTES, memoryLimit }) {
+/** The store's files hold read locks until closed, and the model has read everything it needs once loaded. */
+const closeAll = (files) => files.forEach((f) => f?.close?.());
+
+async function load({ base, wasmUrl, memoryLimit }) {
   if (!base.endsWith('/')) base += '/';
   const text = async (name, optional) => {
     const res = await get(base + name);
@@ -133,7 +142,7 @@ async function load({ base, wasmUrl, partBytes = DEFAULT_PART_BYTES, memoryLimit
   ]);
   const shards = index ? [...new Set(Object.values(index.weight_map))] : ['model.safetensors'];
   const urls = [wasmUrl, ...shards.map((s) => base + s)];
-  const { files, fromCache, bytes, cached } = await filesOf(urls, partBytes);
+  const { files, fromCache, bytes, cached } = await filesOf(urls);
   const weights = {};
   shards.forEach((s, i) => (weights[s] = files[i + 1]));
   const previous = model;
@@ -146,7 +155,11 @@ async function load({ base, wasmUrl, partBytes = DEFAULT_PART_BYTES, memoryLimit
     ...(memoryLimit !== undefined && { memoryLimit }),
   };
   progress({ type: 'progress', phase: 'weights', loaded: 0, total: 0 }, true);
-  model = await loadModelFromBuffers({ wasm: files[0], config, tokenizer, tokenizerConfig, weights }, opts);
+  try {
+    model = await loadModelFromBuffers({ wasm: files[0], config, tokenizer, tokenizerConfig, weights }, opts);
+  } finally {
+    closeAll(files);
+  }
   post({
     type: 'loaded',
     ms: performance.now() - started,
