@@ -28,6 +28,12 @@ test('--backend with an unknown name is one line', () => {
   assert.is(bad.stderr, 'error: --backend is "tpu": expected one of cpu, cuda\n');
 });
 
+test('--memory-limit with --backend cuda is one line: it sizes WebAssembly memories', () => {
+  const r = cli(['run', '--prompt', 'x', '--backend', 'cuda', '--memory-limit', '100']);
+  assert.is(r.status, 1);
+  assert.is(r.stderr, "error: --memory-limit (memoryLimit) sizes the CPU backend's WebAssembly memories; leave it out with --backend cuda\n");
+});
+
 if (gpu.ok) {
   console.log(`backend-cli: a CUDA device is here (${gpu.device}); the no-GPU refusals are not tested`);
 } else {

@@ -25,4 +25,12 @@ for (const threads of [1, 2]) {
   });
 }
 
+test('deno run: the embedded model over several WebAssembly memories (--memory-limit 4) gives the same text', () => {
+  const deno = denoBinary();
+  const args = ['run', '--prompt', 'Once upon a time', '--max-tokens', '24', '--temperature', '0', '--threads', '2'];
+  const node = stdoutOf(process.execPath, [MAIN, ...args], 'node');
+  const spread = stdoutOf(deno, ['run', '-A', MAIN, ...args, '--memory-limit', '4'], 'deno over memories');
+  assert.is(spread, node);
+});
+
 test.run();

@@ -7,6 +7,9 @@ import { Model } from '../model/model.js';
 export async function loadBackend(dir: string, opts: LoadOptions = {}): Promise<ModelBackend> {
   const backend = opts.backend ?? 'cpu';
   if (backend === 'cpu') return Model.load(dir, opts);
-  if (backend === 'cuda') return (await import('./cuda/model.js')).loadCudaModel(dir, opts);
+  if (backend === 'cuda') {
+    if (opts.memoryLimit !== undefined) fail('--memory-limit (memoryLimit) sizes the CPU backend\'s WebAssembly memories; leave it out with --backend cuda');
+    return (await import('./cuda/model.js')).loadCudaModel(dir, opts);
+  }
   fail(`backend is "${String(backend)}": expected one of ${BACKEND_NAMES.join(', ')}`);
 }

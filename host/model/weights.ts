@@ -1,12 +1,13 @@
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { expectShape } from '../checkpoint/checkpoint.js';
-import { bf16ToF32, dequantFp8Blocks, f16ToF32, type DType } from '../checkpoint/dtypes.js';
-import { readTensorInto, type TensorEntry } from '../checkpoint/safetensors.js';
+import { DTYPE_SIZE, bf16ToF32, dequantFp8Blocks, f16ToF32, type DType } from '../checkpoint/dtypes.js';
+import { readTensorInto, readTensorRange, type TensorEntry } from '../checkpoint/safetensors.js';
 import { fail } from '../errors.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { ROLE_KV_B } from '../runtime/constants.js';
 import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, type Kernels, type WeightFormat } from '../runtime/kernels.js';
 import type { DeepSeekConfig } from '../checkpoint/config.js';
+import { STAGING_BYTES } from './placement.js';
 import type { TensorSpec, Weight } from './schema.js';
 
 /** A weight matrix [rows, cols] in wasm memory, in the format the kernels read. */
@@ -105,13 +106,18 @@ export class WeightReader {
   readonly mode: QuantMode;
   /** Every weight loaded so far, in load order: the directory of the WASI image, later the placement. */
   readonly placed: Placed[] = [];
+  /** The runtime of the memory the weight being read goes to (set by matrix, cuts and vector). */
+  private rt: Runtime;
 
+  /** `memoryFor` says which memory's runtime each weight goes to (default: rt's). */
   constructor(
     private readonly ckpt: Checkpoint,
-    private readonly rt: Runtime,
+    rt: Runtime,
     private readonly onBytes: (bytes: number) => void,
     quant?: QuantName,
+    private readonly memoryFor: (w: Weight) => Runtime = () => rt,
   ) {
+    this.rt = rt;
     this.mode = resolveQuant(ckpt, quant);
   }
 
@@ -155,6 +161,7 @@ export class WeightReader {
   }
 
   matrix(w: Weight): Matrix {
+    this.rt = this.memoryFor(w);
     const entries = this.entries(w);
     const fmt = this.formatOf(w, entries);
     const [rows, cols] = w.shape;
@@ -193,6 +200,7 @@ export class WeightReader {
    * (bf16 stays bf16, others f32): a transposed cut no longer has DeepSeek's 128x128 blocks.
    */
   cuts(w: Weight, cuts: Cut[]): Matrix[] {
+    this.rt = this.memoryFor(w);
     const part = w.parts[0];
     const [partRows, cols] = part.shape;
     const e = this.ckpt.get(part.name);
@@ -236,6 +244,7 @@ export class WeightReader {
   vector(w: Weight): number {
     const t = w.parts[0];
     if (w.optional && !this.ckpt.has(t.name)) return 0;
+    this.rt = this.memoryFor(w);
     const e = this.ckpt.get(t.name);
     expectShape(e, t.shape, t.why);
     const ptr = this.rt.arena.allocF32(t.shape[0], t.name);
@@ -249,31 +258,40 @@ export class WeightReader {
     this.onBytes(e.nbytes);
   }
 
+  /** Rows [r0, r0 + n) of a tensor of rowBytes bytes a row, into wasm memory at dst. */
+  private readRows(e: TensorEntry, r0: number, n: number, rowBytes: number, dst: number): void {
+    readTensorRange(e, r0 * rowBytes, this.rt.bytes(dst, n * rowBytes));
+    this.onBytes(n * rowBytes);
+  }
+
   /** A tensor `deepwasm convert` wrote: int bytes with a scale tensor beside it. */
   private isConverted(e: TensorEntry): boolean {
     return (e.dtype === 'I8' || e.dtype === 'U8') && this.ckpt.config.deepwasmQuantization !== undefined;
   }
 
-  /** q8 / q4 from any float dtype: bf16 and f32 go to wasm as they are, others through f32. */
+  /**
+   * q8 / q4 from any float dtype, a piece of rows at a time (so staging stays within STAGING_BYTES
+   * whatever the tensor): bf16 and f32 go to wasm as they are, others through f32.
+   */
   private quantize(fmt: WeightFormat, e: TensorEntry, blob: number, totalRows: number, rowStart: number, rows: number, cols: number): void {
+    const direct = e.dtype === 'BF16' || e.dtype === 'F32';
+    const rowBytes = cols * DTYPE_SIZE[e.dtype];
+    const scales = e.dtype === 'F8_E4M3' ? this.fp8ScaleValues(e, rows, cols) : null;
+    const step = pieceRows(rows, rowBytes + (direct ? 0 : cols * 4), scales ? this.fp8Block()[0] : 1);
     const arena = this.rt.arena;
     const mark = arena.mark();
-    let src: number;
-    let srcFmt: number;
-    if (e.dtype === 'BF16' || e.dtype === 'F32') {
-      src = arena.alloc(e.nbytes, `${e.name} (staging)`);
-      this.read(e, this.rt.bytes(src, e.nbytes));
-      srcFmt = e.dtype === 'BF16' ? FMT_BF16 : FMT_F32;
-    } else {
-      src = arena.allocF32(rows * cols, `${e.name} (staging)`);
-      this.readAsF32(e, src, rows, cols);
-      srcFmt = FMT_F32;
+    const raw = arena.alloc(step * rowBytes, `${e.name} (staging)`);
+    const f32 = direct ? raw : arena.allocF32(step * cols, `${e.name} (staging as f32)`);
+    for (let r0 = 0; r0 < rows; r0 += step) {
+      const n = Math.min(step, rows - r0);
+      this.readRows(e, r0, n, rowBytes, raw);
+      if (!direct) this.toF32(e, raw, r0, n, cols, f32, scales);
+      this.rt.kernels.quantize_rows(fmt, blob, totalRows, e.dtype === 'BF16' ? FMT_BF16 : FMT_F32, f32, n, cols, rowStart + r0);
     }
-    this.rt.kernels.quantize_rows(fmt, blob, totalRows, srcFmt, src, rows, cols, rowStart);
     arena.release(mark);
   }
 
-  /** Weights and scales as `deepwasm convert` stores them (docs/quantized-format.md), packed into panels. */
+  /** Weights and scales as `deepwasm convert` stores them (docs/quantized-format.md), packed into panels a piece of rows at a time. */
   private readConverted(fmt: WeightFormat, e: TensorEntry, part: TensorSpec, blob: number, totalRows: number, rowStart: number, cols: number): void {
     const groups = Math.ceil(cols / 32);
     const want = fmt === FMT_Q8 ? 'I8' : 'U8';
@@ -285,13 +303,19 @@ export class WeightReader {
     const s = this.ckpt.get(scaleName);
     expectShape(s, [partRows, groups], `${part.why}: one F32 scale per group of 32 columns`);
     if (s.dtype !== 'F32') fail(`${s.path}: "${scaleName}" has dtype ${s.dtype}; expected F32`);
+    const qRow = e.nbytes / partRows;
+    const sRow = groups * 4;
+    const step = pieceRows(partRows, qRow + sRow, 1);
     const arena = this.rt.arena;
     const mark = arena.mark();
-    const q = arena.alloc(e.nbytes, `${e.name} (staging)`);
-    const sc = arena.alloc(s.nbytes, `${scaleName} (staging)`);
-    this.read(e, this.rt.bytes(q, e.nbytes));
-    this.read(s, this.rt.bytes(sc, s.nbytes));
-    this.rt.kernels.q_pack(fmt, blob, totalRows, q, sc, partRows, cols, rowStart);
+    const q = arena.alloc(step * qRow, `${e.name} (staging)`);
+    const sc = arena.alloc(step * sRow, `${scaleName} (staging)`);
+    for (let r0 = 0; r0 < partRows; r0 += step) {
+      const n = Math.min(step, partRows - r0);
+      this.readRows(e, r0, n, qRow, q);
+      this.readRows(s, r0, n, sRow, sc);
+      this.rt.kernels.q_pack(fmt, blob, totalRows, q, sc, n, cols, rowStart + r0);
+    }
     arena.release(mark);
   }
 
@@ -309,16 +333,30 @@ export class WeightReader {
     return s;
   }
 
-  /** FP8 kept: e4m3 bytes and their block scales into the fp8 panels. */
+  /** An FP8 tensor's block scales, on the JS heap (a 128x128 block has one: 1/16384 of the weights). */
+  private fp8ScaleValues(e: TensorEntry, rows: number, cols: number): Float32Array {
+    const s = this.fp8Scales(e, rows, cols);
+    const scales = new Float32Array(s.shape[0] * s.shape[1]);
+    this.read(s, new Uint8Array(scales.buffer));
+    return scales;
+  }
+
+  /** FP8 kept: e4m3 bytes and their block scales into the fp8 panels, whole blocks of rows at a time. */
   private readFp8(e: TensorEntry, blob: number, totalRows: number, rowStart: number, rows: number, cols: number): void {
     const s = this.fp8Scales(e, rows, cols);
+    const blockRows = this.fp8Block()[0];
+    const scaleCols = s.shape[1];
+    const step = pieceRows(rows, cols, blockRows);
     const arena = this.rt.arena;
     const mark = arena.mark();
-    const q = arena.alloc(e.nbytes, `${e.name} (staging)`);
     const sc = arena.alloc(s.nbytes, `${s.name} (staging)`);
-    this.read(e, this.rt.bytes(q, e.nbytes));
     this.read(s, this.rt.bytes(sc, s.nbytes));
-    this.rt.kernels.fp8_pack(blob, totalRows, q, sc, rows, cols, rowStart, this.fp8Block()[0]);
+    const q = arena.alloc(step * cols, `${e.name} (staging)`);
+    for (let r0 = 0; r0 < rows; r0 += step) {
+      const n = Math.min(step, rows - r0);
+      this.readRows(e, r0, n, cols, q);
+      this.rt.kernels.fp8_pack(blob, totalRows, q, sc + (r0 / blockRows) * scaleCols * 4, n, cols, rowStart + r0, blockRows);
+    }
     arena.release(mark);
   }
 
@@ -327,50 +365,63 @@ export class WeightReader {
       this.read(e, this.rt.bytes(ptr, e.nbytes));
       return;
     }
-    const arena = this.rt.arena;
-    const mark = arena.mark();
-    const tmp = arena.allocF32(rows * cols, `${e.name} (staging)`);
-    this.readAsF32(e, tmp, rows, cols);
-    f32ToBf16(this.rt.f32(tmp, rows * cols), new Uint16Array(this.rt.memory.buffer, ptr, rows * cols));
-    arena.release(mark);
+    this.throughF32(e, rows, cols, (f32, r0, n) => f32ToBf16(this.rt.f32(f32, n * cols), new Uint16Array(this.rt.memory.buffer, ptr + r0 * cols * 2, n * cols)));
   }
 
-  /** Reads any floating-point tensor into f32 at ptr, going through a temporary for other dtypes. */
+  /** Reads any floating-point tensor into f32 at ptr: f32 straight there, other dtypes a piece of rows at a time. */
   private readAsF32(e: TensorEntry, ptr: number, rows: number, cols: number): void {
-    const count = rows * cols;
     if (e.dtype === 'F32') {
       this.read(e, this.rt.bytes(ptr, e.nbytes));
       return;
     }
+    this.throughF32(e, rows, cols, (f32, r0, n) => this.rt.f32(ptr + r0 * cols * 4, n * cols).set(this.rt.f32(f32, n * cols)));
+  }
+
+  /** Hands each piece of rows of a float tensor, as f32 in staging, to `use` (staging address, first row, rows). */
+  private throughF32(e: TensorEntry, rows: number, cols: number, use: (f32: number, r0: number, n: number) => void): void {
+    if (!FLOAT_DTYPES.includes(e.dtype)) {
+      fail(`${e.path}: tensor "${e.name}" has dtype ${e.dtype}; expected a floating-point weight (F32, BF16, F16 or F8_E4M3)`);
+    }
+    const rowBytes = cols * DTYPE_SIZE[e.dtype];
+    const scales = e.dtype === 'F8_E4M3' ? this.fp8ScaleValues(e, rows, cols) : null;
+    const step = pieceRows(rows, rowBytes + cols * 4, scales ? this.fp8Block()[0] : 1);
     const arena = this.rt.arena;
     const mark = arena.mark();
-    const tmp = arena.alloc(e.nbytes, `${e.name} (staging)`);
-    this.read(e, this.rt.bytes(tmp, e.nbytes));
-    const dst = this.rt.f32(ptr, count);
-    switch (e.dtype) {
-      case 'BF16':
-        bf16ToF32(new Uint16Array(this.rt.memory.buffer, tmp, count), dst);
-        break;
-      case 'F16':
-        f16ToF32(new Uint16Array(this.rt.memory.buffer, tmp, count), dst);
-        break;
-      case 'F8_E4M3':
-        this.dequantFp8(e, this.rt.bytes(tmp, count), rows, cols, dst);
-        break;
-      default:
-        fail(`${e.path}: tensor "${e.name}" has dtype ${e.dtype}; expected a floating-point weight (F32, BF16, F16 or F8_E4M3)`);
+    const raw = arena.alloc(step * rowBytes, `${e.name} (staging)`);
+    const f32 = e.dtype === 'F32' ? raw : arena.allocF32(step * cols, `${e.name} (staging as f32)`);
+    for (let r0 = 0; r0 < rows; r0 += step) {
+      const n = Math.min(step, rows - r0);
+      this.readRows(e, r0, n, rowBytes, raw);
+      if (e.dtype !== 'F32') this.toF32(e, raw, r0, n, cols, f32, scales);
+      use(f32, r0, n);
     }
     arena.release(mark);
   }
 
-  private dequantFp8(e: TensorEntry, src: Uint8Array, rows: number, cols: number, dst: Float32Array): void {
-    const s = this.fp8Scales(e, rows, cols);
-    const block = this.fp8Block();
-    const scales = new Float32Array(s.shape[0] * s.shape[1]);
-    readTensorInto(s, new Uint8Array(scales.buffer));
-    this.onBytes(s.nbytes);
-    dequantFp8Blocks(src, scales, rows, cols, dst, block[0], block[1]);
+  /** Rows [r0, r0 + n) of a bf16, f16 or e4m3 tensor, staged raw at `raw`, as f32 at dst. */
+  private toF32(e: TensorEntry, raw: number, r0: number, n: number, cols: number, dst: number, fp8Scales: Float32Array | null): void {
+    const count = n * cols;
+    const out = this.rt.f32(dst, count);
+    if (e.dtype === 'BF16') bf16ToF32(new Uint16Array(this.rt.memory.buffer, raw, count), out);
+    else if (e.dtype === 'F16') f16ToF32(new Uint16Array(this.rt.memory.buffer, raw, count), out);
+    else {
+      const [blockRows, blockCols] = this.fp8Block();
+      const scaleCols = Math.ceil(cols / blockCols);
+      dequantFp8Blocks(this.rt.bytes(raw, count), fp8Scales!.subarray((r0 / blockRows) * scaleCols), n, cols, out, blockRows, blockCols);
+    }
   }
+}
+
+/** The float dtypes a weight may be stored in. */
+const FLOAT_DTYPES: readonly DType[] = ['F32', 'BF16', 'F16', 'F8_E4M3'];
+
+/**
+ * Rows per piece when a tensor of `rows` rows of `rowBytes` staged bytes each is read in pieces: as many as
+ * STAGING_BYTES holds, a multiple of `align` (FP8's block rows), at least `align`.
+ */
+function pieceRows(rows: number, rowBytes: number, align: number): number {
+  const fit = Math.max(align, Math.floor(STAGING_BYTES / rowBytes / align) * align);
+  return Math.min(rows, fit);
 }
 
 /**
