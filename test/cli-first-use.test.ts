@@ -68,7 +68,7 @@ test('web on a port in use: a one-line error with exit 1', async () => {
 });
 
 test('web --memory-limit takes a positive number of MiB', () => {
-  fails(cli(['web', '--port', '0', '--memory-limit', '0']), /^error: --memory-limit expects a positive number of MiB, got 0\n$/, 'zero');
+  fails(cli(['web', '--port', '0', '--memory-limit', '0']), /^error: --memory-limit must be at least 0\.001, got 0\n$/, 'zero');
   fails(cli(['web', '--port', '0', '--memory-limit', 'lots']), /^error: --memory-limit expects a number, got "lots"\n$/, 'not a number');
 });
 

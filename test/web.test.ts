@@ -200,6 +200,28 @@ for (const isolated of hasChromium ? [true, false] : []) {
 }
 
 if (hasChromium) {
+  test('browser (chromium): over several WebAssembly memories (--memory-limit 4) the page says how many and gives the CLI\'s text', async () => {
+    expected ||= cliText();
+    const browser = await launch();
+    const { url, proc } = await startServer(['--memory-limit', '4']);
+    try {
+      const page = await browser.newPage();
+      await page.goto(url + QUERY);
+      const r = await finished(page);
+      assert.is(r.state, 'done', `state (output: ${r.output})`);
+      assert.is(r.output, expected);
+      const memories = Number(await page.evaluate(() => document.body.dataset.memories));
+      const shown = (await page.textContent('#memories'))!;
+      console.log(`  ${shown.slice(0, 160)}…`);
+      assert.ok(memories >= 2, `at least two memories: ${shown}`);
+      assert.match(shown, new RegExp(`^${memories} WebAssembly memories: #0 \\d+\\.\\d\\d MiB \\(embedding`));
+      assert.match((await page.textContent('#isolation'))!, /threads \(cross-origin isolated\)/);
+    } finally {
+      await browser.close();
+      await stopServer(proc);
+    }
+  });
+
   test('browser (chromium): a model that will not fit in the browser storage is refused, saying why, and leaves nothing cached', async () => {
     const browser = await launch();
     const { url, proc } = await startServer([]);

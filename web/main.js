@@ -56,7 +56,7 @@ function modelName(base, i) {
 /** The load request, with the server's --memory-limit. */
 function loadRequest(base, i) {
   const msg = { type: 'load', base, wasmUrl: new URL('./wasm/deepwasm.wasm', location.href).href };
-  if (i.memoryLimitMiB !== undefined) msg.memoryLimit = Math.floor(i.memoryLimitMiB * MiB);
+  if (i.memoryLimitMiB !== undefined) msg.memoryLimit = Math.round(i.memoryLimitMiB * MiB);
   return msg;
 }
 

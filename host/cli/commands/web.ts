@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { checkModelFolder } from '../../checkpoint/checkpoint.js';
 import { DeepWasmError, fail } from '../../errors.js';
 import { DEFAULT_MODEL_DIR } from '../../index.js';
-import type { Command } from './command.js';
+import { MEMORY_LIMIT_FLAG, type Command } from './command.js';
 
 const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
 const TYPES: Record<string, string> = {
@@ -28,7 +28,7 @@ export const webCommand: Command = {
   flags: [
     { name: 'port', kind: 'int', value: 'N', min: 0, max: 65535, help: 'port on 127.0.0.1 (default 8080; 0 picks a free one)' },
     { name: 'model', kind: 'string', value: 'DIR', help: 'model folder served as the embedded model (default: the embedded models/tiny)' },
-    { name: 'memory-limit', kind: 'number', value: 'MIB', help: 'most MiB of weights per WebAssembly memory the page loads the model with (default: as large as one memory allows)' },
+    { ...MEMORY_LIMIT_FLAG, help: `the page loads the model with it: ${MEMORY_LIMIT_FLAG.help.replace(/^CPU: /, '')}` },
     { name: 'no-isolation', kind: 'boolean', help: 'leave out the COOP/COEP headers (for testing the page without cross-origin isolation)' },
   ],
   async run(flags) {
@@ -36,9 +36,8 @@ export const webCommand: Command = {
     if (!existsSync(join(web, 'index.html'))) fail(`${web}/index.html is missing: run "npm run build:web" first`);
     const modelDir = resolve((flags['model'] as string | undefined) ?? DEFAULT_MODEL_DIR);
     checkModelFolder(modelDir);
-    const memoryLimit = flags['memory-limit'] as number | undefined;
-    if (memoryLimit !== undefined && !(memoryLimit > 0)) fail(`--memory-limit expects a positive number of MiB, got ${memoryLimit}`);
-    const info: PageInfo = { model: basename(modelDir), embedded: realpathSync(modelDir) === realpathSync(DEFAULT_MODEL_DIR), memoryLimitMiB: memoryLimit };
+    const memoryLimitMiB = flags['memory-limit'] as number | undefined;
+    const info: PageInfo = { model: basename(modelDir), embedded: realpathSync(modelDir) === realpathSync(DEFAULT_MODEL_DIR), memoryLimitMiB };
     const server = await serveWeb({ web, wasm: join(ROOT, 'build'), model: modelDir, info, isolation: !flags['no-isolation'], port: (flags['port'] as number | undefined) ?? 8080 });
     const { port } = server.address() as AddressInfo;
     process.stdout.write(`DeepWasm web demo: http://127.0.0.1:${port}/ (model ${modelDir}${flags['no-isolation'] ? ', without COOP/COEP' : ''}); Ctrl-C stops\n`);
