@@ -1,18 +1,24 @@
 // The model computes what DeepSeek's reference code computes: every prompt logit, every greedy token
-// and every decode step's logits, for each fixture checkpoint, with one thread and with two.
+// and every decode step's logits, for each fixture checkpoint, with one thread and with two, in one
+// WebAssembly memory and spread over several (a layer's experts split between two).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { FIXTURES, MODEL_FIXTURES, argmax, loadOne, maxAbsDiff, readExpected } from './helpers.js';
+import { FIXTURES, MODEL_FIXTURES, argmax, loadOne, maxAbsDiff, readExpected, splitLayers, splitLimit } from './helpers.js';
 
 const TOLERANCE = 2e-3;
 
 for (const name of MODEL_FIXTURES) {
-  for (const threads of [1, 2]) {
-    test(`${name} with ${threads} thread(s): prefill logits, greedy ids and decode logits match the reference`, async () => {
+  for (const [threads, spread] of [[1, false], [2, false], [1, true], [2, true]] as const) {
+    const where = spread ? ', over several memories' : '';
+    test(`${name} with ${threads} thread(s)${where}: prefill logits, greedy ids and decode logits match the reference`, async () => {
       const dir = `${FIXTURES}models/${name}`;
       const ref = readExpected(`${dir}/expected.safetensors`);
-      const model = await loadOne(dir, { threads });
+      const model = await loadOne(dir, { threads, memoryLimit: spread ? await splitLimit(dir) : undefined });
       try {
+        if (spread) {
+          assert.ok(model.model.memories.length >= 3, `${model.model.memories.length} memories`);
+          assert.ok(splitLayers(model.model.memories).length > 0, 'no layer has its experts in two memories');
+        }
         const logits = model.forward(ref.inputIds, { allLogits: true });
         const prefillErr = maxAbsDiff(logits, ref.logits);
         assert.ok(prefillErr < TOLERANCE, `prefill logits differ by ${prefillErr}`);

@@ -48,18 +48,18 @@ for (const name of MODEL_FIXTURES) {
 test('placement: a small memory limit lays the model over several memories, a layer\'s experts split between two', () => {
   const r = cli(['inspect', '--model', `${FIXTURES}models/v3-tiny`, '--quant', 'q8', '--memory-limit', '1']);
   assert.is(r.status, 0, r.stderr);
-  assert.match(r.stdout, /^memories   2 of at most 1 MiB/m);
+  assert.match(r.stdout, /^memories   2 of at most 1\.00 MiB/m);
   assert.match(r.stdout, /^ +0: +[\d.]+ MiB  embedding, layers 0-1, layer 2 \(attention and norms, KV cache, experts 0-\d+\)$/m);
   assert.match(r.stdout, /^ +1: +[\d.]+ MiB  layer 2 \(experts \d+-15\), head$/m);
-  assert.match(r.stdout, /^loads      not on the CPU yet: it needs 2 memories/m);
+  assert.match(r.stdout, /^loads      on the CPU here, over 2 WebAssembly memories$/m);
 });
 
 test('placement: units in order, none split, each memory within the limit; a unit over the limit is refused by name', () => {
-  const units: Unit[] = [5, 3, 4, 1, 6].map((bytes, i) => ({ name: `unit ${i}`, layer: i, expert: -1, bytes }));
+  const units: Unit[] = [5, 3, 4, 1, 6].map((bytes, i) => ({ name: `unit ${i}`, layer: -1, expert: -1, weights: [], bytes }));
   const plan = placeUnits(units, 8);
   assert.equal(plan.memories.map((m) => m.units.map((u) => u.name)), [['unit 0', 'unit 1'], ['unit 2', 'unit 3'], ['unit 4']]);
   assert.ok(plan.memories.every((m) => m.bytes <= 8));
-  assert.throws(() => placeUnits(units, 5), /unit 4 takes 1 MiB, more than the memory limit of 0 MiB/);
+  assert.throws(() => placeUnits(units, 5), /unit 4 takes 0\.00 MiB, more than the memory limit of 0\.00 MiB/);
 });
 
 test('presets at full size: 671B at q4 needs many memories and more than this machine; 16B at q4 fits its RAM', () => {

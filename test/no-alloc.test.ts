@@ -10,7 +10,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { synthCheckpoint } from '../host/model/synth.js';
 import { argmax } from '../host/generate/sampler.js';
-import { FIXTURES, OneSequence, loadOne } from './helpers.js';
+import type { LoadOptions } from '../host/model/backend.js';
+import { FIXTURES, OneSequence, loadOne, splitLimit } from './helpers.js';
 
 const TOKENS = 100;
 const PROMPT = [1, 2, 3, 4, 5, 6, 7, 8];
@@ -42,10 +43,11 @@ const heapUsed = (): number => {
 
 
 interface Measured {
-  arenaBefore: number;
-  arenaAfter: number;
-  usedBefore: number;
-  usedAfter: number;
+  /** Per memory of the model. */
+  arenaBefore: number[];
+  arenaAfter: number[];
+  usedBefore: number[];
+  usedAfter: number[];
   retained: number;
   /** Bytes allocated on the JS heap during the 100 tokens, or null when a GC ran inside the window. */
   allocated: number | null;
@@ -83,17 +85,17 @@ async function decodeWindow(model: OneSequence, prompt: number[]): Promise<{ log
   return { logits, retained: heapUsed() - retainedBefore, allocated: gcInWindow ? null : heapEnd - heapStart };
 }
 
-async function measure(dir: string): Promise<Measured> {
-  const model = await loadOne(dir, { threads: 2, contextLength: PROMPT.length + TOKENS });
+async function measure(dir: string, opts: LoadOptions = {}): Promise<Measured> {
+  const model = await loadOne(dir, { threads: 2, contextLength: PROMPT.length + TOKENS, ...opts });
   try {
     const vocab = model.config.vocabSize;
     const prompt = PROMPT.map((i) => i % vocab);
     // Warm-up: V8 keeps optimising the decode path for several hundred tokens (code and feedback it
     // retains); the steady state is what a long generation sees.
     for (let i = 0; i < WARMUP_WINDOWS; i++) await decodeWindow(model, prompt);
-    const arena = model.model.rt.arena;
-    const arenaBefore = arena.highWater;
-    const usedBefore = arena.used;
+    const arenas = model.model.runtimes.map((rt) => rt.arena);
+    const arenaBefore = arenas.map((a) => a.highWater);
+    const usedBefore = arenas.map((a) => a.used);
     // The least of a few windows: a leak shows in every one, while a late JIT recompilation (code
     // and feedback V8 keeps) or a GC inside the window, which hides the bytes allocated, is a one-off.
     const ws = [];
@@ -101,12 +103,12 @@ async function measure(dir: string): Promise<Measured> {
     const counted = ws.map((w) => w.allocated).filter((a): a is number => a !== null);
     return {
       arenaBefore,
-      arenaAfter: arena.highWater,
+      arenaAfter: arenas.map((a) => a.highWater),
       usedBefore,
-      usedAfter: arena.used,
+      usedAfter: arenas.map((a) => a.used),
       retained: Math.min(...ws.map((w) => w.retained)),
       allocated: counted.length > 0 ? Math.min(...counted) : null,
-      logitsIsView: ws.every((w) => w.logits.buffer === model.model.rt.memory.buffer),
+      logitsIsView: ws.every((w) => model.model.runtimes.some((rt) => w.logits.buffer === rt.memory.buffer)),
       vocab,
     };
   } finally {
@@ -115,8 +117,8 @@ async function measure(dir: string): Promise<Measured> {
 }
 
 function check(m: Measured, what: string): void {
-  assert.is(m.arenaAfter, m.arenaBefore, `${what}: arena high-water mark moved from ${m.arenaBefore} to ${m.arenaAfter} over ${TOKENS} tokens`);
-  assert.is(m.usedAfter, m.usedBefore, `${what}: arena top moved from ${m.usedBefore} to ${m.usedAfter}: a forward step left memory allocated`);
+  assert.equal(m.arenaAfter, m.arenaBefore, `${what}: arena high-water marks moved from ${m.arenaBefore} to ${m.arenaAfter} over ${TOKENS} tokens`);
+  assert.equal(m.usedAfter, m.usedBefore, `${what}: arena tops moved from ${m.usedBefore} to ${m.usedAfter}: a forward step left memory allocated`);
   assert.ok(m.logitsIsView, `${what}: decode logits should be a view of wasm memory, not a copy`);
   assert.ok(m.retained < RETAINED_LIMIT, `${what}: JS heap grew by ${m.retained} bytes over ${TOKENS} tokens (limit ${RETAINED_LIMIT})`);
   if (m.allocated !== null) {
@@ -127,6 +129,13 @@ function check(m: Measured, what: string): void {
 
 test('v3-tiny: 100 decoded tokens allocate nothing in the arena and retain nothing on the JS heap', async () => {
   check(await measure(join(FIXTURES, 'models', 'v3-tiny')), 'v3-tiny');
+});
+
+test('v3-tiny over several memories: nothing allocated in any of them, nothing retained, copies between them included', async () => {
+  const dir = join(FIXTURES, 'models', 'v3-tiny');
+  const m = await measure(dir, { memoryLimit: await splitLimit(dir) });
+  assert.ok(m.arenaBefore.length >= 3, `${m.arenaBefore.length} memories`);
+  check(m, 'v3-tiny over several memories');
 });
 
 test('synthetic model with a 32K vocabulary: no per-token copy of the 128 KiB logits', async () => {

@@ -3,8 +3,13 @@
 // any of it runs.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { Sequence } from '../host/model/backend.js';
+import type { LoadOptions, Sequence } from '../host/model/backend.js';
+import type { Checkpoint } from '../host/checkpoint/checkpoint.js';
+import { parseConfig } from '../host/checkpoint/config.js';
+import { presetConfig } from '../host/checkpoint/presets.js';
+import type { TensorEntry } from '../host/checkpoint/safetensors.js';
 import { Model } from '../host/model/model.js';
+import { modelSchema, schemaWeights } from '../host/model/schema.js';
 import { FIXTURES, readExpected } from './helpers.js';
 
 const DIR = `${FIXTURES}models/v3-tiny`;
@@ -107,14 +112,32 @@ test('bad batches and sequences are refused before anything runs, each with a cl
   for (const s of [a, c, reused]) model.free(s);
 });
 
-test('a load that cannot fit in one wasm32 memory is refused before any weight is read, naming the bytes and the fix', async () => {
+test('a load that cannot fit is refused before any weight is read: a layer with its KV cache over one memory, a plan over the RAM', async () => {
   let read = 0;
-  const load = Model.load(DIR, { threads: 1, maxSequences: 50000, contextLength: 256, onProgress: (n) => (read = n) });
-  await load.then(
-    () => assert.unreachable('it loaded'),
-    (e: Error) => assert.match(e.message, /needs about \d+ MiB of WebAssembly memory \(weights \d+ MiB as stored, KV cache \d+ MiB for 50000 x 256 tokens, scratch \d+ MiB\), but one wasm32 memory holds at most 4096 MiB; try .*a smaller --context/),
-  );
+  const refused = (opts: LoadOptions, message: RegExp): Promise<void> =>
+    Model.load(DIR, { threads: 1, contextLength: 256, onProgress: (n) => (read = n), ...opts }).then(
+      () => assert.unreachable('it loaded'),
+      (e: Error) => assert.match(e.message, message),
+    );
+  // One layer's cache for 200000 x 256 tokens is 8.2 GB: no memory holds it.
+  await refused({ maxSequences: 200_000 }, /^layer 0 with its KV cache takes \d+ MiB, more than the memory limit of \d+ MiB; raise --memory-limit/);
+  await refused({ memoryLimit: 2 ** 33 }, /^a memory limit of 8192 MiB \(--memory-limit, memoryLimit\) is not one a memory can hold: expected more than 0 and at most \d+ MiB \(a wasm32 memory's 4096 MiB less \d+ MiB of scratch/);
   assert.is(read, 0);
+});
+
+test('a plan larger than the machine is refused from the headers alone: DeepSeek-V2 (236B) in bf16', async () => {
+  // The checkpoint's headers without its bytes: the refusal must come before any tensor is read.
+  const config = parseConfig(presetConfig('236B'), '236B');
+  const tensors = new Map<string, TensorEntry>();
+  for (const w of schemaWeights(modelSchema(config))) {
+    for (const t of w.parts) tensors.set(t.name, { name: t.name, dtype: 'BF16', shape: [...t.shape], path: 'none.safetensors', offset: 0, nbytes: t.shape.reduce((a, b) => a * b, 2) });
+  }
+  const totalBytes = [...tensors.values()].reduce((n, e) => n + e.nbytes, 0);
+  const ckpt: Checkpoint = { dir: '236B', config, tensors, totalBytes, get: (n) => tensors.get(n)!, has: (n) => tensors.has(n), close: () => {} };
+  await Model.fromCheckpoint(ckpt, { threads: 1, quant: 'bf16', contextLength: 256 }).then(
+    () => assert.unreachable('it loaded'),
+    (e: Error) => assert.match(e.message, /^236B: this load needs about 4\d\d\.\d GiB of memory \(weights as bf16, KV cache for 1 x 256 tokens, scratch for 1\d\d WebAssembly memories\), more than 90% of this machine's [\d.]+ GiB; try a smaller weight format \(--quant q4\)/),
+  );
 });
 
 test.run();

@@ -5,14 +5,16 @@ import { parseQuant } from '../model/weights.js';
 import type { Flags } from './args.js';
 import { loadProgress } from './progress.js';
 
-/** The load options of the flags every weight-loading command shares: --backend, --threads, --context, --quant. */
+/** The load options of the flags every weight-loading command shares: --backend, --threads, --context, --quant, --memory-limit. */
 export function loadOptions(flags: Flags): LoadOptions {
   const backend = flags['backend'] as string | undefined;
   if (backend !== undefined && !(BACKEND_NAMES as readonly string[]).includes(backend)) {
     fail(`--backend is "${backend}": expected one of ${BACKEND_NAMES.join(', ')}`);
   }
   const quant = flags['quant'] as string | undefined;
+  const limit = flags['memory-limit'] as number | undefined;
   return {
+    memoryLimit: limit === undefined ? undefined : Math.round(limit * 1024 * 1024),
     backend: backend as BackendName | undefined,
     threads: flags['threads'] as number | undefined,
     contextLength: flags['context'] as number | undefined,

@@ -57,6 +57,12 @@ export interface LoadOptions {
    * weights inside a pass (4-token tiles, 64-token quantization chunks).
    */
   passTokens?: number;
+  /**
+   * CPU: most bytes of weights and KV cache one WebAssembly memory holds (default: a wasm32 memory's 4 GiB
+   * less the scratch each memory keeps). A model larger than this spans several memories, each with its own
+   * module instances and threads; a smaller limit spreads even a small model (the tests do).
+   */
+  memoryLimit?: number;
   /** CUDA: path of libdwcuda.so (default: $DEEPWASM_CUDA_LIB or kernels-gpu/build/). */
   cudaLibrary?: string;
 }

@@ -1,29 +1,47 @@
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import type { DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
-import { MAX_MEMORY_BYTES } from '../runtime/arena.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Attention, type AttentionShared } from './attention.js';
 import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './backend.js';
 import { Mlp } from './mlp.js';
 import { Moe } from './moe.js';
-import { scratchBytes } from './placement.js';
+import {
+  RAM_SHARE, defaultMemoryLimit, describeUnits, machineRam, memoryOf, placeUnits, planBytes, planUnits, scratchBytes, type MemoryPlan,
+} from './placement.js';
 import { ropeTables, softmaxScale } from './rope.js';
-import { kvRowBytes, modelSchema, schemaWeights, weightTotals, type BlockSchema } from './schema.js';
-import { SequencePool, poolShape, type Slot } from './sequences.js';
+import { kvRowBytes, modelSchema, schemaWeights, weightTotals, type BlockSchema, type ModelSchema, type Weight } from './schema.js';
+import { SequencePool, poolShape, type PoolShape, type Slot } from './sequences.js';
 import { WeightReader, type Matrix, type Placed, type QuantMode } from './weights.js';
+
+/**
+ * One WebAssembly memory of the model (wasm32 holds at most 4 GiB, so a larger model spans several): its
+ * runtime, the rotary tables and attention scratch when it holds layers, and each pass's hidden states,
+ * normed states and block outputs, allocated there at the start of the pass.
+ */
+interface Place {
+  readonly rt: Runtime;
+  readonly attention: AttentionShared | null;
+  x: number;
+  h: number;
+  y: number;
+  mark: number;
+}
 
 /** One transformer block: x += attn(norm(x)); x += ffn(norm(x)), the ffn being MoE or a dense MLP. */
 class Block {
   constructor(
+    /** The memory of its attention, norms, router, shared experts and KV cache. */
+    readonly place: Place,
     readonly attnNorm: number,
     readonly attn: Attention,
     readonly ffnNorm: number,
     readonly ffn: Mlp | Moe,
   ) {}
 
-  static load(w: WeightReader, cfg: DeepSeekConfig, s: BlockSchema): Block {
+  static load(w: WeightReader, cfg: DeepSeekConfig, s: BlockSchema, place: Place): Block {
     return new Block(
+      place,
       w.vector(s.attnNorm),
       Attention.load(w, cfg, s.attn),
       w.vector(s.ffnNorm),
@@ -35,32 +53,38 @@ class Block {
 const NO_LOGITS = new Float32Array(0);
 const MiB = 1024 * 1024;
 
+/** A memory of the model as `memories` lists it: the bytes of its units (weights and KV cache) and what they are. */
+export interface MemoryUse {
+  bytes: number;
+  units: string;
+}
+
 /**
- * A DeepSeek-V2/V3 model in wasm memory: the CPU backend. Its KV-cache pool holds maxSequences
- * sequences of contextLength tokens, each a [layers, contextLength, kv_lora_rank + qk_rope_head_dim]
- * block of latents, allocated once at load.
+ * A DeepSeek-V2/V3 model in wasm memories: the CPU backend. Its weights and KV caches lie in one memory or
+ * several, as placement.ts plans them from the schema; a token's hidden state is copied to the memory of
+ * the next unit. The KV-cache pool holds maxSequences sequences of contextLength tokens, each layer's block
+ * of [contextLength, kv_lora_rank + qk_rope_head_dim] latents in the layer's memory, allocated once at load.
  */
 export class Model implements ModelBackend {
   readonly backend = 'cpu';
   readonly maxSequences: number;
   private readonly sequences: SequencePool;
   private closed = false;
-  /** One cached position of one layer (the latent c and the roped key), and one layer of a sequence's cache. */
+  /** One cached position of one layer (the latent c and the roped key). */
   private readonly rowBytes: number;
-  private readonly layerBytes: number;
+  /** The runtime of each memory; the first is `rt`. */
+  readonly runtimes: readonly Runtime[];
 
   private constructor(
     readonly config: DeepSeekConfig,
-    readonly rt: Runtime,
+    private readonly places: Place[],
     readonly contextLength: number,
-    private readonly embed: Matrix,
+    private readonly embed: { place: Place; m: Matrix },
     private readonly blocks: Block[],
-    private readonly norm: number,
-    private readonly head: Matrix,
-    /** Each slot's cache: layer i's latents start i * contextLength * latent floats in. */
-    private readonly caches: number[],
-    private readonly attention: AttentionShared,
-    /** The last position's logits: one buffer, returned as one view, for every decode step. */
+    private readonly head: { place: Place; norm: number; m: Matrix },
+    /** caches[layer][slot]: the address of a sequence's latents of that layer, in the layer's memory. */
+    private readonly caches: number[][],
+    /** The last position's logits: one buffer in the head's memory, returned as one view, for every decode step. */
     private readonly logits: Float32Array,
     /** The weight format the matrices were loaded in ('stored': f32/bf16 as in the checkpoint). */
     readonly quant: QuantMode,
@@ -69,11 +93,24 @@ export class Model implements ModelBackend {
     readonly activeBytes: number,
     /** Every weight as loaded (role, layer, index, format, shape, address): what the WASI image lists. */
     readonly placed: readonly Placed[],
+    /** Each memory's units, as the plan laid them. */
+    readonly memories: readonly MemoryUse[],
   ) {
-    this.maxSequences = caches.length;
+    this.maxSequences = caches[0]?.length ?? 0;
     this.rowBytes = kvRowBytes(config);
-    this.layerBytes = contextLength * this.rowBytes;
-    this.sequences = new SequencePool(config, contextLength, caches.length);
+    this.sequences = new SequencePool(config, contextLength, this.maxSequences);
+    this.runtimes = places.map((p) => p.rt);
+  }
+
+  /** What the WASI image (pack.ts) needs beside the weights: the attention tables and the first sequence's cache; one memory only. */
+  get oneMemory(): { attention: AttentionShared; cache: number } {
+    if (this.places.length > 1) fail(`the WASI image holds one WebAssembly memory, but this model spans ${this.places.length}; pack a smaller model or format`);
+    return { attention: this.places[0].attention!, cache: this.caches[0][0] };
+  }
+
+  /** The runtime of the first memory (the embedding's). */
+  get rt(): Runtime {
+    return this.places[0].rt;
   }
 
   static async load(dir: string, opts: LoadOptions = {}): Promise<Model> {
@@ -82,56 +119,65 @@ export class Model implements ModelBackend {
 
   /** Loads the weights of an opened checkpoint (a folder's, or one held in memory); closes it when done. */
   static async fromCheckpoint(ckpt: Checkpoint, opts: LoadOptions = {}): Promise<Model> {
+    const runtimes: Runtime[] = [];
     try {
-      const { contextLength, maxSequences, passTokens } = poolShape(ckpt.config, opts);
-      const rt = await Runtime.create(opts.threads, { simd: opts.simd, module: opts.wasm });
-      try {
-        return Model.read(ckpt, rt, opts, contextLength, maxSequences, passTokens);
-      } catch (e) {
-        await rt.close();
-        throw e;
-      }
+      const shape = poolShape(ckpt.config, opts);
+      const create = (): Promise<Runtime> => Runtime.create(opts.threads, { simd: opts.simd, module: opts.wasm });
+      runtimes.push(await create());
+      const plan = planLoad(ckpt, runtimes[0], opts, shape);
+      while (runtimes.length < plan.plan.memories.length) runtimes.push(await create());
+      return Model.read(ckpt, runtimes, opts, shape, plan);
+    } catch (e) {
+      await Promise.all(runtimes.map((rt) => rt.close()));
+      throw e;
     } finally {
       ckpt.close();
     }
   }
 
-  private static read(ckpt: Checkpoint, rt: Runtime, opts: LoadOptions, contextLength: number, maxSequences: number, passTokens: number): Model {
+  private static read(ckpt: Checkpoint, runtimes: Runtime[], opts: LoadOptions, shape: PoolShape, loadPlan: LoadPlan): Model {
     const cfg = ckpt.config;
+    const { contextLength, maxSequences, passTokens } = shape;
+    const { schema, plan, bytes } = loadPlan;
+    const where = memoryOf(plan);
     let read = 0;
-    let total = 0;
-    const w = new WeightReader(ckpt, rt, (bytes) => opts.onProgress?.((read += bytes), total), opts.quant);
-    const schema = modelSchema(cfg, { hasLmHead: ckpt.has('lm_head.weight') });
-    const cacheFloats = (cfg.numHiddenLayers * contextLength * kvRowBytes(cfg)) / 4;
-    const weights = schemaWeights(schema);
-    total = weights.reduce((n, x) => n + w.readBytes(x), 0);
-    const bytes = weightTotals(schema, (x) => w.plannedBytes(x));
-    checkFits(cfg, w, bytes.weights, maxSequences * cacheFloats * 4, contextLength, maxSequences, passTokens, rt.threads);
+    const runtimeOf = (w: Weight): Runtime => runtimes[where.weights.get(w) ?? 0];
+    const w = new WeightReader(ckpt, runtimes[0], (n) => opts.onProgress?.((read += n), loadPlan.readBytes), opts.quant, runtimeOf);
+    const layerMemories = new Set(where.layers.values());
+    const places: Place[] = runtimes.map((rt, i) => ({ rt, attention: layerMemories.has(i) ? attentionShared(rt, cfg, contextLength) : null, x: 0, h: 0, y: 0, mark: 0 }));
+    const placeOf = (weight: Weight): Place => places[where.weights.get(weight) ?? 0];
 
-    const embed = w.matrix(schema.embed);
-    const blocks = schema.blocks.map((b) => Block.load(w, cfg, b));
+    const embed = { place: placeOf(schema.embed), m: w.matrix(schema.embed) };
+    const blocks = schema.blocks.map((b) => Block.load(w, cfg, b, places[where.layers.get(b.layer)!]));
     // The tables of matrices the grouped steps read (written once, outside every step's arena mark).
-    for (const b of blocks) {
-      b.attn.prepare(rt);
-      if (b.ffn instanceof Moe) b.ffn.prepare(rt);
-    }
+    schema.blocks.forEach((s, i) => {
+      const b = blocks[i];
+      b.attn.prepare(b.place.rt);
+      if (b.ffn instanceof Moe && 'moe' in s.ffn) {
+        const experts = s.ffn.moe.experts;
+        b.ffn.prepare(b.place.rt, (e) => runtimeOf(experts[e].gateUp));
+      }
+    });
     const norm = w.vector(schema.norm);
-    const head = schema.head.tied ? embed : w.matrix(schema.head);
-    if (schema.head.tied) w.alias(schema.head, embed);
+    const headMatrix = schema.head.tied ? embed.m : w.matrix(schema.head);
+    if (schema.head.tied) w.alias(schema.head, embed.m);
+    const head = { place: placeOf(schema.norm), norm, m: headMatrix };
 
-    const caches = Array.from({ length: maxSequences }, (_, s) => rt.arena.allocF32(cacheFloats, `KV cache of sequence ${s}`));
-    const tables = ropeTables(cfg, contextLength);
-    const attention: AttentionShared = {
-      cos: rt.arena.allocF32(tables.cos.length, 'rope cos'),
-      sin: rt.arena.allocF32(tables.sin.length, 'rope sin'),
-      half: tables.half,
-      softmaxScale: softmaxScale(cfg),
-      scratch: rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(contextLength), 'attention scratch'),
-    };
-    rt.f32(attention.cos, tables.cos.length).set(tables.cos);
-    rt.f32(attention.sin, tables.sin.length).set(tables.sin);
-    const logits = rt.f32(rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
-    return new Model(cfg, rt, contextLength, embed, blocks, norm, head, caches, attention, logits, w.mode, passTokens, bytes.weights, bytes.active, w.placed);
+    // A sequence's cache is one block per memory, its layers there one after another (so in one memory the
+    // whole cache is one [layers, contextLength, latent] block, as the WASI image lays it).
+    const cacheBytes = contextLength * kvRowBytes(cfg);
+    const caches = blocks.map(() => new Array<number>(maxSequences));
+    for (const p of places) {
+      const layers = blocks.flatMap((b, i) => (b.place === p ? [i] : []));
+      if (layers.length === 0) continue;
+      for (let s = 0; s < maxSequences; s++) {
+        const base = p.rt.arena.alloc(layers.length * cacheBytes, `KV cache of sequence ${s}, layers ${layers[0]}-${layers[layers.length - 1]}`);
+        layers.forEach((layer, j) => (caches[layer][s] = base + j * cacheBytes));
+      }
+    }
+    const logits = head.place.rt.f32(head.place.rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
+    const memories = plan.memories.map((m) => ({ bytes: m.bytes, units: describeUnits(m.units, cfg) }));
+    return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, w.placed, memories);
   }
 
   get threads(): number {
@@ -140,7 +186,8 @@ export class Model implements ModelBackend {
 
   get device(): string {
     const simd = this.rt.simd === 'relaxed' ? 'relaxed SIMD' : 'SIMD128';
-    return `CPU (WebAssembly ${simd}, ${this.threads} thread${this.threads === 1 ? '' : 's'})`;
+    const memories = this.places.length > 1 ? `, ${this.places.length} memories` : '';
+    return `CPU (WebAssembly ${simd}, ${this.threads} thread${this.threads === 1 ? '' : 's'}${memories})`;
   }
 
   createSequence(): Sequence {
@@ -158,12 +205,7 @@ export class Model implements ModelBackend {
   /** A new sequence with a copy of this one's cached latents (rows [0, position) of every layer). */
   fork(sequence: Sequence): Sequence {
     const { from, to } = this.sequences.fork(sequence);
-    const { rowBytes, layerBytes } = this;
-    const heap = new Uint8Array(this.rt.memory.buffer);
-    for (let i = 0; i < this.blocks.length; i++) {
-      const src = this.caches[from.slot] + i * layerBytes;
-      heap.copyWithin(this.caches[to.slot] + i * layerBytes, src, src + from.position * rowBytes);
-    }
+    this.blocks.forEach((b, i) => b.place.rt.copyTo(this.caches[i][from.slot], b.place.rt, this.caches[i][to.slot], from.position * this.rowBytes));
     return to;
   }
 
@@ -201,79 +243,126 @@ export class Model implements ModelBackend {
   /** One pass of checked ids through every layer; 'none' leaves out the final norm and the head. */
   private pass(seq: Slot, ids: ArrayLike<number>, want: LogitsRows): Float32Array {
     const cfg = this.config;
-    const { rt } = this;
-    const k = rt.kernels;
-    const op = rt.ops;
     const eps = cfg.rmsNormEps;
     const tokens = ids.length;
     const pos0 = seq.position;
     const hidden = cfg.hiddenSize;
     const vocab = cfg.vocabSize;
-    const { layerBytes } = this;
-    const cache = this.caches[seq.slot];
-    const mark = rt.arena.mark();
+    const rowBytes = tokens * hidden * 4;
+    for (const p of this.places) {
+      p.mark = p.rt.arena.mark();
+      p.x = p.rt.arena.alloc(rowBytes, 'hidden states');
+      p.h = p.rt.arena.alloc(rowBytes, 'normed hidden states');
+      p.y = p.rt.arena.alloc(rowBytes, 'block outputs');
+    }
 
-    const idPtr = rt.arena.alloc(tokens * 4, 'token ids');
-    rt.heap().i32.set(ids, idPtr / 4);
-    const x = rt.arena.allocF32(tokens * hidden, 'hidden states');
-    const h = rt.arena.allocF32(tokens * hidden, 'normed hidden states');
-    const y = rt.arena.allocF32(tokens * hidden, 'block outputs');
-    // h = embed(tokens); for each layer: h += attn(attn_norm(h)); h += ffn(ffn_norm(h))
-    k.embed(this.embed.fmt, x, this.embed.ptr, idPtr, tokens, hidden);
+    // h = embed(tokens)
+    let at = this.embed.place;
+    const idPtr = at.rt.arena.alloc(tokens * 4, 'token ids');
+    at.rt.heap().i32.set(ids, idPtr / 4);
+    at.rt.kernels.embed(this.embed.m.fmt, at.x, this.embed.m.ptr, idPtr, tokens, hidden);
+    // for each layer: h += attn(attn_norm(h)); h += ffn(ffn_norm(h)), in the layer's memory
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i];
-      op.rmsnorm(h, x, b.attnNorm, hidden, eps, tokens);
-      b.attn.forward(rt, h, tokens, pos0, cache + i * layerBytes, this.attention, y);
-      op.add(x, y, tokens * hidden);
-      op.rmsnorm(h, x, b.ffnNorm, hidden, eps, tokens);
-      b.ffn.forward(rt, h, tokens, y);
-      op.add(x, y, tokens * hidden);
+      const p = b.place;
+      const op = p.rt.ops;
+      if (p !== at) at.rt.copyTo(at.x, p.rt, p.x, rowBytes);
+      at = p;
+      op.rmsnorm(p.h, p.x, b.attnNorm, hidden, eps, tokens);
+      b.attn.forward(p.rt, p.h, tokens, pos0, this.caches[i][seq.slot], p.attention!, p.y);
+      op.add(p.x, p.y, tokens * hidden);
+      op.rmsnorm(p.h, p.x, b.ffnNorm, hidden, eps, tokens);
+      b.ffn.forward(p.rt, p.h, tokens, p.y);
+      op.add(p.x, p.y, tokens * hidden);
     }
 
     // logits = head(norm(h)) at the last position, or at every position
     let result: Float32Array = NO_LOGITS;
     if (want !== 'none') {
+      const { place: p, norm, m } = this.head;
       const rows = want === 'all' ? tokens : 1;
-      const last = x + (tokens - rows) * hidden * 4;
-      op.rmsnorm(h, last, this.norm, hidden, eps, rows);
+      const last = (tokens - rows) * hidden * 4;
+      if (p !== at) at.rt.copyTo(at.x + last, p.rt, p.x + last, rows * hidden * 4);
+      const op = p.rt.ops;
+      op.rmsnorm(p.h, p.x + last, norm, hidden, eps, rows);
       if (rows === 1) {
-        op.linear(this.logits.byteOffset, this.head, h, 1);
+        op.linear(this.logits.byteOffset, m, p.h, 1);
         result = this.logits;
       } else {
-        const all = rt.arena.allocF32(rows * vocab, 'logits');
-        op.linear(all, this.head, h, rows);
-        result = rt.f32(all, rows * vocab).slice();
+        const all = p.rt.arena.allocF32(rows * vocab, 'logits');
+        op.linear(all, m, p.h, rows);
+        result = p.rt.f32(all, rows * vocab).slice();
       }
     }
-    rt.arena.release(mark);
+    for (const p of this.places) p.rt.arena.release(p.mark);
     seq.position += tokens;
     return result;
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.rt.close();
+    await Promise.all(this.places.map((p) => p.rt.close()));
   }
 }
 
+/** What a load decided before reading a byte: the schema, the weights' sizes and where each unit goes. */
+interface LoadPlan {
+  schema: ModelSchema;
+  plan: MemoryPlan;
+  bytes: { weights: number; active: number };
+  /** Bytes of the checkpoint the load reads. */
+  readBytes: number;
+}
+
 /**
- * Refuses a load whose weights, KV-cache pool and scratch cannot fit in one wasm32 memory, before any
- * weight is read. The scratch is a bound on one pass's temporaries (passTokens tokens), not an exact sum.
+ * Sizes every weight from the checkpoint's headers and lays the units over memories of at most
+ * opts.memoryLimit bytes (default: a wasm32 memory less the scratch each memory keeps); refuses, before any
+ * weight is read, a limit that leaves no room for the scratch, a unit over the limit, and a plan larger than
+ * this machine's RAM.
  */
-function checkFits(
-  cfg: DeepSeekConfig, w: WeightReader, weightBytes: number, cacheBytes: number, contextLength: number, maxSequences: number,
-  passTokens: number, threads: number,
-): void {
-  const scratch = scratchBytes(cfg, contextLength, passTokens, threads);
-  const need = weightBytes + cacheBytes + scratch;
-  if (need <= MAX_MEMORY_BYTES) return;
-  const mib = (n: number): string => `${Math.ceil(n / MiB)} MiB`;
-  const fixes = [w.mode !== 'q4' ? 'a smaller weight format (--quant q4)' : null, cacheBytes > MAX_MEMORY_BYTES / 8 ? 'a smaller --context' : null]
-    .filter((f) => f !== null)
-    .join(' or ');
-  fail(
-    `${w.dir}: this load needs about ${mib(need)} of WebAssembly memory (weights ${mib(weightBytes)} as ${w.mode}, ` +
-      `KV cache ${mib(cacheBytes)} for ${maxSequences} x ${contextLength} tokens, scratch ${mib(scratch)}), but one wasm32 memory ` +
-      `holds at most ${mib(MAX_MEMORY_BYTES)}; ${fixes ? `try ${fixes}, or ` : ''}run it on a GPU (--backend cuda)`,
-  );
+function planLoad(ckpt: Checkpoint, rt: Runtime, opts: LoadOptions, shape: PoolShape): LoadPlan {
+  const cfg = ckpt.config;
+  const { contextLength, maxSequences, passTokens } = shape;
+  const sizes = new WeightReader(ckpt, rt, () => {}, opts.quant);
+  const schema = modelSchema(cfg, { hasLmHead: ckpt.has('lm_head.weight') });
+  const scratch = scratchBytes(cfg, contextLength, passTokens, rt.threads);
+  const most = defaultMemoryLimit(scratch);
+  const limit = opts.memoryLimit ?? most;
+  if (!(limit > 0) || limit > most) {
+    const mib = (n: number): string => (n / MiB).toFixed(n < 10 * MiB ? 2 : 0);
+    fail(`a memory limit of ${mib(limit)} MiB (--memory-limit, memoryLimit) is not one a memory can hold: expected more than 0 and at most ${mib(most)} MiB (a wasm32 memory's 4096 MiB less ${Math.ceil(scratch / MiB)} MiB of scratch for ${contextLength} tokens of context)`);
+  }
+  const units = planUnits(schema, (x) => sizes.plannedBytes(x), maxSequences * contextLength * kvRowBytes(cfg));
+  const plan = placeUnits(units, limit);
+  const need = planBytes(plan, scratch);
+  const ram = machineRam();
+  if (ram !== undefined && need > ram * RAM_SHARE) {
+    const gib = (n: number): string => `${(n / 2 ** 30).toFixed(1)} GiB`;
+    fail(
+      `${ckpt.dir}: this load needs about ${gib(need)} of memory (weights as ${sizes.mode}, KV cache for ${maxSequences} x ${contextLength} tokens, ` +
+        `scratch for ${plan.memories.length} WebAssembly memor${plan.memories.length === 1 ? 'y' : 'ies'}), more than ${Math.round(RAM_SHARE * 100)}% of this machine's ${gib(ram)}; ` +
+        `try ${sizes.mode !== 'q4' ? 'a smaller weight format (--quant q4), ' : ''}a smaller --context, or run it on a GPU (--backend cuda); "deepwasm inspect" shows the plan`,
+    );
+  }
+  return {
+    schema,
+    plan,
+    bytes: weightTotals(schema, (x) => sizes.plannedBytes(x)),
+    readBytes: schemaWeights(schema).reduce((n, x) => n + sizes.readBytes(x), 0),
+  };
+}
+
+/** The rotary tables, the softmax scale and MLA's per-thread scratch for the whole context, in one memory that holds layers. */
+function attentionShared(rt: Runtime, cfg: DeepSeekConfig, contextLength: number): AttentionShared {
+  const tables = ropeTables(cfg, contextLength);
+  const shared: AttentionShared = {
+    cos: rt.arena.allocF32(tables.cos.length, 'rope cos'),
+    sin: rt.arena.allocF32(tables.sin.length, 'rope sin'),
+    half: tables.half,
+    softmaxScale: softmaxScale(cfg),
+    scratch: rt.arena.allocF32(rt.threads * rt.kernels.mla_scratch_floats(contextLength), 'attention scratch'),
+  };
+  rt.f32(shared.cos, tables.cos.length).set(tables.cos);
+  rt.f32(shared.sin, tables.sin.length).set(tables.sin);
+  return shared;
 }

@@ -17,7 +17,7 @@ const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITE
  * chosen experts' outputs are summed with the router's weights, and the shared experts are added
  * for every token. Tokens are grouped by expert so each active expert runs once, as a matmul over
  * its tokens, rather than once per token. For one token (decode) all chosen experts run together:
- * one grouped matmul step for every gate/up, one for every down (see decode()).
+ * one grouped matmul step for every gate/up, one for every down per memory (see decodePart()).
  */
 export class Moe {
   /** Every expert (and the shared experts) in one format per projection: decode can group them. */
@@ -44,17 +44,34 @@ export class Moe {
     return new Moe(cfg, gate, bias, experts, s.shared ? Mlp.load(w, s.shared) : null);
   }
 
-  /** The experts' matrices listed in wasm memory (the shared experts last) and the router's settings: made by prepare(). */
-  private prepared?: { gateUp: MatrixTable; down: MatrixTable; routing: Routing };
+  /** The experts' memories, their matrices listed there, and the router's settings: made by prepare(). */
+  private prepared?: { parts: MoePart[]; routing: Routing };
 
-  /** Lists the experts' matrices in wasm memory for decode's grouped steps. Call once after load,
-   * outside any arena mark (the tables live as long as the weights). */
-  prepare(rt: Runtime): void {
+  /**
+   * Lists the experts' matrices in the memories that hold them, for decode's grouped steps: `home` is the
+   * layer's memory (the router and the shared experts), `memoryOf` gives each routed expert's. Call once
+   * after load, outside any arena mark (the tables live as long as the weights).
+   */
+  prepare(home: Runtime, memoryOf: (expert: number) => Runtime = () => home): void {
     const { cfg } = this;
-    const all = this.shared ? [...this.experts, this.shared] : this.experts;
+    const parts: MoePart[] = [];
+    for (let e = 0; e < this.experts.length; e++) {
+      const rt = memoryOf(e);
+      const last = parts[parts.length - 1];
+      if (last?.rt === rt) last.end = e + 1;
+      else parts.push({ rt, first: e, end: e + 1, gateUp: null!, down: null! });
+    }
+    // The shared experts run in the layer's memory, in the grouped steps of the experts there.
+    if (this.shared && !parts.some((p) => p.rt === home)) parts.push({ rt: home, first: this.experts.length, end: this.experts.length, gateUp: null!, down: null! });
+    for (const p of parts) {
+      const mine = this.experts.slice(p.first, p.end);
+      if (this.shared && p.rt === home) mine.push(this.shared);
+      p.gateUp = new MatrixTable(p.rt, mine.map((m) => m.gateUp), 'expert gate/up table');
+      p.down = new MatrixTable(p.rt, mine.map((m) => m.down), 'expert down table');
+    }
+    this.home = home;
     this.prepared = {
-      gateUp: new MatrixTable(rt, all.map((m) => m.gateUp), 'expert gate/up table'),
-      down: new MatrixTable(rt, all.map((m) => m.down), 'expert down table'),
+      parts,
       routing: {
         experts: cfg.nRoutedExperts,
         bias: this.bias,
@@ -69,10 +86,16 @@ export class Moe {
     };
   }
 
-  /** out[T, hidden] = moe(x[T, hidden]), as MoE.forward in DeepSeek's inference/model.py. */
+  private home?: Runtime;
+
+  /**
+   * out[T, hidden] = moe(x[T, hidden]), as MoE.forward in DeepSeek's inference/model.py. x and out are in
+   * the layer's memory; experts in other memories get x copied there and send their rows back, which are
+   * added in the layer's memory in expert order, so placement does not change a bit of the result.
+   */
   forward(rt: Runtime, x: number, tokens: number, out: number): void {
     const { cfg } = this;
-    const { routing } = this.prepared ?? fail('Moe.prepare(rt) must run after the weights are loaded');
+    const { parts, routing } = this.prepared ?? fail('Moe.prepare(rt) must run after the weights are loaded');
     const op = rt.ops;
     const arena = rt.arena;
     const E = routing.experts;
@@ -93,62 +116,110 @@ export class Moe {
     const rowWeights = arena.allocF32(pairs, 'grouped weights');
     op.moeGroup(starts, rows, rowWeights, chosen, weights, tokens, routing);
 
+    // ys [pairs, hidden]: each pair's expert output, in pair order (by expert); then out = shared(x) + sum of weighted ys rows.
+    const ys = arena.allocF32(pairs * hidden, 'expert outputs');
     if (tokens === 1 && this.groupable) {
-      this.decode(rt, x, out, starts, rows, rowWeights);
-      arena.release(mark);
-      return;
+      for (const part of parts) this.decodePart(part, x, out, starts, ys);
+      if (!this.shared) op.zero(out, hidden);
+    } else {
+      if (this.shared) this.shared.forward(rt, x, tokens, out);
+      else op.zero(out, tokens * hidden);
+      for (const part of parts) this.expertsPart(part, x, tokens, starts, rows, ys);
     }
-
-    // y = shared_experts(x); y[idx] += expert(x[idx]) * weights[idx] for every expert given tokens
-    const gathered = arena.allocF32(tokens * hidden, 'expert inputs');
-    const expertOut = arena.allocF32(tokens * hidden, 'expert outputs');
-    if (this.shared) this.shared.forward(rt, x, tokens, out);
-    else op.zero(out, tokens * hidden);
-    for (let e = 0; e < E; e++) {
-      const i32 = rt.heap().i32;
-      const first = i32[starts / 4 + e];
-      const n = i32[starts / 4 + e + 1] - first;
-      if (n === 0) continue;
-      op.gatherRows(gathered, x, rows + first * 4, n, hidden);
-      this.experts[e].forward(rt, gathered, n, expertOut);
-      op.scatterAdd(out, expertOut, rows + first * 4, rowWeights + first * 4, n, hidden);
-    }
+    op.scatterAdd(out, ys, rows, rowWeights, pairs, hidden);
     arena.release(mark);
   }
 
   /**
-   * One token: the chosen experts (ascending, as the grouped lists have them) and the shared experts
-   * run as one grouped gate/up step, one silu_mul, one grouped down step and one weighted sum, instead
-   * of three parallel steps per expert; the grouped tables come from the experts' tables in wasm. The
-   * sum adds in the same order as the general path, so both give the same bits.
+   * Some tokens through the part's experts, each expert once as a matmul over its tokens: ys rows
+   * [starts[first], starts[end]) (in the layer's memory). In another memory the inputs and the pairs' token
+   * rows are copied there first and the outputs copied back.
    */
-  private decode(rt: Runtime, x: number, out: number, starts: number, rows: number, rowWeights: number): void {
-    const { gateUp, down, routing } = this.prepared!;
-    const op = rt.ops;
+  private expertsPart(part: MoePart, x: number, tokens: number, starts: number, rows: number, ys: number): void {
+    const home = this.home!;
+    const hidden = this.cfg.hiddenSize;
+    const i32 = home.heap().i32;
+    const o = i32[starts / 4 + part.first];
+    const m = i32[starts / 4 + part.end] - o;
+    if (m === 0) return;
+    const rt = part.rt;
     const arena = rt.arena;
+    const mark = arena.mark();
+    const away = rt !== home;
+    const px = away ? arena.allocF32(tokens * hidden, 'expert inputs (copy)') : x;
+    const pRows = away ? arena.alloc(m * 4, 'grouped tokens (copy)') : rows + o * 4;
+    const pYs = away ? arena.allocF32(m * hidden, 'expert outputs (to copy back)') : ys + o * hidden * 4;
+    if (away) {
+      home.copyTo(x, rt, px, tokens * hidden * 4);
+      home.copyTo(rows + o * 4, rt, pRows, m * 4);
+    }
+    const gathered = arena.allocF32(tokens * hidden, 'expert inputs');
+    for (let e = part.first; e < part.end; e++) {
+      const first = i32[starts / 4 + e] - o;
+      const n = i32[starts / 4 + e + 1] - o - first;
+      if (n === 0) continue;
+      rt.ops.gatherRows(gathered, px, pRows + first * 4, n, hidden);
+      this.experts[e].forward(rt, gathered, n, pYs + first * hidden * 4);
+    }
+    if (away) rt.copyTo(pYs, home, ys + o * hidden * 4, m * hidden * 4);
+    arena.release(mark);
+  }
+
+  /**
+   * One token through the part's chosen experts (ascending, as the grouped lists have them), and in the
+   * layer's memory the shared experts too: one grouped gate/up step, one silu_mul, one grouped down step,
+   * instead of three parallel steps per expert. The shared experts' output goes to out; the chosen ones'
+   * rows to ys. The grouped tables come from the part's tables in wasm.
+   */
+  private decodePart(part: MoePart, x: number, out: number, starts: number, ys: number): void {
+    const home = this.home!;
     const { shared } = this;
-    const E = routing.experts;
-    const k = routing.k;
     const hidden = this.cfg.hiddenSize;
     const inter = this.experts[0].inter;
-    const desc = arena.alloc((k + 1) * GROUPED_DESC_BYTES, 'grouped matmul table');
-    const gu = arena.allocF32(k * 2 * inter, 'expert gate/up');
-    const act = arena.allocF32(k * inter, 'expert activations');
-    const ys = arena.allocF32(k * hidden, 'expert outputs');
-    const sInter = shared ? shared.inter : 0;
-    const sGu = shared ? arena.allocF32(2 * sInter, 'shared gate/up') : 0;
-    const sAct = shared ? arena.allocF32(sInter, 'shared activations') : 0;
+    const i32 = home.heap().i32;
+    const o = i32[starts / 4 + part.first];
+    const m = i32[starts / 4 + part.end] - o;
+    const rt = part.rt;
+    const away = rt !== home;
+    const withShared = shared !== null && !away;
+    if (m === 0 && !withShared) return;
+    const op = rt.ops;
+    const arena = rt.arena;
+    const mark = arena.mark();
+    const count = part.end - part.first;
+    const px = away ? arena.allocF32(hidden, 'expert input (copy)') : x;
+    const pStarts = away ? arena.alloc((count + 1) * 4, 'expert starts (copy)') : starts + part.first * 4;
+    const pYs = away ? arena.allocF32(m * hidden, 'expert outputs (to copy back)') : ys + o * hidden * 4;
+    if (away) {
+      home.copyTo(x, rt, px, hidden * 4);
+      home.copyTo(starts + part.first * 4, rt, pStarts, (count + 1) * 4);
+    }
+    const desc = arena.alloc((m + 1) * GROUPED_DESC_BYTES, 'grouped matmul table');
+    const gu = arena.allocF32(m * 2 * inter, 'expert gate/up');
+    const act = arena.allocF32(m * inter, 'expert activations');
+    const sInter = withShared ? shared.inter : 0;
+    const sGu = withShared ? arena.allocF32(2 * sInter, 'shared gate/up') : 0;
+    const sAct = withShared ? arena.allocF32(sInter, 'shared activations') : 0;
     // The chosen experts, then the shared ones: one entry each.
-    const n = op.groupedEntries(desc, gateUp, 0, E, starts, gu, 2 * inter, x, 0);
-    if (shared) op.groupedEntries(desc + n * GROUPED_DESC_BYTES, gateUp, E, 1, 0, sGu, 0, x, 0);
-    op.matmulGrouped(gateUp.fmt, desc, n + (shared ? 1 : 0));
+    const n = op.groupedEntries(desc, part.gateUp, 0, count, pStarts, gu, 2 * inter, px, 0);
+    if (withShared) op.groupedEntries(desc + n * GROUPED_DESC_BYTES, part.gateUp, count, 1, 0, sGu, 0, px, 0);
+    op.matmulGrouped(part.gateUp.fmt, desc, n + (withShared ? 1 : 0));
     op.siluMul(act, gu, inter, n);
-    if (shared) op.siluMul(sAct, sGu, sInter, 1);
-    op.groupedEntries(desc, down, 0, E, starts, ys, hidden, act, inter);
-    if (shared) op.groupedEntries(desc + n * GROUPED_DESC_BYTES, down, E, 1, 0, out, 0, sAct, 0);
-    else op.zero(out, hidden);
-    op.matmulGrouped(down.fmt, desc, n + (shared ? 1 : 0));
-    // Every pair's token is 0 here: rows holds n zeros, rowWeights the weights in expert order.
-    op.scatterAdd(out, ys, rows, rowWeights, n, hidden);
+    if (withShared) op.siluMul(sAct, sGu, sInter, 1);
+    op.groupedEntries(desc, part.down, 0, count, pStarts, pYs, hidden, act, inter);
+    if (withShared) op.groupedEntries(desc + n * GROUPED_DESC_BYTES, part.down, count, 1, 0, out, 0, sAct, 0);
+    op.matmulGrouped(part.down.fmt, desc, n + (withShared ? 1 : 0));
+    if (away) rt.copyTo(pYs, home, ys + o * hidden * 4, m * hidden * 4);
+    arena.release(mark);
   }
+}
+
+/** A run of a layer's routed experts held in one memory: experts [first, end), with their matrix tables there
+ * (in the layer's memory the shared experts follow them). */
+interface MoePart {
+  rt: Runtime;
+  first: number;
+  end: number;
+  gateUp: MatrixTable;
+  down: MatrixTable;
 }

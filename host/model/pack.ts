@@ -3,7 +3,6 @@ import {
   ROLE_ROPE_COS, ROLE_ROPE_SIN, ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX,
 } from '../runtime/constants.js';
 import { FMT_BF16, FMT_F32 } from '../runtime/kernels.js';
-import type { AttentionShared } from './attention.js';
 import type { Model } from './model.js';
 import type { Placed } from './weights.js';
 
@@ -24,7 +23,7 @@ const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITE
  */
 export function packModel(model: Model): Uint8Array {
   const cfg = model.config;
-  const { attention, caches } = model as unknown as { attention: AttentionShared; caches: number[] };
+  const { attention, cache } = model.oneMemory;
   const f32bits = (v: number): number => new Int32Array(new Float32Array([v]).buffer)[0];
   const config = [
     cfg.hiddenSize, cfg.vocabSize, cfg.numHiddenLayers, cfg.numAttentionHeads,
@@ -32,7 +31,7 @@ export function packModel(model: Model): Uint8Array {
     cfg.nRoutedExperts, cfg.numExpertsPerTok, cfg.nGroup, cfg.topkGroup, cfg.normTopkProb ? 1 : 0,
     METHODS[cfg.topkMethod], cfg.scoringFunc === 'sigmoid' ? SCORE_SIGMOID : SCORE_SOFTMAX, model.contextLength, attention.half,
     f32bits(cfg.rmsNormEps), f32bits(attention.softmaxScale), f32bits(cfg.routedScalingFactor),
-    caches[0], attention.scratch,
+    cache, attention.scratch,
   ];
   const tables: Placed[] = [
     { role: ROLE_ROPE_COS, layer: -1, index: 0, name: 'rope cos', fmt: FMT_F32, rows: model.contextLength, cols: attention.half, ptr: attention.cos },

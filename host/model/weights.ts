@@ -105,13 +105,18 @@ export class WeightReader {
   readonly mode: QuantMode;
   /** Every weight loaded so far, in load order: the directory of the WASI image, later the placement. */
   readonly placed: Placed[] = [];
+  /** The runtime of the memory the weight being read goes to (set by matrix, cuts and vector). */
+  private rt: Runtime;
 
+  /** `memoryFor` says which memory's runtime each weight goes to (default: rt's). */
   constructor(
     private readonly ckpt: Checkpoint,
-    private readonly rt: Runtime,
+    rt: Runtime,
     private readonly onBytes: (bytes: number) => void,
     quant?: QuantName,
+    private readonly memoryFor: (w: Weight) => Runtime = () => rt,
   ) {
+    this.rt = rt;
     this.mode = resolveQuant(ckpt, quant);
   }
 
@@ -155,6 +160,7 @@ export class WeightReader {
   }
 
   matrix(w: Weight): Matrix {
+    this.rt = this.memoryFor(w);
     const entries = this.entries(w);
     const fmt = this.formatOf(w, entries);
     const [rows, cols] = w.shape;
@@ -193,6 +199,7 @@ export class WeightReader {
    * (bf16 stays bf16, others f32): a transposed cut no longer has DeepSeek's 128x128 blocks.
    */
   cuts(w: Weight, cuts: Cut[]): Matrix[] {
+    this.rt = this.memoryFor(w);
     const part = w.parts[0];
     const [partRows, cols] = part.shape;
     const e = this.ckpt.get(part.name);
@@ -236,6 +243,7 @@ export class WeightReader {
   vector(w: Weight): number {
     const t = w.parts[0];
     if (w.optional && !this.ckpt.has(t.name)) return 0;
+    this.rt = this.memoryFor(w);
     const e = this.ckpt.get(t.name);
     expectShape(e, t.shape, t.why);
     const ptr = this.rt.arena.allocF32(t.shape[0], t.name);

@@ -207,13 +207,20 @@ export class Runtime {
 
   /** Views of the whole memory, remade only after it grows: per-token code indexes these (ptr / 4)
    * instead of making a new view per step. */
-  heap(): { i32: Int32Array; f32: Float32Array } {
+  heap(): { u8: Uint8Array; i32: Int32Array; f32: Float32Array } {
     const buffer = this.memory.buffer;
-    if (this.views?.buffer !== buffer) this.views = { buffer, i32: new Int32Array(buffer), f32: new Float32Array(buffer) };
+    if (this.views?.buffer !== buffer) this.views = { buffer, u8: new Uint8Array(buffer), i32: new Int32Array(buffer), f32: new Float32Array(buffer) };
     return this.views;
   }
 
-  private views?: { buffer: ArrayBufferLike; i32: Int32Array; f32: Float32Array };
+  private views?: { buffer: ArrayBufferLike; u8: Uint8Array; i32: Int32Array; f32: Float32Array };
+
+  /** Copies `bytes` bytes at src in this memory to dst in `to`'s (a hidden state on its way to the memory of the next unit). */
+  copyTo(src: number, to: Runtime, dst: number, bytes: number): void {
+    const from = this.heap().u8;
+    if (to === this) from.copyWithin(dst, src, src + bytes);
+    else to.heap().u8.set(from.subarray(src, src + bytes), dst);
+  }
 
   i32(ptr: number, count: number): Int32Array {
     return new Int32Array(this.memory.buffer, ptr, count);

@@ -9,7 +9,7 @@ import type { Runtime } from '../../runtime/runtime.js';
 import { profileKernels, type KernelTime } from '../../runtime/kernel-profile.js';
 import { loadOptions } from '../load.js';
 import { loadProgress } from '../progress.js';
-import { BACKEND_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { BACKEND_FLAG, MODEL_FLAG, MEMORY_LIMIT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
 /**
  * A deterministic prompt of n ids: BOS (when the config names one), then ids spread over the vocabulary by a
@@ -62,6 +62,7 @@ export const benchCommand: Command = {
     { name: 'gen-tokens', kind: 'int', value: 'N', min: 1, help: 'tokens to decode (default 32)' },
     THREADS_FLAG,
     BACKEND_FLAG,
+    MEMORY_LIMIT_FLAG,
     { name: 'json', kind: 'boolean', help: 'end with one JSON line of the results' },
     { name: 'profile', kind: 'boolean', help: 'after the timed run, decode --gen-tokens more tokens with every kernel call timed and print where a token\'s time goes' },
   ],
@@ -143,7 +144,7 @@ export const benchCommand: Command = {
         `memory   peak RSS ${peakRssMb.toFixed(0)} MB${rt ? `, wasm arena ${(rt.arena.highWater / MB).toFixed(0)} MiB` : ''}`,
       ];
       if (flags.profile === true && rt) {
-        const times = profileKernels(rt, () => {
+        const times = profileKernels((model as Model).runtimes, () => {
           for (let k = 0; k < genTokens; k++) logits = step([argmax(logits)]);
         });
         const total = times.kernels.reduce((n, t) => n + t.ms, 0) / genTokens;

@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline';
 import { DeepWasmError } from '../../errors.js';
 import type { ChatMessage } from '../../tokenizer/index.js';
 import { watchUtf8 } from '../utf8.js';
-import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, MEMORY_LIMIT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
 import { guardStdout } from './stdio.js';
 
@@ -21,6 +21,7 @@ export const chatCommand: Command = {
     THREADS_FLAG,
     CONTEXT_FLAG,
     BACKEND_FLAG,
+    MEMORY_LIMIT_FLAG,
     QUANT_FLAG,
   ],
   async run(flags) {

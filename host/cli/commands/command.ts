@@ -27,6 +27,13 @@ export const BACKEND_FLAG: FlagSpec = {
   value: BACKEND_NAMES.join('|'),
   help: 'where to run: the WebAssembly CPU core (default) or an NVIDIA GPU (needs npm run build:gpu)',
 };
+export const MEMORY_LIMIT_FLAG: FlagSpec = {
+  name: 'memory-limit',
+  kind: 'number',
+  value: 'MIB',
+  min: 0.001,
+  help: 'CPU: most MiB of weights and KV cache per WebAssembly memory, decimals allowed (default: 4096 less the scratch); a larger model spans several memories',
+};
 export const QUANT_FLAG: FlagSpec = {
   name: 'quant',
   kind: 'string',

@@ -1,14 +1,13 @@
-import { totalmem } from 'node:os';
 import { openCheckpoint } from '../../checkpoint/checkpoint.js';
 import { parseConfig, type DeepSeekConfig } from '../../checkpoint/config.js';
 import type { DType } from '../../checkpoint/dtypes.js';
 import { PRESET_NAMES, presetConfig } from '../../checkpoint/presets.js';
 import { fail } from '../../errors.js';
-import { defaultMemoryLimit, describeUnits, placeUnits, planUnits, scratchBytes } from '../../model/placement.js';
+import { RAM_SHARE, defaultMemoryLimit, describeUnits, machineRam, placeUnits, planBytes, planUnits, scratchBytes } from '../../model/placement.js';
 import { kvRowBytes, modelSchema, parameterCounts, schemaWeights, weightTotals, type Weight } from '../../model/schema.js';
 import { parseQuant, quantFor, weightBytes, type QuantMode, type QuantName } from '../../model/weights.js';
 import { Runtime } from '../../runtime/runtime.js';
-import { CONTEXT_FLAG, QUANT_FLAG, type Command } from './command.js';
+import { CONTEXT_FLAG, MEMORY_LIMIT_FLAG, QUANT_FLAG, type Command } from './command.js';
 
 const GB = 1e9;
 const MiB = 1024 * 1024;
@@ -84,7 +83,7 @@ export const inspectCommand: Command = {
     QUANT_FLAG,
     CONTEXT_FLAG,
     { name: 'sequences', kind: 'int', value: 'N', min: 1, help: 'sequences the KV-cache pool holds (default 1)' },
-    { name: 'memory-limit', kind: 'int', value: 'MIB', min: 1, help: 'most MiB of weights per WebAssembly memory (default: 4096 less the scratch)' },
+    MEMORY_LIMIT_FLAG,
   ],
   async run(flags) {
     const dir = flags.model as string | undefined;
@@ -110,12 +109,12 @@ export const inspectCommand: Command = {
       const { weights: total, active } = weightTotals(schema, bytesOf);
       const kvPerToken = cfg.numHiddenLayers * kvRowBytes(cfg);
       const scratch = scratchBytes(cfg, context, 256, 1);
-      const limit = flags['memory-limit'] !== undefined ? (flags['memory-limit'] as number) * MiB : defaultMemoryLimit(scratch);
+      const limit = flags['memory-limit'] !== undefined ? Math.round((flags['memory-limit'] as number) * MiB) : defaultMemoryLimit(scratch);
       const plan = placeUnits(planUnits(schema, bytesOf, kvRowBytes(cfg) * context * sequences), limit);
       const moeLayers = schema.blocks.filter((b) => 'moe' in b.ffn).length;
       const perFormat = src.modes.map((m) => `${m} ${gb(weights.reduce((n, w) => n + sizeIn(m)(w), 0))}`).join(', ');
-      const need = plan.memories.reduce((n, m) => n + m.bytes, 0) + plan.memories.length * scratch;
-      const ram = totalmem();
+      const need = planBytes(plan, scratch);
+      const ram = machineRam() ?? 0;
       const lines = [
         `model      ${src.name}: ${cfg.modelType}, ${cfg.numHiddenLayers} layers (${cfg.numHiddenLayers - moeLayers} dense, ${moeLayers} MoE` +
           (moeLayers ? `: ${cfg.nRoutedExperts} experts, ${cfg.numExpertsPerTok} per token, ${cfg.nSharedExperts} shared` : '') +
@@ -124,13 +123,13 @@ export const inspectCommand: Command = {
         `parameters ${count(params.total)}, ${count(params.active)} read per token`,
         `weights    ${gb(total)} as ${mode === 'stored' ? 'stored' : mode}, ${gb(active)} read per token (each format: ${perFormat})`,
         `KV cache   ${gb(kvPerToken)} per token: ${gb(kvPerToken * context * sequences)} for ${sequences} x ${context} tokens`,
-        `memories   ${plan.memories.length} of at most ${Math.floor(limit / MiB)} MiB (plus ${Math.ceil(scratch / MiB)} MiB of scratch each):`,
-        ...listed(plan.memories.map((m, i) => `  ${String(i).padStart(3)}: ${mib(m.bytes).padStart(5)} MiB  ${describeUnits(m.units, cfg.nRoutedExperts)}`)),
+        `memories   ${plan.memories.length} of at most ${mib(limit)} MiB (plus ${Math.ceil(scratch / MiB)} MiB of scratch each):`,
+        ...listed(plan.memories.map((m, i) => `  ${String(i).padStart(3)}: ${mib(m.bytes).padStart(5)} MiB  ${describeUnits(m.units, cfg)}`)),
         `machine    ${(ram / 2 ** 30).toFixed(1)} GiB of RAM; the plan needs ${(need / 2 ** 30).toFixed(1)} GiB: ` +
-          (need <= ram * 0.9 ? 'it fits' : 'it does not fit (use a smaller --quant, --context or fewer --sequences, or a bigger machine)'),
-        plan.memories.length === 1
-          ? 'loads      on the CPU today (one memory)'
-          : `loads      not on the CPU yet: it needs ${plan.memories.length} memories, and running one model over several is not built yet; --backend cuda runs it on a GPU with enough memory`,
+          (need <= ram * RAM_SHARE ? 'it fits' : 'it does not fit (use a smaller --quant, --context or fewer --sequences, or a bigger machine)'),
+        need <= ram * RAM_SHARE
+          ? `loads      on the CPU here, over ${plan.memories.length} WebAssembly memor${plan.memories.length === 1 ? 'y' : 'ies'}`
+          : `loads      not here: it needs ${Math.round(RAM_SHARE * 100)}% of a machine with ${(need / RAM_SHARE / 2 ** 30).toFixed(0)} GiB of RAM; --backend cuda runs it on GPUs with enough memory`,
       ];
       process.stdout.write(lines.join('\n') + '\n');
     } finally {

@@ -3,7 +3,7 @@ import { fail } from '../../errors.js';
 import { argmax } from '../../generate/sampler.js';
 import { checkOutputFile } from '../files.js';
 import { loadOptions, loadWithProgress } from '../load.js';
-import { BACKEND_FLAG, CONTEXT_FLAG, MODEL_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, MODEL_FLAG, MEMORY_LIMIT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 
 /** Parses "1,2,3" into token ids, naming the bad entry when one is not a whole number. */
 function parseIds(text: string): number[] {
@@ -30,6 +30,7 @@ export const logitsCommand: Command = {
     THREADS_FLAG,
     CONTEXT_FLAG,
     BACKEND_FLAG,
+    MEMORY_LIMIT_FLAG,
     QUANT_FLAG,
   ],
   async run(flags) {

@@ -1,5 +1,5 @@
 import type { GenerateResult } from '../../generate/text-model.js';
-import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
+import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, MEMORY_LIMIT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
 import { PROMPT_FLAGS, promptText } from './prompt.js';
 import { guardStdout } from './stdio.js';
@@ -18,6 +18,7 @@ export const runCommand: Command = {
     THREADS_FLAG,
     CONTEXT_FLAG,
     BACKEND_FLAG,
+    MEMORY_LIMIT_FLAG,
     QUANT_FLAG,
   ],
   async run(flags) {
