@@ -6,10 +6,14 @@
 //     synth each preset (bf16), convert it to each format, delete the bf16 checkpoint (16B bf16 is 31 GB);
 //     prints wall time and peak RSS of every step.
 //   node bench/real-size.mjs bench [--threads 2] [--prompt-tokens 64] [--gen-tokens 32] [--rounds 2]
-//       [--context N] [--no-run] DIR...
+//       [--context N] [--wait-idle PCT] [--no-run] DIR[@MIB]...
 //     `deepwasm bench --json` on every DIR, round after round in the given order (so a small one-memory
 //     model and a big one see the same machine minutes apart), then a greedy `deepwasm run` per DIR.
-//     Prints a table and one JSON line per run.
+//     DIR@MIB runs DIR with --memory-limit MIB: the same weights over several memories, beside the same
+//     model in one, is what placement costs with nothing else changed. Prints a table and one JSON line
+//     per run. The VM is shared: each run records the CPU the rest of the machine used during it
+//     (others_cpu_share, of all cores), and --wait-idle PCT starts each run only once the machine has
+//     been below PCT% busy for a second (waiting 10 minutes at most).
 //
 // Peak RSS is measured from outside (GNU time's wait4 maxrss, else /proc/PID/status VmHWM polled), so a
 // process that dies of memory still has a number; bench's own load_peak_rss_bytes is the peak at the end
@@ -42,7 +46,8 @@ function measure(args, { echo = true } = {}) {
   return new Promise((done) => {
     const timeFile = join(os.tmpdir(), `real-size-time-${process.pid}-${Date.now()}`);
     const cmd = hasGnuTime ? GNU_TIME : process.execPath;
-    const argv = hasGnuTime ? ['-f', '%M', '-o', timeFile, process.execPath, CLI, ...args] : [CLI, ...args];
+    const argv = hasGnuTime ? ['-f', '%M %U %S', '-o', timeFile, process.execPath, CLI, ...args] : [CLI, ...args];
+    const cpuBefore = machineCpu();
     const start = performance.now();
     const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -66,17 +71,46 @@ function measure(args, { echo = true } = {}) {
     child.on('close', (code, signal) => {
       if (poll) clearInterval(poll);
       const secs = (performance.now() - start) / 1000;
+      const cpuAfter = machineCpu();
       let peak = hwm;
+      let others = null;
       if (hasGnuTime) {
         try {
           const lines = fs.readFileSync(timeFile, 'utf8').trim().split('\n');
-          peak = Number(lines[lines.length - 1]) * 1024;
+          const [kb, user, sys] = lines[lines.length - 1].split(' ').map(Number);
+          peak = kb * 1024;
+          // What the rest of the machine ran meanwhile, as a share of all its cores: the VM is shared.
+          if (cpuBefore && cpuAfter) others = Math.max(0, (cpuAfter.busy - cpuBefore.busy - (user + sys)) / (secs * os.cpus().length));
           fs.rmSync(timeFile);
         } catch {}
       }
-      done({ code: code ?? (signal ? 128 : 1), signal, out, err, secs, peak });
+      done({ code: code ?? (signal ? 128 : 1), signal, out, err, secs, peak, others });
     });
   });
+}
+
+/** Busy CPU seconds of the whole machine so far (all cores; /proc/stat counts in USER_HZ = 100). */
+function machineCpu() {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const [user, nice, system, idle, iowait, irq, softirq, steal] = f;
+    return { busy: (user + nice + system + irq + softirq + steal) / 100, idle: (idle + iowait) / 100 };
+  } catch {
+    return null;
+  }
+}
+
+/** Waits (at most maxSecs) until the machine's busy share over one second is below pct percent; returns the last share. */
+async function waitIdle(pct, maxSecs = 600) {
+  const end = Date.now() + maxSecs * 1000;
+  for (;;) {
+    const a = machineCpu();
+    await new Promise((r) => setTimeout(r, 1000));
+    const b = machineCpu();
+    if (!a || !b) return null;
+    const busy = (100 * (b.busy - a.busy)) / (b.busy - a.busy + b.idle - a.idle || 1);
+    if (busy < pct || Date.now() > end) return +busy.toFixed(1);
+  }
 }
 
 const GB = 1e9;
@@ -157,12 +191,19 @@ async function bench(flags, dirs) {
   if (flags.context) common.push('--context', flags.context);
   console.log(JSON.stringify({ machine: cpuModel(), cores: os.cpus().length, ram_bytes: os.totalmem(), node: process.version, rounds, flags: common.join(' ') }));
   const runs = [];
+  const modelArgs = (entry) => {
+    const m = /^(.*)@(\d+)$/.exec(entry);
+    return m ? ['--model', m[1], '--memory-limit', m[2]] : ['--model', entry];
+  };
+  const dirOf = (entry) => modelArgs(entry)[1];
   for (let round = 1; round <= rounds; round++) {
     for (const d of dirs) {
-      const args = ['bench', '--model', d, '--json', ...common];
+      const args = ['bench', ...modelArgs(d), '--json', ...common];
+      const busyBefore = flags['wait-idle'] ? await waitIdle(Number(flags['wait-idle'])) : null;
+      const loadavg = +os.loadavg()[0].toFixed(2);
       process.stderr.write(`\n[round ${round}] $ ${cmdText(args)}\n`);
       const r = await measure(args);
-      const row = { round, model: d, format: formatOf(d), command: cmdText(args), ok: r.code === 0, wall_s: +r.secs.toFixed(1), process_peak_rss_bytes: r.peak };
+      const row = { round, model: d, format: formatOf(dirOf(d)), command: cmdText(args), loadavg_1m: loadavg, busy_before_pct: busyBefore, others_cpu_share: r.others === null ? null : +r.others.toFixed(3), ok: r.code === 0, wall_s: +r.secs.toFixed(1), process_peak_rss_bytes: r.peak };
       if (r.code === 0) {
         const last = r.out.trim().split('\n').pop();
         Object.assign(row, JSON.parse(last));
@@ -174,8 +215,8 @@ async function bench(flags, dirs) {
     }
   }
 
-  // Against the smallest model of the same format that ran: a one-memory model beside a several-memory one,
-  // compared within each round (the machine moves between rounds), then the median of the rounds.
+  // Against a one-memory run of the same format (the same folder when it ran in one memory, else the
+  // smallest): compared within each round (the machine moves between rounds), then the median of the rounds.
   const rows = [];
   const notes = [];
   for (const d of dirs) {
@@ -183,19 +224,22 @@ async function bench(flags, dirs) {
     const ok = mine.filter((r) => r.ok);
     for (const r of mine.filter((r) => !r.ok)) notes.push(`${basename(d)}, round ${r.round}: ${r.error}`);
     if (ok.length === 0) {
-      rows.push([basename(d), mine[0].format, 'did not load (below)', '', '', '', '', '', '', '', '0']);
+      rows.push([basename(d), mine[0].format, '', 'did not load (below)', '', '', '', '', '', '', '', '', '0']);
       continue;
     }
-    const ref = dirs
-      .filter((o) => o !== d && formatOf(o) === formatOf(d))
-      .map((o) => runs.filter((r) => r.model === o && r.ok))
-      .filter((rs) => rs.length > 0 && rs[0].weight_bytes < ok[0].weight_bytes)
-      .sort((a, b) => a[0].weight_bytes - b[0].weight_bytes)[0];
+    const ref = ok[0].memories > 1
+      ? dirs
+          .filter((o) => o !== d && formatOf(dirOf(o)) === formatOf(dirOf(d)))
+          .map((o) => runs.filter((r) => r.model === o && r.ok))
+          .filter((rs) => rs.length > 0 && rs[0].memories === 1)
+          .sort((a, b) => Number(dirOf(b[0].model) === dirOf(d)) - Number(dirOf(a[0].model) === dirOf(d)) || a[0].weight_bytes - b[0].weight_bytes)[0]
+      : undefined;
     const ratios = ref ? ok.map((r) => r.decode_gb_s / (ref.find((x) => x.round === r.round)?.decode_gb_s ?? NaN)).filter(Number.isFinite) : [];
     const m = (key) => median(ok.map((r) => r[key]));
     rows.push([
       basename(d),
       ok[0].format,
+      String(ok[0].memories ?? ''),
       `${m('load_s').toFixed(1)} s, ${m('load_gb_s').toFixed(2)} GB/s`,
       `${gb(m('load_peak_rss_bytes'))} / ${gb(ok[0].weight_bytes)} (${((m('load_rss_over_weights') - 1) * 100).toFixed(1)}%)`,
       gb(m('process_peak_rss_bytes')),
@@ -203,6 +247,7 @@ async function bench(flags, dirs) {
       m('decode_tok_s').toFixed(2),
       m('decode_gb_s').toFixed(2),
       `${m('read_probe_gb_s').toFixed(1)} (${(m('share_of_probe') * 100).toFixed(0)}%)`,
+      ok.every((r) => r.others_cpu_share !== null) ? `${(m('others_cpu_share') * 100).toFixed(0)}%` : '',
       ratios.length ? `${median(ratios).toFixed(3)} vs ${basename(ref[0].model)} [${Math.min(...ratios).toFixed(3)}, ${Math.max(...ratios).toFixed(3)}]` : '',
       String(ok.length),
     ]);
@@ -210,14 +255,14 @@ async function bench(flags, dirs) {
   console.log(
     '\n' +
       table(
-        ['model', 'format', 'load (time, rate)', 'load peak RSS / weights GB', 'process peak RSS GB', 'prefill tok/s', 'decode tok/s', 'decode GB/s', 'probe GB/s (share)', 'decode GB/s ratio (median [range])', 'runs'],
+        ['model', 'format', 'memories', 'load (time, rate)', 'load peak RSS / weights GB', 'process peak RSS GB', 'prefill tok/s', 'decode tok/s', 'decode GB/s', 'probe GB/s (share)', 'others\' CPU', 'decode GB/s ratio (median [range])', 'runs'],
         rows,
       ) +
       (notes.length ? '\n\n' + notes.join('\n') : ''),
   );
 
   if (flags['no-run']) return;
-  for (const d of dirs) {
+  for (const d of dirs.filter((e) => !/@\d+$/.test(e))) {
     const args = ['run', '--model', d, '--prompt', 'Once upon a time', '--max-tokens', '16', '--temperature', '0', '--threads', flags.threads ?? '2'];
     process.stderr.write(`\n$ ${cmdText(args)}\n`);
     const r = await measure(args, { echo: false });
@@ -241,6 +286,6 @@ if (mode === 'prepare') await prepare(flags);
 else if (mode === 'bench') await bench(flags, rest);
 else {
   process.stderr.write('usage: node bench/real-size.mjs prepare [--dir D] [--presets v3-2k6,16B] [--quants q8,q4] [--keep-bf16]\n' +
-    '       node bench/real-size.mjs bench [--threads 2] [--prompt-tokens 64] [--gen-tokens 32] [--rounds 2] [--context N] [--no-run] DIR...\n');
+    '       node bench/real-size.mjs bench [--threads 2] [--prompt-tokens 64] [--gen-tokens 32] [--rounds 2] [--context N] [--wait-idle PCT] [--no-run] DIR[@MIB]...\n');
   process.exit(2);
 }

@@ -387,7 +387,7 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   assert.match(r.stdout, /read +[\d.]+ GB\/s read probe around decode .*: decode streams \d+% of it/);
   assert.equal(Object.keys(json), [
     'prefill_tok_s', 'decode_tok_s', 'peak_rss_mb', 'decode_gb_s', 'read_probe_gb_s',
-    'load_s', 'load_bytes', 'load_gb_s', 'load_peak_rss_bytes', 'weight_bytes', 'active_bytes', 'peak_rss_bytes',
+    'load_s', 'load_bytes', 'load_gb_s', 'load_peak_rss_bytes', 'weight_bytes', 'active_bytes', 'peak_rss_bytes', 'memories',
   ]);
   for (const v of Object.values(json)) assert.ok(typeof v === 'number' && v > 0, JSON.stringify(json));
   // Every byte of the checkpoint is read once; the load's peak is part of the whole run's.

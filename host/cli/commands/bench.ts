@@ -53,8 +53,8 @@ export const benchCommand: Command = {
     'the read_probe kernel measures over the model\'s memory right before and after decode, and peak memory. ' +
     'One warm-up token runs first and is forgotten. With --json the last stdout line is ' +
     '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..,"decode_gb_s":..,"read_probe_gb_s":..,"load_s":..,"load_bytes":..,' +
-    '"load_gb_s":..,"load_peak_rss_bytes":..,"weight_bytes":..,"active_bytes":..,"peak_rss_bytes":..} ' +
-    '(load_peak_rss_bytes: the peak resident memory when the load ends, before any token runs).',
+    '"load_gb_s":..,"load_peak_rss_bytes":..,"weight_bytes":..,"active_bytes":..,"peak_rss_bytes":..,"memories":..} ' +
+    '(load_peak_rss_bytes: the peak resident memory when the load ends, before any token runs; memories: the WebAssembly memories of a CPU model).',
   flags: [
     { ...MODEL_FLAG, required: true },
     QUANT_FLAG,
@@ -177,6 +177,7 @@ export const benchCommand: Command = {
           weight_bytes: model.weightBytes,
           active_bytes: activeBytes,
           peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
+          ...(model instanceof Model ? { memories: model.runtimes.length } : {}),
         };
         process.stdout.write(JSON.stringify(json) + '\n');
       }
