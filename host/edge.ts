@@ -19,7 +19,8 @@
  * const { text } = await model.generateText('Once upon a time', { maxTokens: 24 });
  * ```
  */
-import { checkpointFromBytes } from './checkpoint/checkpoint.js';
+import { BlobBytes, bytesFromStream, canReadBlobs, ChunkedBytes, type RandomAccessBytes } from './checkpoint/byte-source.js';
+import { checkpointFromSources } from './checkpoint/checkpoint.js';
 import { parseConfig } from './checkpoint/config.js';
 import { fail } from './errors.js';
 import { TextModel } from './generate/text-model.js';
@@ -30,8 +31,20 @@ import { Tokenizer } from './tokenizer/tokenizer.js';
 export { TextModel, type GenerateResult } from './generate/text-model.js';
 export { DeepWasmError } from './errors.js';
 
-/** Bytes as an ArrayBuffer, a view of one, or a Response (or its promise) whose body is read to the end. */
-export type ByteSource = ArrayBuffer | ArrayBufferView | Response | Promise<Response>;
+export type { RandomAccessBytes } from './checkpoint/byte-source.js';
+
+type Bytes = ArrayBuffer | ArrayBufferView | Blob | ReadableStream<Uint8Array> | Response | RandomAccessBytes;
+
+/**
+ * Bytes as an ArrayBuffer, a view of one, a Blob, a ReadableStream of Uint8Arrays, a Response, or anything with a
+ * `size` and a synchronous `read(offset, dst)` (RandomAccessBytes: e.g. over an OPFS sync access handle), or a
+ * promise of one of them. A stream or a Response body is read to its end into memory in pieces; a Blob is read on
+ * demand where FileReaderSync exists (a browser worker: a File is never held whole), else as a stream.
+ */
+export type ByteSource = Bytes | Promise<Bytes>;
+
+const isRandomAccess = (s: object): s is RandomAccessBytes =>
+  typeof (s as RandomAccessBytes).read === 'function' && Number.isSafeInteger((s as RandomAccessBytes).size) && (s as RandomAccessBytes).size >= 0;
 
 export interface BufferModelSources {
   /** build/deepwasm.wasm or build/deepwasm-relaxed.wasm (the engine must have relaxed SIMD), or it compiled. */
@@ -46,15 +59,25 @@ export interface BufferModelSources {
   weights: Record<string, ByteSource>;
 }
 
-async function bytesOf(name: string, source: ByteSource): Promise<Uint8Array> {
+async function bytesOf(name: string, source: ByteSource): Promise<RandomAccessBytes> {
   const s = await source;
-  if (s instanceof ArrayBuffer) return new Uint8Array(s);
-  if (ArrayBuffer.isView(s)) return new Uint8Array(s.buffer, s.byteOffset, s.byteLength);
+  if (s instanceof ArrayBuffer) return new ChunkedBytes([new Uint8Array(s)]);
+  if (ArrayBuffer.isView(s)) return new ChunkedBytes([new Uint8Array(s.buffer, s.byteOffset, s.byteLength)]);
+  if (typeof Blob !== 'undefined' && s instanceof Blob) return canReadBlobs() ? new BlobBytes(s) : bytesFromStream(name, s.stream());
+  if (typeof ReadableStream !== 'undefined' && s instanceof ReadableStream) return bytesFromStream(name, s);
   if (typeof Response !== 'undefined' && s instanceof Response) {
     if (!s.ok) fail(`${name}: the response is ${s.status} ${s.statusText}${s.url ? ` (${s.url})` : ''}`);
-    return new Uint8Array(await s.arrayBuffer());
+    return s.body ? bytesFromStream(name, s.body) : new ChunkedBytes([]);
   }
-  return fail(`${name}: expected an ArrayBuffer, a typed array or a Response`);
+  if (typeof s === 'object' && s !== null && isRandomAccess(s)) return s;
+  return fail(`${name}: expected an ArrayBuffer, a typed array, a Blob, a ReadableStream, a Response or { size, read(offset, dst) }`);
+}
+
+async function compileWasm(source: ByteSource): Promise<WebAssembly.Module> {
+  const bytes = await bytesOf('wasm', source);
+  const whole = new Uint8Array(bytes.size);
+  bytes.read(0, whole);
+  return WebAssembly.compile(whole);
 }
 
 /**
@@ -66,10 +89,9 @@ export async function loadModelFromBuffers(sources: BufferModelSources, opts: Om
   const config = parseConfig(sources.config, 'config.json');
   const names = Object.keys(sources.weights ?? {});
   if (names.length === 0) fail('weights: give at least one safetensors file, e.g. { "model.safetensors": bytes }');
-  const wasm =
-    sources.wasm instanceof WebAssembly.Module ? sources.wasm : await WebAssembly.compile((await bytesOf('wasm', sources.wasm as ByteSource)) as Uint8Array<ArrayBuffer>);
-  const files = new Map<string, Uint8Array>();
+  const wasm = sources.wasm instanceof WebAssembly.Module ? sources.wasm : await compileWasm(sources.wasm);
+  const files = new Map<string, RandomAccessBytes>();
   for (const name of names) files.set(name, await bytesOf(name, sources.weights[name]));
-  const ckpt = checkpointFromBytes('(in memory)', config, files);
+  const ckpt = checkpointFromSources('(in memory)', config, files);
   return TextModel.assemble('(in memory)', tokenizer, config, () => Model.fromCheckpoint(ckpt, { ...opts, threads: opts.threads ?? 1, wasm }));
 }

@@ -67,6 +67,11 @@ test('web on a port in use: a one-line error with exit 1', async () => {
   }
 });
 
+test('web --memory-limit takes a positive number of MiB', () => {
+  fails(cli(['web', '--port', '0', '--memory-limit', '0']), /^error: --memory-limit must be at least 0\.001, got 0\n$/, 'zero');
+  fails(cli(['web', '--port', '0', '--memory-limit', 'lots']), /^error: --memory-limit expects a number, got "lots"\n$/, 'not a number');
+});
+
 test('an --out file that cannot be written fails before the model loads, naming --out', () => {
   const args = ['logits', '--model', V3_TINY, '--ids', '1'];
   fails(cli([...args, '--out', join(tmp, 'no-such-folder', 'x.safetensors')]), /--out .*x\.safetensors: folder .*no-such-folder does not exist/, 'missing folder');

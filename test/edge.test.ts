@@ -10,6 +10,7 @@ import * as assert from 'uvu/assert';
 import { loadModelFromBuffers } from '../host/edge.js';
 import { DEFAULT_MODEL_DIR, loadModel } from '../host/index.js';
 import { DENO_ENV, denoBinary } from './deno-bin.js';
+import { maxAbsDiff, OneSequence } from './helpers.js';
 
 const WASM = fileURLToPath(new URL('../../build/deepwasm.wasm', import.meta.url));
 const SCRIPT = fileURLToPath(new URL('./edge-deno.js', import.meta.url));
@@ -64,6 +65,67 @@ test('edge: threads: 2 runs a pool (node:worker_threads under Node) and generate
   const { text } = await model.generateText(PROMPT, { maxTokens: 24, temperature: 0 });
   await model.close();
   assert.is(text, expected);
+});
+
+/** The bytes as a stream of `size`-byte chunks, each its own Uint8Array, as a slow network might deliver them. */
+function trickle(bytes: Uint8Array, size: number): ReadableStream<Uint8Array> {
+  let at = 0;
+  return new ReadableStream({
+    pull(c) {
+      if (at >= bytes.length) return c.close();
+      c.enqueue(bytes.slice(at, (at += size)));
+    },
+  });
+}
+
+const sources = (weights: Record<string, unknown>) => ({
+  wasm: new Blob([readFileSync(WASM)]),
+  config: json('config.json'),
+  tokenizer: json('tokenizer.json'),
+  tokenizerConfig: json('tokenizer_config.json'),
+  weights: weights as Record<string, Response>,
+});
+
+test('edge: a Response whose body streams in thousands of small chunks gives the logits of the file load', async () => {
+  const ids = [0, 735, 567, 434, 386, 381];
+  const file = await loadModel(DEFAULT_MODEL_DIR, { threads: 1, simd: 'plain' });
+  const expected = new OneSequence(file.model).forward(ids, { allLogits: true }).slice();
+  await file.close();
+  const weights = new Uint8Array(readFileSync(FILES['model.safetensors']));
+  const model = await loadModelFromBuffers(sources({ 'model.safetensors': new Response(trickle(weights, 4093)) }));
+  const got = new OneSequence(model.model).forward(ids, { allLogits: true });
+  await model.close();
+  assert.ok(weights.length / 4093 > 3000, 'many chunks');
+  assert.is(maxAbsDiff(got, expected), 0);
+});
+
+test('edge: a Blob, a bare ReadableStream and { size, read } load and generate what loadModel does', async () => {
+  const expected = await nodeText();
+  const weights = readFileSync(FILES['model.safetensors']);
+  const reads: number[] = [];
+  const randomAccess = {
+    size: weights.length,
+    read(offset: number, dst: Uint8Array) {
+      reads.push(dst.length);
+      dst.set(weights.subarray(offset, offset + dst.length));
+    },
+  };
+  for (const source of [new Blob([weights]), trickle(new Uint8Array(weights), 1 << 20), randomAccess]) {
+    const model = await loadModelFromBuffers(sources({ 'model.safetensors': source }));
+    const { text } = await model.generateText(PROMPT, { maxTokens: 24, temperature: 0 });
+    await model.close();
+    assert.is(text, expected);
+  }
+  assert.ok(reads.length > 10 && Math.max(...reads) < weights.length / 2, 'read tensor by tensor');
+});
+
+test('edge: weights of another type name the file and what is accepted', async () => {
+  try {
+    await loadModelFromBuffers(sources({ 'model.safetensors': 'model.safetensors' }));
+    assert.unreachable('loaded');
+  } catch (e) {
+    assert.match((e as Error).message, /model\.safetensors: expected an ArrayBuffer, a typed array, a Blob, a ReadableStream, a Response or \{ size, read\(offset, dst\) \}/);
+  }
 });
 
 test('edge: a failed Response names the file', async () => {

@@ -1,6 +1,6 @@
-// Sequences on the CPU backend: several KV caches from one pool, interleaved, batched, forked and truncated,
-// each giving the same bits as a sequence run alone; and the batch checks, which reject a bad batch before
-// any of it runs.
+// Sequences on the CPU backend: several KV caches from one pool, interleaved, forked and truncated, each
+// giving the same bits as a sequence run alone; batched, going through the layers together within 1e-5 of
+// alone with the same greedy tokens; and the batch checks, which reject a bad batch before any of it runs.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { LoadOptions, Sequence } from '../host/model/backend.js';
@@ -10,7 +10,7 @@ import { presetConfig } from '../host/checkpoint/presets.js';
 import type { TensorEntry } from '../host/checkpoint/safetensors.js';
 import { Model } from '../host/model/model.js';
 import { modelSchema, schemaWeights } from '../host/model/schema.js';
-import { FIXTURES, readExpected } from './helpers.js';
+import { FIXTURES, argmax, maxAbsDiff, readExpected } from './helpers.js';
 
 const DIR = `${FIXTURES}models/v3-tiny`;
 const ref = readExpected(`${DIR}/expected.safetensors`);
@@ -53,20 +53,68 @@ test('two sequences interleaved step by step give the bits each gives alone', ()
   model.free(b);
 });
 
-test('one batch of several sequences gives what separate calls give, and its rows are copies', () => {
-  const [a, b] = [model.createSequence(), model.createSequence()];
-  const rows = model.forward([
-    { sequence: a, tokens: prompt },
-    { sequence: b, tokens: prompt.slice(0, 2), logits: 'all' },
-  ]);
-  assert.is(rows[1].length, 2 * ref.vocab);
-  assert.equal(bits(rows[0]), alone(prompt)[0]);
-  const c = model.createSequence();
-  assert.equal(bits(rows[1]), bits(model.forward([{ sequence: c, tokens: prompt.slice(0, 2), logits: 'all' }])[0]));
-  const none = model.forward([{ sequence: c, tokens: [next[0]], logits: 'none' }]);
-  assert.is(none[0].length, 0);
-  assert.is(c.position, 3);
-  for (const s of [a, b, c]) model.free(s);
+/** Every row of a within tol (relative to b's largest logit) of b, with the same argmax per row of `vocab`. */
+function close(a: Float32Array, b: Float32Array, what: string, tol = 1e-5): void {
+  assert.is(a.length, b.length, `${what}: length`);
+  const scale = Math.max(1, ...Array.from(b, Math.abs));
+  assert.ok(maxAbsDiff(a, b) <= tol * scale, `${what}: differs by ${maxAbsDiff(a, b)} (largest logit ${scale})`);
+  for (let r = 0; r < a.length; r += ref.vocab) assert.is(argmax(a, r, ref.vocab), argmax(b, r, ref.vocab), `${what}: argmax of row ${r / ref.vocab}`);
+}
+
+const logitsOf = (s: Sequence, tokens: number[], logits: 'last' | 'all' = 'last'): Float32Array => model.forward([{ sequence: s, tokens, logits }])[0].slice();
+
+test('one batch of several sequences goes through the layers together: rows within 1e-5 of separate calls, and copies', () => {
+  const [a, b, c] = [model.createSequence(), model.createSequence(), model.createSequence()];
+  try {
+    const rows = model.forward([
+      { sequence: a, tokens: prompt },
+      { sequence: b, tokens: prompt.slice(0, 2), logits: 'all' },
+    ]);
+    assert.is(rows[1].length, 2 * ref.vocab);
+    assert.is.not(rows[0].buffer, model.rt.memory.buffer);
+    close(rows[0], ref.logits.subarray((prompt.length - 1) * ref.vocab, prompt.length * ref.vocab).slice(), 'against the reference', 2e-3);
+    model.truncate(a, 0);
+    close(rows[0], logitsOf(a, prompt), 'batched vs alone');
+    close(rows[1], logitsOf(c, prompt.slice(0, 2), 'all'), 'batched "all" vs alone');
+    const none = model.forward([{ sequence: c, tokens: [next[0]], logits: 'none' }, { sequence: b, tokens: [next[0]] }]);
+    assert.is(none[0].length, 0);
+    assert.is(none[1].length, ref.vocab);
+    assert.is(c.position, 3);
+  } finally {
+    for (const s of [a, b, c]) model.free(s);
+  }
+});
+
+test('three sequences decoding in one batch per step, after prefilling together, give each one\'s greedy tokens alone', () => {
+  const prompts = [prompt, prompt.slice(0, 3).reverse(), prompt.slice(2, 7)];
+  const STEPS = 8;
+  const greedyAlone = prompts.map((p) => {
+    const s = model.createSequence();
+    try {
+      const ids: number[] = [];
+      let l = logitsOf(s, p);
+      for (let k = 0; k < STEPS; k++) {
+        ids.push(argmax(l));
+        l = logitsOf(s, [ids[k]]);
+      }
+      return ids;
+    } finally {
+      model.free(s);
+    }
+  });
+  const seqs = prompts.map(() => model.createSequence());
+  try {
+    let rows = model.forward(prompts.map((p, k) => ({ sequence: seqs[k], tokens: p })));
+    const together: number[][] = prompts.map(() => []);
+    for (let step = 0; step < STEPS; step++) {
+      rows.forEach((r, k) => together[k].push(argmax(r)));
+      rows = model.forward(seqs.map((s, k) => ({ sequence: s, tokens: [together[k][step]] })));
+    }
+    assert.equal(together, greedyAlone);
+    assert.equal(seqs.map((s) => s.position), prompts.map((p) => p.length + STEPS));
+  } finally {
+    for (const s of seqs) model.free(s);
+  }
 });
 
 test('fork copies the cache: the fork and the original go on as one sequence would, apart', () => {

@@ -10,6 +10,8 @@ import { parseConfig } from '../host/checkpoint/config.js';
 import { PRESET_NAMES, presetConfig } from '../host/checkpoint/presets.js';
 import { openSafetensors, readTensorInto } from '../host/checkpoint/safetensors.js';
 import { planShards, planTensors, synthCheckpoint, synthConfig } from '../host/model/synth.js';
+import { DEFAULT_MODEL_DIR } from '../host/index.js';
+import { loadTokenizer } from '../host/tokenizer/load.js';
 import { loadOne } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
@@ -319,6 +321,26 @@ test('deepwasm synth writes a checkpoint from --config and refuses to overwrite 
   assert.is(fs.readdirSync(out).filter((n) => n.endsWith('.safetensors')).length, 1);
 });
 
+test('deepwasm synth pads the tokenizer to a vocabulary larger than its own, so sampled ids decode to text', () => {
+  const cfgFile = join(tmp, 'big-vocab-config.json');
+  const vocab = 6000;
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...TINY_V3, vocab_size: vocab }));
+  const out = freshDir();
+  const ok = cli('synth', '--config', cfgFile, '--out', out, '--layers', '1');
+  assert.is(ok.status, 0, ok.stderr);
+  assert.match(ok.stdout, /tokenizer: the embedded model's, padded to vocab_size\n$/);
+  const tok = loadTokenizer(out);
+  assert.is(tok.vocabSize, vocab);
+  for (const id of [4200, 5000, vocab - 1]) assert.match(tok.decode([id]), /^ \S+$/, `id ${id}`);
+  // The new ids come from no merge: text encodes to the embedded model's ids, every one below its own size.
+  const embedded = loadTokenizer(DEFAULT_MODEL_DIR);
+  assert.equal(tok.encode('Once upon a time, a whale'), embedded.encode('Once upon a time, a whale'));
+  // Deterministic: a second synth writes the same file.
+  const again = freshDir();
+  assert.is(cli('synth', '--config', cfgFile, '--out', again, '--layers', '1').status, 0);
+  assert.ok(fs.readFileSync(join(out, 'tokenizer.json')).equals(fs.readFileSync(join(again, 'tokenizer.json'))));
+});
+
 test('deepwasm synth: bad flags give one clear error line each', () => {
   const cfgFile = join(tmp, 'bad-config.json');
   fs.writeFileSync(cfgFile, JSON.stringify({ ...TINY_V3, hidden_size: undefined }));
@@ -363,8 +385,15 @@ test('deepwasm bench: prefill and decode speed, peak memory, and a JSON last lin
   assert.match(r.stdout, /peak RSS \d+ MB/);
   const json = JSON.parse(lines[lines.length - 1]);
   assert.match(r.stdout, /read +[\d.]+ GB\/s read probe around decode .*: decode streams \d+% of it/);
-  assert.equal(Object.keys(json), ['prefill_tok_s', 'decode_tok_s', 'peak_rss_mb', 'decode_gb_s', 'read_probe_gb_s']);
+  assert.equal(Object.keys(json), [
+    'prefill_tok_s', 'decode_tok_s', 'peak_rss_mb', 'decode_gb_s', 'read_probe_gb_s',
+    'load_s', 'load_bytes', 'load_gb_s', 'load_peak_rss_bytes', 'weight_bytes', 'active_bytes', 'peak_rss_bytes', 'memories',
+  ]);
   for (const v of Object.values(json)) assert.ok(typeof v === 'number' && v > 0, JSON.stringify(json));
+  // Every byte of the checkpoint is read once; the load's peak is part of the whole run's.
+  assert.is(json.load_bytes, openCheckpoint(dir).totalBytes);
+  assert.ok(json.load_peak_rss_bytes >= json.weight_bytes && json.load_peak_rss_bytes <= json.peak_rss_bytes, JSON.stringify(json));
+  assert.match(r.stdout, /load +[\d.]+ s, [\d.]+ GB of checkpoint read at [\d.]+ GB\/s; peak RSS [\d.]+ GB for [\d.]+ GB of weights/);
 
   const plain = cli('bench', '--model', dir, '--prompt-tokens', '4', '--gen-tokens', '2', '--threads', '1');
   assert.is(plain.status, 0, plain.stderr);

@@ -1,5 +1,5 @@
 // The page: it only talks to the worker (worker.js), which owns the model, so the page never blocks.
-// Automation: /?prompt=...&max_tokens=N&temperature=T loads the embedded model (or ?model=URL) and runs one plain-text
+// Automation: /?prompt=...&max_tokens=N&temperature=T loads the served model (or ?model=URL) and runs one plain-text
 // generation; then document.body.dataset.state is "done" and #output holds exactly the generated text ("error" and a
 // message on failure).
 const $ = (id) => document.getElementById(id);
@@ -8,6 +8,15 @@ const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'modu
 const history = [];
 let busy = false;
 let pending = null;
+const MiB = 1048576;
+
+// What `deepwasm web` says of the model it serves (its folder's name, --memory-limit); {} from any other server.
+const info = fetch('./info.json')
+  .then((r) => (r.ok ? r.json() : {}))
+  .catch(() => ({}));
+const servedBase = new URL('./model/', location.href).href;
+const servedName = (i) => (i.embedded ? 'embedded model' : i.model ?? 'the model at ./model/');
+info.then((i) => ($('servedName').textContent = servedName(i)));
 
 const isolated = globalThis.crossOriginIsolated === true;
 // Before a load: whether threads are possible; after it: the thread count the worker really runs with.
@@ -30,11 +39,33 @@ function setState(state, message) {
   if (message !== undefined) $('status').textContent = message;
 }
 
-const mb = (n) => (n / 1048576).toFixed(n < 10485760 ? 2 : 1) + ' MiB';
+const mb = (n) => (n / MiB).toFixed(n < 10 * MiB ? 2 : 1) + ' MiB';
 
 function modelBase() {
   const chosen = params.get('model') ?? (document.querySelector('input[name=source]:checked').value === 'url' ? $('url').value.trim() : '');
-  return chosen ? new URL(chosen, location.href).href : new URL('./model/', location.href).href;
+  return chosen ? new URL(chosen, location.href).href : servedBase;
+}
+
+/** The served model by what the server calls it; a model URL by its folder's name. */
+function modelName(base, i) {
+  if (base === servedBase) return servedName(i);
+  const folder = new URL(base).pathname.split('/').filter(Boolean).pop();
+  return folder ? decodeURIComponent(folder) : base;
+}
+
+/** The load request, with the server's --memory-limit. */
+function loadRequest(base, i) {
+  const msg = { type: 'load', base, wasmUrl: new URL('./wasm/deepwasm.wasm', location.href).href };
+  if (i.memoryLimitMiB !== undefined) msg.memoryLimit = Math.round(i.memoryLimitMiB * MiB);
+  return msg;
+}
+
+/** How many WebAssembly memories hold the model and how big each is; nothing from a backend that does not say. */
+function showMemories(memories) {
+  if (!memories) return;
+  const each = memories.map((m, i) => `#${i} ${mb(m.bytes)}${m.units ? ` (${m.units})` : ''}`).join(', ');
+  $('memories').textContent = `${memories.length} WebAssembly memor${memories.length === 1 ? 'y' : 'ies'}: ${each}`;
+  document.body.dataset.memories = String(memories.length);
 }
 
 function request(msg) {
@@ -49,10 +80,13 @@ worker.onmessage = (e) => {
   if (m.type === 'progress') {
     const pct = m.total ? (100 * m.loaded) / m.total : 0;
     $('progress').value = m.total ? m.loaded / m.total : 0;
-    $('bytes').textContent = m.file === 'compiling' ? `${mb(m.loaded)} · compiling and loading weights…` : `${mb(m.loaded)} of ${mb(m.total)} (${pct.toFixed(1)}%) · ${m.file}`;
+    $('bytes').textContent =
+      m.phase === 'weights'
+        ? `weights into memory: ${mb(m.loaded)} of ${mb(m.total)} (${pct.toFixed(1)}%)`
+        : `${mb(m.loaded)} of ${mb(m.total)} (${pct.toFixed(1)}%) · ${m.file}`;
   } else if (m.type === 'loaded') {
     $('progress').value = 1;
-    $('bytes').textContent = `${mb(m.bytes)} (100%) · ${m.fromCache} of ${m.files} files from the browser cache`;
+    $('bytes').textContent = `${mb(m.bytes)} (100%) · ` + (m.cached ? `${m.fromCache} of ${m.files} files from the browser cache` : 'not cached: no origin private file system here');
     showThreads(m.threads);
     pending?.resolve(m);
   } else if (m.type === 'token') {
@@ -72,17 +106,31 @@ function onPiece(m) {
   showStats(m);
 }
 
+const perSecond = (n, ms) => (n > 0 && ms > 0 ? ((n * 1000) / ms).toFixed(1) : '-');
+
+/** While streaming: pieces and their rate; at the end: the model's token counts, prefill and decode tokens/s. */
 function showStats(m) {
-  const rate = m.pieces > 1 && m.decodeMs > 0 ? ((m.pieces - 1) * 1000) / m.decodeMs : 0;
-  $('stats').textContent = `${m.pieces} tokens · ${rate ? rate.toFixed(1) : '-'} tokens/s${m.aborted ? ' · stopped' : ''}`;
+  if (m.type === 'token') {
+    $('stats').textContent = `${m.pieces} pieces · ${perSecond(m.pieces - 1, m.decodeMs)} tokens/s`;
+    return;
+  }
+  $('stats').textContent =
+    `${m.tokens} tokens after a ${m.promptTokens}-token prompt · prefill ${perSecond(m.promptTokens, m.prefillMs)} tokens/s · ` +
+    `decode ${perSecond(m.tokens - 1, m.decodeMs)} tokens/s${m.aborted ? ' · stopped' : ''}`;
 }
 
 async function load() {
   busy = true;
   $('load').disabled = $('send').disabled = true;
   setState('loading', 'loading…');
+  $('model').textContent = $('memories').textContent = '';
+  delete document.body.dataset.memories;
   try {
-    const m = await request({ type: 'load', base: modelBase(), wasmUrl: new URL('./wasm/deepwasm.wasm', location.href).href });
+    const base = modelBase();
+    const i = await info;
+    const m = await request(loadRequest(base, i));
+    $('model').textContent = `model: ${modelName(base, i)}`;
+    showMemories(m.memories);
     setState('ready', `loaded in ${(m.ms / 1000).toFixed(1)} s`);
     $('send').disabled = false;
   } finally {

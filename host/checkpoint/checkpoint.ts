@@ -2,7 +2,8 @@ import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
 import { fail } from '../errors.js';
 import { readConfig, type DeepSeekConfig } from './config.js';
-import { closeFile, openSafetensors, safetensorsFromBytes, type SafetensorsFile, type TensorEntry } from './safetensors.js';
+import type { RandomAccessBytes } from './byte-source.js';
+import { closeFile, openSafetensors, safetensorsFromSource, type SafetensorsFile, type TensorEntry } from './safetensors.js';
 
 export interface Checkpoint {
   dir: string;
@@ -105,13 +106,13 @@ export function openCheckpoint(dir: string): Checkpoint {
 }
 
 /**
- * A checkpoint whose shards are held in memory (an edge runtime's fetched files): `files` maps shard file names to
- * their bytes; `label` names the checkpoint in messages.
+ * A checkpoint whose shards are not files on a filesystem (an edge runtime's fetched bytes, a browser's Blobs):
+ * `files` maps shard file names to their bytes; `label` names the checkpoint in messages.
  */
-export function checkpointFromBytes(label: string, config: DeepSeekConfig, files: ReadonlyMap<string, Uint8Array>): Checkpoint {
+export function checkpointFromSources(label: string, config: DeepSeekConfig, files: ReadonlyMap<string, RandomAccessBytes>): Checkpoint {
   if (files.size === 0) fail(`checkpoint ${label} has no *.safetensors files`);
   const shards = new Map<string, SafetensorsFile>();
-  for (const [name, bytes] of files) shards.set(name, safetensorsFromBytes(name, bytes));
+  for (const [name, source] of files) shards.set(name, safetensorsFromSource(name, source));
   return assemble(label, config, shards, null, INDEX);
 }
 

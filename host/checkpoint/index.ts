@@ -5,6 +5,7 @@ export {
   type TensorToWrite,
   openSafetensors,
   readTensorInto,
+  readTensorRange,
   writeSafetensors,
   closeFile,
   closeAll,

@@ -1,19 +1,20 @@
 import * as fs from 'node:fs';
 import { basename } from 'node:path';
 import { fail } from '../errors.js';
+import type { RandomAccessBytes } from './byte-source.js';
 import { DTYPES, DTYPE_SIZE, isDType, type DType } from './dtypes.js';
 
 export interface TensorEntry {
   name: string;
   dtype: DType;
   shape: number[];
-  /** The file that holds the bytes. */
+  /** The file that holds the bytes (with `source`, only its name in messages). */
   path: string;
   /** Absolute byte offset of the first byte in that file. */
   offset: number;
   nbytes: number;
-  /** The whole file, when it is held in memory (safetensorsFromBytes) rather than read from `path`. */
-  bytes?: Uint8Array;
+  /** Where the file's bytes are read from when not from `path` with the filesystem (safetensorsFromSource). */
+  source?: RandomAccessBytes;
 }
 
 export interface SafetensorsFile {
@@ -64,14 +65,25 @@ export function openSafetensors(path: string): SafetensorsFile {
 }
 
 /**
- * A safetensors file held whole in memory (an edge runtime's fetched bytes): the same checks as openSafetensors,
- * and readTensorInto copies from `bytes` instead of reading a file. `path` only names the file in messages.
+ * A safetensors file read through `source` (an edge runtime's fetched bytes, a browser's Blob): the same checks as
+ * openSafetensors, and readTensorRange reads from `source` instead of a file. `path` only names the file in messages.
  */
-export function safetensorsFromBytes(path: string, bytes: Uint8Array): SafetensorsFile {
-  const n = headerLength(path, bytes.subarray(0, 8), bytes.length);
-  const file = parseHeaderBytes(path, bytes.subarray(8, 8 + n), bytes.length);
-  for (const entry of file.tensors.values()) entry.bytes = bytes;
+export function safetensorsFromSource(path: string, source: RandomAccessBytes): SafetensorsFile {
+  const prefix = new Uint8Array(Math.min(8, source.size));
+  readHeaderPart(path, source, 0, prefix);
+  const headerBuf = new Uint8Array(headerLength(path, prefix, source.size));
+  readHeaderPart(path, source, 8, headerBuf);
+  const file = parseHeaderBytes(path, headerBuf, source.size);
+  for (const entry of file.tensors.values()) entry.source = source;
   return file;
+}
+
+function readHeaderPart(path: string, source: RandomAccessBytes, offset: number, dst: Uint8Array): void {
+  try {
+    source.read(offset, dst);
+  } catch (e) {
+    fail(`${basename(path)}: reading the safetensors header failed (${(e as Error)?.message ?? String(e)})`);
+  }
 }
 
 /** Validates the 8-byte length prefix (`prefix`, the file's first bytes) of a file of `size` bytes; returns the header length. */
@@ -180,30 +192,33 @@ export function readTensorInto(entry: TensorEntry, dst: Uint8Array): void {
   readTensorRange(entry, 0, dst.length === entry.nbytes ? dst : dst.subarray(0, entry.nbytes));
 }
 
-/** Copies dst.length bytes of the tensor, from `start` bytes into it: a piece of a tensor too big to stage whole. */
+/** Copies dst.length of the tensor's raw bytes, starting `start` bytes into the tensor, into dst (a tensor read in pieces). */
 export function readTensorRange(entry: TensorEntry, start: number, dst: Uint8Array): void {
   const file = basename(entry.path);
-  if (start < 0 || start + dst.length > entry.nbytes) {
-    fail(`${file}: tensor "${entry.name}" has ${entry.nbytes} bytes; bytes [${start}, ${start + dst.length}) are not in it`);
+  if (!Number.isSafeInteger(start) || start < 0 || start + dst.length > entry.nbytes) {
+    fail(`${file}: tensor "${entry.name}" has ${entry.nbytes} bytes; cannot read bytes [${start}, ${start + dst.length}) of it`);
   }
   const at = entry.offset + start;
-  if (entry.bytes) {
-    dst.set(entry.bytes.subarray(at, at + dst.length));
-    return;
-  }
-  const fd = cachedFd(entry.path);
+  const fd = entry.source ? undefined : cachedFd(entry.path);
   let got: number;
   try {
-    got = readExactly(fd, dst, at);
+    got = fd === undefined ? readSource(entry.source!, at, dst) : readExactly(fd, dst, at);
   } catch (e) {
-    closeFile(entry.path);
-    fail(`${file}: reading tensor "${entry.name}" failed (${(e as Error).message})`);
+    if (fd !== undefined) closeFile(entry.path);
+    fail(`${file}: reading tensor "${entry.name}" failed (${(e as Error)?.message ?? String(e)})`);
   }
   if (got !== dst.length) {
     // The file changed under us or was cut short after its header; a stale fd would keep failing.
-    closeFile(entry.path);
-    fail(`${file}: tensor "${entry.name}" needs bytes [${entry.offset}, ${entry.offset + entry.nbytes}) but the file ends at ${at + got}; truncated?`);
+    if (fd !== undefined) closeFile(entry.path);
+    fail(`${file}: tensor "${entry.name}" needs bytes [${at}, ${at + dst.length}) but the file ends at ${at + got}; truncated?`);
   }
+}
+
+/** Like readExactly: reads what lies within the source, returns how much that was. */
+function readSource(source: RandomAccessBytes, at: number, dst: Uint8Array): number {
+  const n = Math.max(0, Math.min(dst.length, source.size - at));
+  source.read(at, dst.subarray(0, n));
+  return n;
 }
 
 export interface TensorToWrite {

@@ -69,13 +69,13 @@ export class Attention {
   }
 
   /**
-   * out[T, hidden] = attention(x[T, hidden]) for tokens at positions pos0.., writing their latents into
-   * the cache layer first so that each token also attends to itself and the tokens before it. Reads as
-   * MLA.forward in DeepSeek's inference/model.py with attn_impl "absorb".
+   * out[T, hidden] = attention(x[T, hidden]) for the tokens of one or more sequences, each segment's tokens at
+   * its positions pos0.. in its own cache layer: the projections run once over all T tokens (one pass over
+   * their weights), the latents go into each segment's cache first so that each token also attends to itself
+   * and the tokens before it, and the latent core runs per segment. Reads as MLA.forward in DeepSeek's
+   * inference/model.py with attn_impl "absorb".
    */
-  forward(
-    rt: Runtime, x: number, tokens: number, pos0: number, cache: number, shared: AttentionShared, out: number,
-  ): void {
+  forward(rt: Runtime, x: number, tokens: number, segments: readonly Segment[], shared: AttentionShared, out: number): void {
     const { cfg } = this;
     const { wUK, wUV, shape } = this.prepared ?? fail('Attention.prepare(rt) must run after the weights are loaded');
     const op = rt.ops;
@@ -97,27 +97,42 @@ export class Attention {
       op.rmsnorm(qa, qa, this.q.aNorm, this.q.a.rows, eps, tokens);
       op.linear(q, this.q.b, qa, tokens);
     }
-    // q_nope, q_pe = split(q); q_pe = rope(q_pe)
-    op.rope(q + nope * 4, tokens, heads, heads * qDim, qDim, shared, pos0);
-
-    // kv, k_pe = split(wkv_a(x)); the cache rows of these positions get kv_norm(kv) and rope(k_pe)
+    // kv, k_pe = split(wkv_a(x))
     const kv = arena.allocF32(tokens * latent, 'kv latents');
     op.linear(kv, this.kvA, x, tokens);
-    const rows = cache + pos0 * latent * 4;
-    op.rmsnorm(rows, kv, this.kvANorm, rank, eps, tokens, latent, latent);
-    op.copyRows(rows + rank * 4, latent, kv + rank * 4, latent, ropeDim, tokens);
-    op.rope(rows + rank * 4, tokens, 1, latent, 0, shared, pos0);
-
-    // q_nope = einsum(q_nope, wkv_b[:, :nope]): q_lat [heads, T, rank], q_lat[h, t] = W_UK^T[h] q_nope[t, h]
-    const qLat = arena.allocF32(heads * tokens * rank, 'latent queries');
-    perHeadMatmul(rt, wUK, qLat, tokens * rank, rank, q, qDim, heads * qDim, tokens);
-    // scores = (q_lat . kv_cache + q_pe . pe_cache) * scale; x = softmax(scores) . kv_cache: o_lat [heads, T, rank]
-    const oLat = arena.allocF32(heads * tokens * rank, 'latent outputs');
-    op.mlaAttention(oLat, qLat, q, cache, tokens, pos0, shape, shared.softmaxScale, shared.scratch);
-    // x = einsum(x, wkv_b[:, -v:]): [T, heads, v], x[t, h] = W_UV[h] o_lat[h, t]; then wo(x)
     const attn = arena.allocF32(tokens * heads * v, 'attention outputs');
-    perHeadMatmul(rt, wUV, attn, v, heads * v, oLat, tokens * rank, rank, tokens);
+    let most = 0;
+    for (const g of segments) most = Math.max(most, g.tokens);
+    const qLat = arena.allocF32(heads * most * rank, 'latent queries');
+    const oLat = arena.allocF32(heads * most * rank, 'latent outputs');
+    for (const g of segments) {
+      const n = g.tokens;
+      const qg = q + g.start * heads * qDim * 4;
+      // q_nope, q_pe = split(q); q_pe = rope(q_pe)
+      op.rope(qg + nope * 4, n, heads, heads * qDim, qDim, shared, g.pos0);
+      // the cache rows of these positions get kv_norm(kv) and rope(k_pe)
+      const rows = g.cache + g.pos0 * latent * 4;
+      const kvg = kv + g.start * latent * 4;
+      op.rmsnorm(rows, kvg, this.kvANorm, rank, eps, n, latent, latent);
+      op.copyRows(rows + rank * 4, latent, kvg + rank * 4, latent, ropeDim, n);
+      op.rope(rows + rank * 4, n, 1, latent, 0, shared, g.pos0);
+      // q_nope = einsum(q_nope, wkv_b[:, :nope]): q_lat [heads, n, rank], q_lat[h, t] = W_UK^T[h] q_nope[t, h]
+      perHeadMatmul(rt, wUK, qLat, n * rank, rank, qg, qDim, heads * qDim, n);
+      // scores = (q_lat . kv_cache + q_pe . pe_cache) * scale; x = softmax(scores) . kv_cache: o_lat [heads, n, rank]
+      op.mlaAttention(oLat, qLat, qg, g.cache, n, g.pos0, shape, shared.softmaxScale, shared.scratch);
+      // x = einsum(x, wkv_b[:, -v:]): [n, heads, v], x[t, h] = W_UV[h] o_lat[h, t]
+      perHeadMatmul(rt, wUV, attn + g.start * heads * v * 4, v, heads * v, oLat, n * rank, rank, n);
+    }
+    // wo(x)
     op.linear(out, this.o, attn, tokens);
     arena.release(mark);
   }
+}
+
+/** One sequence's tokens in a pass: rows [start, start + tokens) of the pass, at positions pos0.., cached in `cache` (this layer's). */
+export interface Segment {
+  start: number;
+  tokens: number;
+  pos0: number;
+  cache: number;
 }

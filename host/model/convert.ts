@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
 import { fail } from '../errors.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
-import { readTensorInto, writeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.js';
+import { readTensorInto, type TensorEntry } from '../checkpoint/safetensors.js';
+import type { DType } from '../checkpoint/dtypes.js';
 import { modelSchema, schemaWeights, type Weight } from './schema.js';
 import { SCALE_SUFFIX, WeightReader } from './weights.js';
 import { FMT_F32, FMT_Q4, FMT_Q8, QUANT_GROUP } from '../runtime/constants.js';
@@ -63,6 +64,89 @@ function tensorWeights(ckpt: Checkpoint): Map<string, Weight> {
   return weights;
 }
 
+/** One tensor of the output: what its header says, and how its bytes are made. */
+interface OutTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  nbytes: number;
+  /** The input tensor it comes from, and which of its outputs it is (a matrix gives its weights, then its scales). */
+  from: TensorEntry;
+  part: 'copy' | 'f32' | 'q' | 'scale';
+}
+
+/**
+ * The output tensors in order, with their sizes known from the input's header alone: the shards and their
+ * headers are fixed before any byte is read, so each tensor goes to its file as soon as it is made and the
+ * process never holds more than one tensor (at 16B, q8 is 17 GB; the machine may have less RAM than that).
+ */
+function planOutput(entries: readonly TensorEntry[], weights: Map<string, Weight>, quant: 'q8' | 'q4'): OutTensor[] {
+  const out: OutTensor[] = [];
+  for (const e of entries) {
+    const kind = weights.get(e.name)?.kind;
+    // Vectors, tensors the schema does not name and float matrices already f32 or bf16 stay as they are.
+    if (kind === undefined || kind === 'vector' || (kind === 'float' && (e.dtype === 'F32' || e.dtype === 'BF16'))) {
+      out.push({ name: e.name, dtype: e.dtype, shape: e.shape, nbytes: e.nbytes, from: e, part: 'copy' });
+    } else if (kind === 'float') {
+      const [rows, cols] = e.shape;
+      out.push({ name: e.name, dtype: 'F32', shape: [rows, cols], nbytes: rows * cols * 4, from: e, part: 'f32' });
+    } else {
+      const [rows, cols] = e.shape;
+      const groups = Math.ceil(cols / QUANT_GROUP);
+      const rowBytes = groups * (quant === 'q8' ? QUANT_GROUP : QUANT_GROUP / 2);
+      out.push({ name: e.name, dtype: quant === 'q8' ? 'I8' : 'U8', shape: [rows, rowBytes], nbytes: rows * rowBytes, from: e, part: 'q' });
+      out.push({ name: e.name + SCALE_SUFFIX, dtype: 'F32', shape: [rows, groups], nbytes: rows * groups * 4, from: e, part: 'scale' });
+    }
+  }
+  return out;
+}
+
+/** Consecutive tensors in shards below SHARD_BYTES (a tensor that overshoots starts the next one). */
+function planShards(tensors: readonly OutTensor[]): OutTensor[][] {
+  const shards: OutTensor[][] = [];
+  let current: OutTensor[] = [];
+  let bytes = 0;
+  for (const t of tensors) {
+    if (bytes > 0 && bytes + t.nbytes > SHARD_BYTES) {
+      shards.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(t);
+    bytes += t.nbytes;
+  }
+  if (current.length > 0) shards.push(current);
+  return shards;
+}
+
+/** The safetensors header writeSafetensors writes for these tensors (8-byte length, JSON padded to 8 bytes). */
+function shardHeader(tensors: readonly OutTensor[], metadata: Record<string, string>): Uint8Array {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const t of tensors) {
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.nbytes] };
+    offset += t.nbytes;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const body = new TextEncoder().encode(json);
+  const bytes = new Uint8Array(8 + body.length);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(body.length), true);
+  bytes.set(body, 8);
+  return bytes;
+}
+
+/** Node's writeSync takes at most 2 GiB per call. */
+const WRITE_CHUNK = 64 * 1024 * 1024;
+
+function writeAll(fd: number, bytes: Uint8Array, path: string): void {
+  try {
+    for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, Math.min(WRITE_CHUNK, bytes.length - done));
+  } catch (e) {
+    fail(`writing ${path} failed (${(e as Error).message})`);
+  }
+}
+
 function writeConverted(ckpt: Checkpoint, rt: Runtime, out: string, opts: ConvertOptions): { tensors: number; bytes: number; shards: number } {
   let read = 0;
   const onBytes = (b: number) => opts.onProgress?.((read += b), ckpt.totalBytes);
@@ -75,63 +159,74 @@ function writeConverted(ckpt: Checkpoint, rt: Runtime, out: string, opts: Conver
   rt.ensureQuantScratch(Math.max(QUANT_GROUP, ...entries.filter((e) => weights.get(e.name)?.kind === 'matrix').map((e) => e.shape[1])));
 
   const metadata = { format: `deepwasm-${opts.quant}`, group_size: String(QUANT_GROUP), source: basename(ckpt.dir), layout: 'docs/quantized-format.md' };
-  const shards: { file: string; tensors: TensorToWrite[] }[] = [];
-  let current: TensorToWrite[] = [];
-  let currentBytes = 0;
-  let total = 0;
-  const flush = () => {
-    if (current.length === 0) return;
-    shards.push({ file: '', tensors: current });
-    current = [];
-    currentBytes = 0;
-  };
-  const add = (t: TensorToWrite) => {
-    if (currentBytes > 0 && currentBytes + t.data.byteLength > SHARD_BYTES) flush();
-    current.push(t);
-    currentBytes += t.data.byteLength;
-    total += t.data.byteLength;
-  };
-
-  for (const e of entries) {
-    const weight = weights.get(e.name);
-    const kind = weight?.kind;
-    // Vectors, tensors the schema does not name and float matrices already f32 or bf16 stay as they are.
-    if (kind === undefined || kind === 'vector' || (kind === 'float' && (e.dtype === 'F32' || e.dtype === 'BF16'))) {
-      const data = new Uint8Array(e.nbytes);
-      readTensorInto(e, data);
-      read += e.nbytes;
-      opts.onProgress?.(read, ckpt.totalBytes);
-      add({ name: e.name, dtype: e.dtype, shape: e.shape, data });
-      continue;
-    }
-    const [rows, cols] = e.shape;
-    const mark = rt.arena.mark();
-    const m = (kind === 'float' ? widener : quantizer).matrix(weight!);
-    if (kind === 'float' && m.fmt === FMT_F32) {
-      add({ name: e.name, dtype: 'F32', shape: [rows, cols], data: rt.bytes(m.ptr, rows * cols * 4).slice() });
-    } else if (kind === 'matrix' && (m.fmt === FMT_Q8 || m.fmt === FMT_Q4)) {
-      const groups = Math.ceil(cols / QUANT_GROUP);
-      const qBytes = rows * groups * (m.fmt === FMT_Q8 ? QUANT_GROUP : QUANT_GROUP / 2);
-      const q = rt.arena.alloc(qBytes, `${e.name} (file layout)`);
-      const s = rt.arena.allocF32(rows * groups, `${e.name} scales (file layout)`);
-      rt.kernels.q_unpack(m.fmt, m.ptr, rows, q, s, rows, cols, 0);
-      add({ name: e.name, dtype: m.fmt === FMT_Q8 ? 'I8' : 'U8', shape: [rows, qBytes / rows], data: rt.bytes(q, qBytes).slice() });
-      add({ name: e.name + SCALE_SUFFIX, dtype: 'F32', shape: [rows, groups], data: rt.f32(s, rows * groups).slice() });
-    } else {
-      fail(`internal: ${e.name} (a ${kind} in the schema) loaded in format ${m.fmt}, which convert does not write for it`);
-    }
-    rt.arena.release(mark);
-  }
-  flush();
-
+  const shards = planShards(planOutput(entries, weights, opts.quant));
   const single = shards.length === 1;
+  const files = shards.map((_, i) => (single ? 'model.safetensors' : `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`));
   const weightMap: Record<string, string> = {};
-  shards.forEach((shard, i) => {
-    shard.file = single ? 'model.safetensors' : `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
-    writeSafetensors(join(out, shard.file), shard.tensors, metadata);
-    for (const t of shard.tensors) weightMap[t.name] = shard.file;
-    shard.tensors.length = 0;
-  });
+  let total = 0;
+  // A matrix's scales follow its weights in the plan and may open the next shard: they wait here meanwhile.
+  let scales: Uint8Array | undefined;
+  let copyBuf: Uint8Array | undefined;
+
+  for (const [k, shard] of shards.entries()) {
+    const path = join(out, files[k]);
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'w');
+    } catch (e) {
+      fail(`cannot create ${path} (${(e as Error).message})`);
+    }
+    try {
+      writeAll(fd, shardHeader(shard, metadata), path);
+      for (const t of shard) {
+        const e = t.from;
+        const check = (bytes: Uint8Array): Uint8Array => {
+          if (bytes.byteLength !== t.nbytes) fail(`internal: ${t.name} came out as ${bytes.byteLength} bytes, the plan said ${t.nbytes}`);
+          return bytes;
+        };
+        if (t.part === 'copy') {
+          copyBuf ??= new Uint8Array(WRITE_CHUNK);
+          for (let at = 0; at < e.nbytes; ) {
+            const n = Math.min(WRITE_CHUNK, e.nbytes - at);
+            // A piece of the tensor, as an entry of its own, through the one reusable buffer.
+            readTensorInto({ ...e, offset: e.offset + at, nbytes: n }, copyBuf.subarray(0, n));
+            writeAll(fd, copyBuf.subarray(0, n), path);
+            at += n;
+            read += n;
+            opts.onProgress?.(read, ckpt.totalBytes);
+          }
+        } else if (t.part === 'scale') {
+          writeAll(fd, check(scales!), path);
+          scales = undefined;
+        } else {
+          const weight = weights.get(e.name)!;
+          const [rows, cols] = e.shape;
+          const mark = rt.arena.mark();
+          const m = (t.part === 'f32' ? widener : quantizer).matrix(weight);
+          if (t.part === 'f32' && m.fmt === FMT_F32) {
+            // Written from the module's memory as it lies: no copy on the JS heap.
+            writeAll(fd, check(rt.bytes(m.ptr, rows * cols * 4)), path);
+          } else if (t.part === 'q' && (m.fmt === FMT_Q8 || m.fmt === FMT_Q4)) {
+            const groups = Math.ceil(cols / QUANT_GROUP);
+            const q = rt.arena.alloc(t.nbytes, `${e.name} (file layout)`);
+            const s = rt.arena.allocF32(rows * groups, `${e.name} scales (file layout)`);
+            rt.kernels.q_unpack(m.fmt, m.ptr, rows, q, s, rows, cols, 0);
+            writeAll(fd, check(rt.bytes(q, t.nbytes)), path);
+            // The scales are a few percent of the weights; a copy outlives the release below.
+            scales = rt.bytes(s, rows * groups * 4).slice();
+          } else {
+            fail(`internal: ${e.name} (a ${weight.kind} in the schema) loaded in format ${m.fmt}, which convert does not write for it`);
+          }
+          rt.arena.release(mark);
+        }
+        weightMap[t.name] = files[k];
+        total += t.nbytes;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
   if (!single) {
     fs.writeFileSync(join(out, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total, ...metadata }, weight_map: weightMap }, null, 2) + '\n');
   }

@@ -2,7 +2,7 @@ import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import type { DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
 import { Runtime } from '../runtime/runtime.js';
-import { Attention, type AttentionShared } from './attention.js';
+import { Attention, type AttentionShared, type Segment } from './attention.js';
 import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './backend.js';
 import { Mlp } from './mlp.js';
 import { Moe } from './moe.js';
@@ -51,6 +51,13 @@ class Block {
 }
 
 const NO_LOGITS = new Float32Array(0);
+
+/** A batch entry in a pass: its sequence, the tokens it appends and the logits rows it wants. */
+interface Part {
+  seq: Slot;
+  ids: ArrayLike<number>;
+  want: LogitsRows;
+}
 const MiB = 1024 * 1024;
 
 /** A memory of the model as `memories` lists it: the bytes of its units (weights and KV cache) and what they are. */
@@ -210,44 +217,89 @@ export class Model implements ModelBackend {
   }
 
   /**
-   * Runs each entry's tokens after its sequence's cached ones, one sequence after another. With one entry
-   * its 'last' row is a view of wasm memory, valid until the next call (so decoding allocates nothing);
-   * with several, and for 'all', the rows are copies.
+   * Runs each entry's tokens after its sequence's cached ones. Entries go through the layers together, as
+   * many as one pass takes (passTokens tokens), so one pass over the weights serves every sequence of a
+   * decode step; a prompt longer than a pass runs alone, in passes. With one entry its 'last' row is a view of
+   * wasm memory, valid until the next call (so decoding allocates nothing); with several, and for 'all', the
+   * rows are copies.
    */
   forward(batch: readonly BatchEntry[]): Float32Array[] {
     if (this.closed) fail('this model is closed; load it again');
     const seqs = this.sequences.check(batch);
-    return batch.map((entry, b) => {
-      const rows = this.run(seqs[b], entry.tokens, entry.logits ?? 'last');
-      return batch.length > 1 && rows === this.logits ? rows.slice() : rows;
+    if (batch.length === 1) return [this.run(seqs[0], batch[0].tokens, batch[0].logits ?? 'last')];
+    const out = new Array<Float32Array>(batch.length);
+    let group: { part: Part; index: number }[] = [];
+    let tokens = 0;
+    const flush = (): void => {
+      if (group.length === 1) out[group[0].index] = this.run(group[0].part.seq, group[0].part.ids, group[0].part.want).slice();
+      else if (group.length > 1) {
+        const rows: Float32Array[] = [];
+        this.pass(group.map((g) => g.part), rows);
+        group.forEach((g, k) => (out[g.index] = rows[k]));
+      }
+      group = [];
+      tokens = 0;
+    };
+    batch.forEach((entry, index) => {
+      const n = entry.tokens.length;
+      if (tokens + n > this.passTokens) flush();
+      group.push({ part: { seq: seqs[index], ids: entry.tokens, want: entry.logits ?? 'last' }, index });
+      tokens += n;
     });
+    flush();
+    return out;
   }
 
   /** A sequence's tokens through the model, in passes of at most passTokens tokens. */
   private run(seq: Slot, ids: ArrayLike<number>, want: LogitsRows): Float32Array {
     const tokens = ids.length;
-    if (tokens <= this.passTokens) return this.pass(seq, ids, want);
+    const one = this.one;
+    const part = (one.parts[0] ??= { seq, ids, want });
+    part.seq = seq;
+    if (tokens <= this.passTokens) {
+      part.ids = ids;
+      part.want = want;
+      this.pass(one.parts, one.rows);
+      return one.rows[0];
+    }
     const vocab = this.config.vocabSize;
     const all = want === 'all' ? new Float32Array(tokens * vocab) : null;
     let logits: Float32Array = NO_LOGITS;
     for (let start = 0; start < tokens; start += this.passTokens) {
       const end = Math.min(tokens, start + this.passTokens);
-      const part = Array.from({ length: end - start }, (_, i) => ids[start + i]);
       // Only the last pass needs the head (236 MB of weights on v3-2k6), unless every position's logits are wanted.
-      logits = this.pass(seq, part, all ? 'all' : end === tokens ? want : 'none');
+      part.ids = Array.from({ length: end - start }, (_, i) => ids[start + i]);
+      part.want = all ? 'all' : end === tokens ? want : 'none';
+      this.pass(one.parts, one.rows);
+      logits = one.rows[0];
       all?.set(logits, start * vocab);
     }
     return all ?? logits;
   }
 
-  /** One pass of checked ids through every layer; 'none' leaves out the final norm and the head. */
-  private pass(seq: Slot, ids: ArrayLike<number>, want: LogitsRows): Float32Array {
+  /** The one-entry pass's list and its result, reused so that decoding allocates nothing. */
+  private readonly one: { parts: Part[]; rows: Float32Array[] } = { parts: [], rows: [] };
+  /** The segments of a pass, one per entry, reused from pass to pass. */
+  private readonly segments: Segment[] = [];
+
+  /**
+   * One pass of checked entries through every layer, their tokens side by side; rows[k] gets entry k's
+   * logits ('none' leaves out the final norm and the head for it).
+   */
+  private pass(parts: readonly Part[], rows: Float32Array[]): void {
     const cfg = this.config;
     const eps = cfg.rmsNormEps;
-    const tokens = ids.length;
-    const pos0 = seq.position;
     const hidden = cfg.hiddenSize;
-    const vocab = cfg.vocabSize;
+    const segments = this.segments;
+    segments.length = parts.length;
+    let tokens = 0;
+    for (let k = 0; k < parts.length; k++) {
+      const g = (segments[k] ??= { start: 0, tokens: 0, pos0: 0, cache: 0 });
+      g.start = tokens;
+      g.tokens = parts[k].ids.length;
+      g.pos0 = parts[k].seq.position;
+      tokens += g.tokens;
+    }
     const rowBytes = tokens * hidden * 4;
     for (const p of this.places) {
       p.mark = p.rt.arena.mark();
@@ -259,7 +311,7 @@ export class Model implements ModelBackend {
     // h = embed(tokens)
     let at = this.embed.place;
     const idPtr = at.rt.arena.alloc(tokens * 4, 'token ids');
-    at.rt.heap().i32.set(ids, idPtr / 4);
+    for (let k = 0; k < parts.length; k++) at.rt.heap().i32.set(parts[k].ids, idPtr / 4 + segments[k].start);
     at.rt.kernels.embed(this.embed.m.fmt, at.x, this.embed.m.ptr, idPtr, tokens, hidden);
     // for each layer: h += attn(attn_norm(h)); h += ffn(ffn_norm(h)), in the layer's memory
     for (let i = 0; i < this.blocks.length; i++) {
@@ -268,35 +320,61 @@ export class Model implements ModelBackend {
       const op = p.rt.ops;
       if (p !== at) at.rt.copyTo(at.x, p.rt, p.x, rowBytes);
       at = p;
+      for (let k = 0; k < parts.length; k++) segments[k].cache = this.caches[i][parts[k].seq.slot];
       op.rmsnorm(p.h, p.x, b.attnNorm, hidden, eps, tokens);
-      b.attn.forward(p.rt, p.h, tokens, pos0, this.caches[i][seq.slot], p.attention!, p.y);
+      b.attn.forward(p.rt, p.h, tokens, segments, p.attention!, p.y);
       op.add(p.x, p.y, tokens * hidden);
       op.rmsnorm(p.h, p.x, b.ffnNorm, hidden, eps, tokens);
       b.ffn.forward(p.rt, p.h, tokens, p.y);
       op.add(p.x, p.y, tokens * hidden);
     }
-
-    // logits = head(norm(h)) at the last position, or at every position
-    let result: Float32Array = NO_LOGITS;
-    if (want !== 'none') {
-      const { place: p, norm, m } = this.head;
-      const rows = want === 'all' ? tokens : 1;
-      const last = (tokens - rows) * hidden * 4;
-      if (p !== at) at.rt.copyTo(at.x + last, p.rt, p.x + last, rows * hidden * 4);
-      const op = p.rt.ops;
-      op.rmsnorm(p.h, p.x + last, norm, hidden, eps, rows);
-      if (rows === 1) {
-        op.linear(this.logits.byteOffset, m, p.h, 1);
-        result = this.logits;
-      } else {
-        const all = p.rt.arena.allocF32(rows * vocab, 'logits');
-        op.linear(all, m, p.h, rows);
-        result = p.rt.f32(all, rows * vocab).slice();
-      }
-    }
+    this.logitsRows(parts, at, rows);
     for (const p of this.places) p.rt.arena.release(p.mark);
-    seq.position += tokens;
-    return result;
+    for (const part of parts) part.seq.position += part.ids.length;
+  }
+
+  /**
+   * logits = head(norm(h)) at the rows each entry asks for (its last position, every position, or none), from
+   * the hidden states in `at`: one matmul over all the rows. A single last row lands in the one logits buffer
+   * and is returned as its view; other rows are copies.
+   */
+  private logitsRows(parts: readonly Part[], at: Place, rows: Float32Array[]): void {
+    const { hiddenSize: hidden, vocabSize: vocab, rmsNormEps: eps } = this.config;
+    const { place: p, norm, m } = this.head;
+    const segments = this.segments;
+    const op = p.rt.ops;
+    // Entry k's wanted rows: the last `count` of its segment, gathered to rows [first, first + count) of p.h's input.
+    let wanted = 0;
+    let input = 0;
+    for (let k = 0; k < parts.length; k++) {
+      const count = parts[k].want === 'all' ? segments[k].tokens : parts[k].want === 'last' ? 1 : 0;
+      if (count === 0) continue;
+      const from = at.x + (segments[k].start + segments[k].tokens - count) * hidden * 4;
+      if (parts.length === 1 && p === at) input = from;
+      else {
+        input ||= p.y;
+        at.rt.copyTo(from, p.rt, p.y + wanted * hidden * 4, count * hidden * 4);
+      }
+      wanted += count;
+    }
+    if (wanted > 0) {
+      op.rmsnorm(p.h, input, norm, hidden, eps, wanted);
+      let all = this.logits.byteOffset;
+      if (wanted > 1 || parts.length > 1) all = p.rt.arena.allocF32(wanted * vocab, 'logits');
+      op.linear(all, m, p.h, wanted);
+      if (all === this.logits.byteOffset) {
+        rows[0] = this.logits;
+        return;
+      }
+      let row = 0;
+      for (let k = 0; k < parts.length; k++) {
+        const count = parts[k].want === 'all' ? segments[k].tokens : parts[k].want === 'last' ? 1 : 0;
+        rows[k] = count ? p.rt.f32(all + row * vocab * 4, count * vocab).slice() : NO_LOGITS;
+        row += count;
+      }
+      return;
+    }
+    for (let k = 0; k < parts.length; k++) rows[k] = NO_LOGITS;
   }
 
   async close(): Promise<void> {

@@ -64,6 +64,8 @@ export interface SynthResult {
   totalBytes: number;
   /** Whether tokenizer.json and tokenizer_config.json were written (tokenizerFrom). */
   tokenizer: boolean;
+  /** How the tokenizer was fitted to vocab_size ids: cut (it had more), padded (it had fewer) or as it was. */
+  tokenizerFit?: 'cut' | 'padded' | 'exact';
 }
 
 export const DEFAULT_SHARD_BYTES = 2 * 1024 ** 3;
@@ -186,18 +188,19 @@ export async function synthCheckpoint(opts: SynthOptions): Promise<SynthResult> 
   for (const [k, shard] of shards.entries()) for (const t of shard) weightMap[t.name] = names[k];
   const sortedMap = Object.fromEntries(Object.keys(weightMap).sort().map((n) => [n, weightMap[n]]));
   fs.writeFileSync(join(opts.out, INDEX), JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: sortedMap }, null, 2) + '\n');
-  const tokenizer = opts.tokenizerFrom !== undefined && writeTokenizer(opts.tokenizerFrom, opts.out, config.vocabSize);
+  const tokenizerFit = opts.tokenizerFrom === undefined ? undefined : writeTokenizer(opts.tokenizerFrom, opts.out, config.vocabSize);
+  const tokenizer = tokenizerFit !== undefined;
   // config.json last: a checkpoint interrupted mid-write has none, so nothing mistakes it for a whole one.
   fs.writeFileSync(join(opts.out, 'config.json'), JSON.stringify(raw, null, 2) + '\n');
   const parameters = tensors.reduce((n, t) => n + t.shape.reduce((p, d) => p * d, 1), 0);
-  return { config, shards: names, tensors: tensors.length, parameters, totalBytes, tokenizer };
+  return { config, shards: names, tensors: tensors.length, parameters, totalBytes, tokenizer, ...(tokenizerFit ? { tokenizerFit } : {}) };
 }
 
 /** The byte tokens of DeepSeek's byte-level BPE end at id 258: a smaller vocabulary cannot encode every text. */
 const BYTE_TOKENS_END = 259;
 
-function writeTokenizer(from: string, out: string, vocab: number): boolean {
-  if (vocab < BYTE_TOKENS_END) return false;
+function writeTokenizer(from: string, out: string, vocab: number): 'cut' | 'padded' | 'exact' | undefined {
+  if (vocab < BYTE_TOKENS_END) return undefined;
   const read = (name: string): string => {
     try {
       return fs.readFileSync(join(from, name), 'utf8');
@@ -206,9 +209,50 @@ function writeTokenizer(from: string, out: string, vocab: number): boolean {
     }
   };
   const json = JSON.parse(read('tokenizer.json'));
-  fs.writeFileSync(join(out, 'tokenizer.json'), JSON.stringify(tokenizerIds(json) > vocab ? cutTokenizerJson(json, vocab) : json));
+  const ids = tokenizerIds(json);
+  const fit = ids > vocab ? 'cut' : ids < vocab ? 'padded' : 'exact';
+  fs.writeFileSync(join(out, 'tokenizer.json'), JSON.stringify(fit === 'cut' ? cutTokenizerJson(json, vocab) : fit === 'padded' ? padTokenizerJson(json, vocab) : json));
   fs.writeFileSync(join(out, 'tokenizer_config.json'), read('tokenizer_config.json'));
-  return true;
+  return fit;
+}
+
+/**
+ * The tokenizer.json with ids up to `vocab`: each id past its own is a word of two of its merged tokens (one
+ * that starts a word, then one from inside a word), so what a random model of a real vocabulary samples (ids
+ * up to 102,400 or 129,280, where the embedded tokenizer has ~4,100) decodes to text instead of to nothing.
+ * No merge makes the new tokens, so text encodes as before. Deterministic: a hash of the id picks the pieces.
+ */
+export function padTokenizerJson<T extends { added_tokens: { id: number; content: string }[]; model: { vocab: Record<string, number>; merges: (string | string[])[] } }>(
+  json: T,
+  vocab: number,
+): T {
+  const base = tokenizerIds(json);
+  const taken = new Set([...Object.keys(json.model.vocab), ...json.added_tokens.map((t) => t.content)]);
+  const special = new Set(json.added_tokens.map((t) => t.id));
+  const merged = Object.entries(json.model.vocab)
+    .filter(([, id]) => id >= BYTE_TOKENS_END && !special.has(id))
+    .sort((a, b) => a[1] - b[1])
+    .map(([t]) => t);
+  // The byte-level spelling of a space is U+0120.
+  const starts = merged.filter((t) => t.startsWith('\u0120'));
+  const inner = merged.filter((t) => !t.startsWith('\u0120'));
+  const first = starts.length > 0 ? starts : merged;
+  const second = inner.length > 0 ? inner : merged;
+  if (merged.length === 0) fail('internal: the tokenizer to pad has no merged tokens');
+  const kept = { ...json.model.vocab };
+  for (let id = base, tries = 0; id < vocab; tries++) {
+    const h = Math.imul(id ^ (tries << 20), 0x9e3779b1) >>> 0;
+    const g = Math.imul(h ^ (h >>> 15), 0x85ebca6b) >>> 0;
+    const token = first[h % first.length] + second[g % second.length];
+    if (taken.has(token)) {
+      if (tries > 1000) fail(`the embedded tokenizer has too few tokens to make ${vocab} distinct ones`);
+      continue;
+    }
+    taken.add(token);
+    kept[token] = id++;
+    tries = -1;
+  }
+  return { ...json, model: { ...json.model, vocab: kept } };
 }
 
 function writeAt(fd: number, buf: Uint8Array, n: number, position: number): Promise<void> {

@@ -52,7 +52,9 @@ export const benchCommand: Command = {
     'greedy tokens, and prints prefill tok/s, decode tok/s (with the GB/s of weights that implies), the read bandwidth ' +
     'the read_probe kernel measures over the model\'s memory right before and after decode, and peak memory. ' +
     'One warm-up token runs first and is forgotten. With --json the last stdout line is ' +
-    '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..,"decode_gb_s":..,"read_probe_gb_s":..}.',
+    '{"prefill_tok_s":..,"decode_tok_s":..,"peak_rss_mb":..,"decode_gb_s":..,"read_probe_gb_s":..,"load_s":..,"load_bytes":..,' +
+    '"load_gb_s":..,"load_peak_rss_bytes":..,"weight_bytes":..,"active_bytes":..,"peak_rss_bytes":..,"memories":..} ' +
+    '(load_peak_rss_bytes: the peak resident memory when the load ends, before any token runs; memories: the WebAssembly memories of a CPU model).',
   flags: [
     { ...MODEL_FLAG, required: true },
     QUANT_FLAG,
@@ -71,9 +73,17 @@ export const benchCommand: Command = {
     const context = promptTokens + genTokens * (flags.profile === true ? 2 : 1);
     const progress = loadProgress(`loading ${dir}`);
     const loadStart = performance.now();
+    let loadedBytes = 0;
     let model: ModelBackend;
     try {
-      model = await loadBackend(dir, { ...loadOptions(flags), contextLength: context, onProgress: progress.onProgress });
+      model = await loadBackend(dir, {
+        ...loadOptions(flags),
+        contextLength: context,
+        onProgress: (read, total) => {
+          loadedBytes = read;
+          progress.onProgress(read, total);
+        },
+      });
     } catch (e) {
       // The one limit a benchmark hits first: say which numbers to change.
       if (e instanceof Error && /exceed max_position_embeddings|context length must be/.test(e.message)) {
@@ -83,6 +93,9 @@ export const benchCommand: Command = {
     }
     progress.done();
     const loadSecs = (performance.now() - loadStart) / 1000;
+    // Before any token runs, so it is the load's own peak (the weights, the staging, the runtime), to hold
+    // against the weights it produced.
+    const loadRssBytes = process.resourceUsage().maxRSS * 1024;
     try {
       const cfg = model.config;
       const params = parameterCounts(modelSchema(cfg));
@@ -117,7 +130,8 @@ export const benchCommand: Command = {
       const lines = [
         `model    ${dir}: ${cfg.modelType}, ${cfg.numHiddenLayers} layers, ${(params.total / 1e9).toFixed(2)} B parameters ` +
           `(${(params.active / 1e9).toFixed(2)} B read per token), weights ${model.quant === 'stored' ? 'as stored' : model.quant}, ${model.device}`,
-        `load     ${loadSecs.toFixed(1)} s`,
+        `load     ${loadSecs.toFixed(1)} s, ${(loadedBytes / 1e9).toFixed(2)} GB of checkpoint read at ${(loadedBytes / loadSecs / 1e9).toFixed(2)} GB/s; ` +
+          `peak RSS ${(loadRssBytes / 1e9).toFixed(2)} GB for ${(model.weightBytes / 1e9).toFixed(2)} GB of weights (${((100 * loadRssBytes) / model.weightBytes - 100).toFixed(1)}% over)`,
         `prefill  ${promptTokens} tokens in ${(prefillMs / 1000).toFixed(2)} s: ${prefillTokS.toFixed(2)} tok/s`,
         `decode   ${genTokens} tokens in ${(decodeMs / 1000).toFixed(2)} s: ${decodeTokS.toFixed(2)} tok/s ` +
           `(${(decodeMs / genTokens).toFixed(1)} ms/token, ~${(activeBytes / 1e6).toFixed(0)} MB of weights each: ${decodeGbs.toFixed(1)} GB/s)`,
@@ -156,6 +170,14 @@ export const benchCommand: Command = {
           peak_rss_mb: round(peakRssMb),
           decode_gb_s: round(decodeGbs),
           ...(rt ? { read_probe_gb_s: round(readGbs) } : {}),
+          load_s: round(loadSecs),
+          load_bytes: loadedBytes,
+          load_gb_s: round(loadedBytes / loadSecs / 1e9),
+          load_peak_rss_bytes: loadRssBytes,
+          weight_bytes: model.weightBytes,
+          active_bytes: activeBytes,
+          peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
+          ...(model instanceof Model ? { memories: model.runtimes.length } : {}),
         };
         process.stdout.write(JSON.stringify(json) + '\n');
       }

@@ -86,7 +86,7 @@ export const synthCommand: Command = {
       `wrote ${out}: ${paramsText(result.parameters)} parameters, ${result.tensors} tensors, ${bytesText(result.totalBytes)} ` +
         `in ${result.shards.length} shard${result.shards.length === 1 ? '' : 's'}, ${secs.toFixed(1)} s (${bytesText(result.totalBytes / secs)}/s); ` +
         (result.tokenizer
-          ? 'tokenizer: the embedded model\'s, cut to vocab_size\n'
+          ? `tokenizer: the embedded model's${result.tokenizerFit === 'cut' ? ', cut to vocab_size' : result.tokenizerFit === 'padded' ? ', padded to vocab_size' : ''}\n`
           : `no tokenizer (vocab_size ${result.config.vocabSize} is below the 259 ids of a byte-level tokenizer)\n`),
     );
   },
