@@ -10,6 +10,11 @@ import { Mlp } from './mlp.js';
 import type { MoeSchema } from './schema.js';
 import type { Matrix, WeightReader } from './weights.js';
 
+/** Distinct routed experts run, summed over MoE layers and steps (Model.countExperts). */
+export interface ExpertTally {
+  experts: number;
+}
+
 const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITED_GREEDY, noaux_tc: ROUTE_NOAUX_TC };
 
 /**
@@ -22,6 +27,8 @@ const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITE
 export class Moe {
   /** Every expert (and the shared experts) in one format per projection: decode can group them. */
   private readonly groupable: boolean;
+  /** Where forward() counts the distinct experts it runs, when set. */
+  tally: ExpertTally | null = null;
 
   private constructor(
     private readonly cfg: DeepSeekConfig,
@@ -115,6 +122,7 @@ export class Moe {
     const rows = arena.alloc(pairs * 4, 'grouped tokens');
     const rowWeights = arena.allocF32(pairs, 'grouped weights');
     op.moeGroup(starts, rows, rowWeights, chosen, weights, tokens, routing);
+    if (this.tally) this.tally.experts += distinctExperts(rt.heap().i32, starts / 4, E);
 
     // ys [pairs, hidden]: each pair's expert output, in pair order (by expert); then out = shared(x) + sum of weighted ys rows.
     const ys = arena.allocF32(pairs * hidden, 'expert outputs');
@@ -222,4 +230,11 @@ interface MoePart {
   end: number;
   gateUp: MatrixTable;
   down: MatrixTable;
+}
+
+/** Experts with at least one token in a grouping's starts (E + 1 offsets from `at`). */
+function distinctExperts(i32: Int32Array, at: number, experts: number): number {
+  let n = 0;
+  for (let e = 0; e < experts; e++) if (i32[at + e + 1] > i32[at + e]) n++;
+  return n;
 }
