@@ -43,8 +43,8 @@ export interface StepStats {
 }
 
 export class QueueFullError extends Error {
-  constructor(readonly waiting: number) {
-    super(`all sequences are busy and ${waiting} requests are waiting already`);
+  constructor(parallel: number, queue: number) {
+    super(`all ${parallel} sequences are busy and the queue of ${queue} is full`);
   }
 }
 
@@ -112,7 +112,7 @@ export class Scheduler {
 
   /** Queues `work`; throws QueueFullError when every sequence is busy and the queue is full. */
   submit(work: Work): Ticket {
-    if (this.running.length + this.waiting.length >= this.opts.parallel + this.opts.queue) throw new QueueFullError(this.waiting.length);
+    if (this.running.length + this.waiting.length >= this.opts.parallel + this.opts.queue) throw new QueueFullError(this.opts.parallel, this.opts.queue);
     const item = new Item(work);
     this.waiting.push(item);
     this.loop ??= this.run();
