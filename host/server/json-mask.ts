@@ -95,6 +95,24 @@ export class TokenTrie {
     }
   }
 
+  /** The fewest tokens whose bytes spell `bytes` (Infinity when none do). */
+  fewestTokens(bytes: readonly number[]): number {
+    const best = new Array<number>(bytes.length + 1).fill(Infinity);
+    best[0] = 0;
+    for (let i = 0; i < bytes.length; i++) {
+      if (best[i] === Infinity) continue;
+      let node = 0;
+      for (let j = i; j < bytes.length; j++) {
+        let c = this.child[node];
+        while (c >= 0 && this.label[c] !== bytes[j]) c = this.sibling[c];
+        if (c < 0) break;
+        if (this.firstToken[c] >= 0) best[j + 1] = Math.min(best[j + 1], best[i] + 1);
+        node = c;
+      }
+    }
+    return best[bytes.length];
+  }
+
   /** Sets the bit of every token whose bytes are a non-empty prefix of `bytes`. */
   along(bytes: readonly number[], mask: Uint32Array): void {
     let node = 0;
@@ -121,12 +139,15 @@ const MASK_CACHE_BYTES = 8 * 1024 * 1024;
 export class JsonGrammar {
   private readonly masks = new Map<string, Uint32Array>();
   readonly words: number;
+  /** The fewest tokens a reply takes: those of the schema's shortest document. */
+  readonly minTokens: number;
 
   constructor(
     readonly schema: SchemaNode,
     readonly trie: TokenTrie,
   ) {
     this.words = Math.ceil(trie.vocabSize / 32);
+    this.minTokens = trie.fewestTokens(completion(documentStart(schema)));
   }
 
   /** The tokens `state` accepts, not counting end-of-sequence. */

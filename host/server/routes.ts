@@ -134,6 +134,10 @@ async function generate(ctx: ServerContext, req: IncomingMessage, res: ServerRes
   const room = context - ids.length + 1;
   const maxTokens = Math.min(r.maxTokens ?? (kind === 'chat' ? room : 16), room);
   const grammar = r.responseFormat ? ctx.grammar(r.responseFormat.key, () => r.responseFormat!.schema) : null;
+  if (grammar && maxTokens < grammar.minTokens) {
+    const capped = r.maxTokens === undefined || r.maxTokens > room;
+    throw invalid(capped ? param : r.maxTokensParam, `the shortest reply response_format allows takes ${grammar.minTokens} tokens, but ${capped ? `the context leaves room for ${room}; shorten ${param}` : `${r.maxTokensParam} is ${maxTokens}`}`);
+  }
   const format = kind === 'chat' ? chatFormat(model.tokenizer) : completionFormat(model.tokenizer);
   if (ctx.draining) throw shuttingDown();
 

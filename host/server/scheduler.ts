@@ -127,7 +127,9 @@ export class Scheduler {
   private async run(): Promise<void> {
     try {
       while (this.running.length + this.waiting.length > 0) {
-        // Before the step: requests that arrived meanwhile join it, and cancellations have been applied.
+        // Before the step, a whole turn of the event loop: requests that arrived meanwhile join it, and connections
+        // closed meanwhile are cancelled (their 'close' comes in the turn's last phase, after one setImmediate).
+        await yieldToEventLoop();
         await yieldToEventLoop();
         this.admit();
         if (this.running.length > 0) this.step();

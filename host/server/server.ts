@@ -2,7 +2,7 @@
 // Node and Deno both have it and streaming needs nothing more than res.write; no framework is needed for
 // six routes.
 import { createServer, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { DeepWasmError, fail } from '../errors.js';
 import type { TextModel } from '../generate/text-model.js';
 import { JsonGrammar, TokenTrie } from './json-mask.js';
@@ -46,6 +46,8 @@ export class DeepWasmServer implements ServerContext {
   readonly maxBodyBytes: number;
   draining = false;
   private readonly grammars = new Map<string, JsonGrammar>();
+  /** Every open connection and the responses under way on it. */
+  private readonly responses = new Map<Socket, number>();
   /** Responses of generations under way. */
   private readonly inFlight = new Set<ServerResponse>();
   private readonly settled = new Set<() => void>();
@@ -75,16 +77,32 @@ export class DeepWasmServer implements ServerContext {
       onError: (e) => log(`error: ${(e as Error)?.stack ?? String(e)}`),
     });
     this.metrics = new Metrics(this.scheduler);
+    http.on('connection', (socket: Socket) => {
+      this.responses.set(socket, 0);
+      socket.once('close', () => this.responses.delete(socket));
+    });
     http.on('request', (req, res) => {
       if (this.draining) {
         // While draining, every connection ends with its response, so that listening can stop.
         res.setHeader('Connection', 'close');
       }
-      res.once('finish', () => {
-        if (this.draining) setImmediate(() => http.closeIdleConnections());
+      const socket = req.socket;
+      this.responses.set(socket, (this.responses.get(socket) ?? 0) + 1);
+      res.once('close', () => {
+        const left = (this.responses.get(socket) ?? 1) - 1;
+        this.responses.set(socket, left);
+        if (this.draining && left === 0) setImmediate(() => this.dropIdle());
       });
       void dispatch(this, req, res, log);
     });
+  }
+
+  /**
+   * Ends the connections without a response under way: kept-alive ones and those a client opened ahead of a
+   * request it may never send (fetch does), which Node's closeIdleConnections leaves to time out.
+   */
+  private dropIdle(): void {
+    for (const [socket, n] of this.responses) if (n === 0) socket.destroy();
   }
 
   /** Starts listening; a port in use or not allowed is a DeepWasmError naming it. */
@@ -158,7 +176,7 @@ export class DeepWasmServer implements ServerContext {
       }
       await new Promise<void>((resolve) => {
         this.http.close(() => resolve());
-        this.http.closeIdleConnections();
+        this.dropIdle();
       });
     })();
     return this.closing;

@@ -12,6 +12,8 @@ export interface CommonRequest {
   includeUsage: boolean;
   /** Absent: as many as the context holds (chat), 16 (completions, as OpenAI's). */
   maxTokens: number | undefined;
+  /** The field maxTokens came from, for errors about it. */
+  maxTokensParam: 'max_completion_tokens' | 'max_tokens';
   sampling: SamplingOptions;
   stop: string[];
   topLogprobs: number | null;
@@ -111,7 +113,8 @@ function parseCommon(f: Fields, route: 'chat' | 'completions'): CommonRequest {
     return v === true;
   })();
 
-  const maxTokens = f.number('max_completion_tokens', { min: 1, integer: true }) ?? f.number('max_tokens', { min: 1, integer: true });
+  const newer = f.number('max_completion_tokens', { min: 1, integer: true });
+  const maxTokens = newer ?? f.number('max_tokens', { min: 1, integer: true });
   const seed = f.number('seed', { min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER, integer: true });
   const sampling: SamplingOptions = {
     temperature: f.number('temperature', { min: 0, max: 2 }) ?? 1,
@@ -135,14 +138,18 @@ function parseCommon(f: Fields, route: 'chat' | 'completions'): CommonRequest {
     topLogprobs = f.number('logprobs', { min: 0, max: MAX_COMPLETION_LOGPROBS, integer: true }) ?? null;
   }
 
+  const stop = parseStop(f.get('stop'));
+  const responseFormat = parseResponseFormat(f);
+  if (responseFormat && stop.length > 0) throw invalid('stop', 'stop cannot be combined with response_format json_object or json_schema: a stop string could cut the JSON short; the reply ends when the JSON does');
   return {
     stream,
     includeUsage,
     maxTokens,
+    maxTokensParam: newer !== undefined ? 'max_completion_tokens' : 'max_tokens',
     sampling,
-    stop: parseStop(f.get('stop')),
+    stop,
     topLogprobs,
-    responseFormat: parseResponseFormat(f),
+    responseFormat,
     ignoreEos: f.boolean('ignore_eos') ?? false,
   };
 }
