@@ -20,17 +20,21 @@ export interface ServerOptions {
   apiKey?: string;
   /** Generations at once (default: the model's maxSequences, which must be at least this). */
   parallel?: number;
-  /** Requests that may wait for a sequence (default 16); more get 429. */
+  /** Requests that may wait for a sequence (default DEFAULT_QUEUE); more get 429. */
   queue?: number;
   /** Largest request body in bytes (default 1 MiB); larger ones get 413. */
   maxBodyBytes?: number;
-  /** Prompt tokens per step (default 128): prompts are fed in chunks of this many between decode steps. */
+  /** Prompt tokens per step (default DEFAULT_PREFILL_CHUNK): prompts are fed in chunks of this many between decode steps. */
   prefillChunk?: number;
   /** The model's name in responses and /v1/models (default "deepwasm"). */
   modelId?: string;
   /** Where internal errors are reported (default: stderr). */
   log?: (line: string) => void;
 }
+
+/** Requests that may wait for a sequence, and prompt tokens per step, unless told otherwise. */
+export const DEFAULT_QUEUE = 16;
+export const DEFAULT_PREFILL_CHUNK = 128;
 
 /** Schemas whose masks are kept between requests. */
 const GRAMMARS_KEPT = 32;
@@ -63,7 +67,7 @@ export class DeepWasmServer implements ServerContext {
     if (!Number.isInteger(parallel) || parallel < 1 || parallel > model.model.maxSequences) {
       fail(`parallel must be a whole number from 1 to the model's maxSequences (${model.model.maxSequences}), got ${parallel}`);
     }
-    const queue = opts.queue ?? 16;
+    const queue = opts.queue ?? DEFAULT_QUEUE;
     if (!Number.isInteger(queue) || queue < 0) fail(`queue must be a whole number >= 0, got ${queue}`);
     const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
     this.modelId = opts.modelId ?? 'deepwasm';
@@ -72,7 +76,7 @@ export class DeepWasmServer implements ServerContext {
     this.scheduler = new Scheduler(model.model, {
       parallel,
       queue,
-      prefillChunk: opts.prefillChunk ?? 128,
+      prefillChunk: opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
       onStep: (s) => this.metrics.step(s),
       onError: (e) => log(`error: ${(e as Error)?.stack ?? String(e)}`),
     });

@@ -1,11 +1,9 @@
 import { basename, resolve } from 'node:path';
-import { DeepWasmServer, probeListen } from '../../server/server.js';
+import { DEFAULT_PREFILL_CHUNK, DEFAULT_QUEUE, DeepWasmServer, probeListen } from '../../server/server.js';
 import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, MEMORY_LIMIT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
 import { TEXT_MODEL_FLAG, loadTextModel, modelDir } from './generation.js';
 
 const DEFAULT_PARALLEL = 4;
-const DEFAULT_QUEUE = 16;
-const DEFAULT_PREFILL_CHUNK = 128;
 
 export const serveCommand: Command = {
   name: 'serve',
