@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { detectRelaxedSimd, probeModuleBytes, simdChoiceFromEnv } from '../host/runtime/features.js';
-import { Runtime, simdLevel } from '../host/runtime/runtime.js';
+import { chosenSimd, Runtime, simdLevel } from '../host/runtime/runtime.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const FEATURES_JS = fileURLToPath(new URL('../host/runtime/features.js', import.meta.url));
@@ -38,13 +38,14 @@ test('Node 20 with --experimental-wasm-relaxed-simd compiles the probe but is ca
   assert.match(report.reason, /relaxed_dot_i8x16_i7x16_add_s gives a wrong answer/);
 });
 
-test('Runtime.create picks the build: plain on request, relaxed where it runs, and says which', async () => {
+test('Runtime.create picks the build: plain on request, the calibrated one on auto, and says which', async () => {
   const plain = await Runtime.create(1, { simd: 'plain' });
   assert.is(plain.simd, 'simd128');
   assert.is(plain.kernels.relaxed_simd(), 0);
   await plain.close();
   const auto = await Runtime.create(1);
-  assert.is(auto.simd, detectRelaxedSimd().relaxed && simdChoiceFromEnv() !== 'plain' ? 'relaxed' : 'simd128');
+  assert.is(auto.simd, (await chosenSimd()).level);
+  if (!detectRelaxedSimd().relaxed || simdChoiceFromEnv() === 'plain') assert.is(auto.simd, 'simd128');
   assert.is(auto.kernels.relaxed_simd(), auto.simd === 'relaxed' ? 1 : 0);
   await auto.close();
   if (detectRelaxedSimd().relaxed) {

@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { fail } from '../errors.js';
 import { Arena } from './arena.js';
 import { BOARD_EXTRA_BYTES, MAX_THREADS } from './constants.js';
+import { calibratedLevel, type Calibration } from './calibrate.js';
 import { detectRelaxedSimd, simdChoiceFromEnv, type SimdChoice, type SimdLevel } from './features.js';
 import { instantiate, type Kernels } from './kernels.js';
 import { Ops } from './ops.js';
@@ -94,24 +95,32 @@ function webPool(module: WebAssembly.Module, memory: WebAssembly.Memory, board: 
 }
 
 const compiled = new Map<SimdLevel, WebAssembly.Module>();
+const read = new Map<SimdLevel, Uint8Array>();
+
+function wasmBytes(level: SimdLevel): Uint8Array {
+  let bytes = read.get(level);
+  if (!bytes) {
+    const url = WASM_URL[level];
+    try {
+      bytes = new Uint8Array(readFileSync(url));
+    } catch {
+      fail(`cannot read ${url.pathname}: build the WebAssembly core first with "npm run build"`);
+    }
+    read.set(level, bytes);
+  }
+  return bytes;
+}
 
 function wasmModule(level: SimdLevel): WebAssembly.Module {
   let module = compiled.get(level);
   if (!module) {
-    const url = WASM_URL[level];
-    let bytes: Buffer;
-    try {
-      bytes = readFileSync(url);
-    } catch {
-      fail(`cannot read ${url.pathname}: build the WebAssembly core first with "npm run build"`);
-    }
-    module = new WebAssembly.Module(new Uint8Array(bytes));
+    module = new WebAssembly.Module(wasmBytes(level) as Uint8Array<ArrayBuffer>);
     compiled.set(level, module);
   }
   return module;
 }
 
-/** The build this process uses for `choice` (default: DEEPWASM_SIMD, else relaxed when it runs correctly). */
+/** The build `choice` asks for, checked against what the engine runs ('auto': relaxed when it runs correctly). */
 export function simdLevel(choice: SimdChoice = simdChoiceFromEnv()): SimdLevel {
   if (choice === 'plain') return 'simd128';
   const probe = detectRelaxedSimd();
@@ -119,8 +128,21 @@ export function simdLevel(choice: SimdChoice = simdChoiceFromEnv()): SimdLevel {
   return probe.relaxed ? 'relaxed' : 'simd128';
 }
 
+/**
+ * The build a runtime of `choice` runs: an explicit choice as simdLevel says; 'auto', where both builds run,
+ * the one this machine's calibration found faster (host/runtime/calibrate.ts), measured once and kept.
+ */
+export async function chosenSimd(choice: SimdChoice = simdChoiceFromEnv()): Promise<{ level: SimdLevel; calibration?: Calibration }> {
+  const level = simdLevel(choice);
+  if (choice !== 'auto' || level !== 'relaxed') return { level };
+  const calibration = await calibratedLevel({ simd128: wasmBytes('simd128'), relaxed: wasmBytes('relaxed') }, (l) =>
+    Runtime.create(1, { simd: l === 'relaxed' ? 'relaxed' : 'plain' }),
+  );
+  return { level: calibration.level, calibration };
+}
+
 export interface RuntimeOptions {
-  /** 'relaxed' or 'plain' forces a build; 'auto' (default, or DEEPWASM_SIMD) uses relaxed SIMD when it runs correctly. */
+  /** 'relaxed' or 'plain' forces a build; 'auto' (default, or DEEPWASM_SIMD) runs the build this machine's calibration found faster. */
   simd?: SimdChoice;
   /** The compiled core (either build) instead of build/*.wasm read from disk; its build decides `simd`. */
   module?: WebAssembly.Module;
@@ -166,7 +188,7 @@ export class Runtime {
     if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
       fail(`threads must be a whole number from 1 to ${MAX_THREADS}, got ${threads}`);
     }
-    const module = opts.module ?? wasmModule(simdLevel(opts.simd));
+    const module = opts.module ?? wasmModule((await chosenSimd(opts.simd)).level);
     const memory = new WebAssembly.Memory({ initial: 32, maximum: 65536, shared: true });
     const kernels = instantiate(module, memory);
     const simd: SimdLevel = kernels.relaxed_simd() === 1 ? 'relaxed' : 'simd128';

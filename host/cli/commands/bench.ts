@@ -5,7 +5,7 @@ import { argmax } from '../../generate/sampler.js';
 import type { ModelBackend } from '../../model/backend.js';
 import { Model } from '../../model/model.js';
 import { modelSchema, parameterCounts } from '../../model/schema.js';
-import type { Runtime } from '../../runtime/runtime.js';
+import { chosenSimd, type Runtime } from '../../runtime/runtime.js';
 import { profileKernels, type KernelTime } from '../../runtime/kernel-profile.js';
 import { loadOptions } from '../load.js';
 import { loadProgress } from '../progress.js';
@@ -127,6 +127,7 @@ export const benchCommand: Command = {
       const decodeGbs = (activeBytes * decodeTokS) / 1e9;
       const probeNote = probeBytes < PROBE_CACHE_BYTES ? `; only ${(probeBytes / MB).toFixed(0)} MiB, which may sit in cache` : '';
       const peakRssMb = process.resourceUsage().maxRSS / 1024;
+      const calibration = rt ? (await chosenSimd()).calibration : undefined;
       const lines = [
         `model    ${dir}: ${cfg.modelType}, ${cfg.numHiddenLayers} layers, ${(params.total / 1e9).toFixed(2)} B parameters ` +
           `(${(params.active / 1e9).toFixed(2)} B read per token), weights ${model.quant === 'stored' ? 'as stored' : model.quant}, ${model.device}`,
@@ -142,6 +143,13 @@ export const benchCommand: Command = {
             ]
           : []),
         `memory   peak RSS ${peakRssMb.toFixed(0)} MB${rt ? `, wasm arena ${(rt.arena.highWater / MB).toFixed(0)} MiB` : ''}`,
+        ...(calibration
+          ? [
+              `simd     the ${calibration.level === 'relaxed' ? 'relaxed' : 'plain SIMD128'} build, as this machine's calibration chose it ` +
+                `(plain time / relaxed time: ${Object.entries(calibration.speedups).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}; ` +
+                `${calibration.file ? `kept in ${calibration.file}` : 'not kept: the cache folder is not writable'}; DEEPWASM_SIMD=plain|relaxed overrides it)`,
+            ]
+          : []),
       ];
       if (flags.profile === true && rt) {
         const times = profileKernels((model as Model).runtimes, () => {
