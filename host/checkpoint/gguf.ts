@@ -65,25 +65,22 @@ class ByteWriter {
     this.buf = next;
     this.view = new DataView(next.buffer);
   }
+  private put(n: number, set: (view: DataView, at: number) => void): void {
+    this.room(n);
+    set(this.view, this.length);
+    this.length += n;
+  }
   u32(v: number): void {
-    this.room(4);
-    this.view.setUint32(this.length, v, true);
-    this.length += 4;
+    this.put(4, (d, at) => d.setUint32(at, v, true));
   }
   i32(v: number): void {
-    this.room(4);
-    this.view.setInt32(this.length, v, true);
-    this.length += 4;
+    this.put(4, (d, at) => d.setInt32(at, v, true));
   }
   u64(v: number): void {
-    this.room(8);
-    this.view.setBigUint64(this.length, BigInt(v), true);
-    this.length += 8;
+    this.put(8, (d, at) => d.setBigUint64(at, BigInt(v), true));
   }
   f32(v: number): void {
-    this.room(4);
-    this.view.setFloat32(this.length, v, true);
-    this.length += 4;
+    this.put(4, (d, at) => d.setFloat32(at, v, true));
   }
   u8(v: number): void {
     this.room(1);
