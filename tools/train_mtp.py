@@ -11,10 +11,12 @@ the public serving code, SGLang's and vLLM's deepseek_mtp):
     o_i    = decoder block L (MLA with its own cache, MoE), at position i
     logits = shared_head.head(shared_head.norm(o_i))            predicts t_{i+2}
 
-h_i is the main model's last hidden state BEFORE its final norm: the report feeds "the representation of the
-i-th token at the (k-1)-th depth" (the output of the last Transformer block) into RMSNorm (hnorm), and
-SGLang/vLLM pass the decoder's hidden states ahead of model.norm. The report writes the concatenation as
-[h; emb]; its released checkpoints and every serving implementation put the embedding first.
+h_i is the main model's last hidden state AFTER its final norm (model.norm, what the head reads): the report
+calls it "the representation of the i-th token at the (k-1)-th depth" without saying, and the serving code that
+runs DeepSeek's released MTP weights decides it: vLLM's DeepseekV2Model.forward returns
+self.norm(hidden_states, residual), and its MTP proposer feeds those states (the ones compute_logits puts
+through lm_head alone) to hnorm; SGLang's logits processor captures the same normed states. The report writes
+the concatenation as [h; emb]; the released weights and those implementations put the embedding first.
 
 It (1) trains ONLY the MTP layer of models/tiny with the main model frozen (so every existing reference of the
 embedded model stays valid), with the MTP loss (cross-entropy of t_{i+2}); the layer starts as a copy of the
@@ -147,7 +149,7 @@ class Mtp(torch.nn.Module):
         return self.p[name.replace('.', '_')]
 
     def forward(self, h, next_ids):
-        """h: [B, T, H] main hidden states before the final norm; next_ids: [B, T] the tokens t_{i+1}."""
+        """h: [B, T, H] main hidden states after the final norm; next_ids: [B, T] the tokens t_{i+1}."""
         e = rms(F.embedding(next_ids, self.w('embed_tokens.weight')), self.w('enorm.weight'), self.eps)
         x = F.linear(torch.cat([e, rms(h, self.w('hnorm.weight'), self.eps)], -1), self.w('eh_proj.weight'))
         t = x.shape[1]
@@ -159,10 +161,10 @@ class Mtp(torch.nn.Module):
         return F.linear(rms(o, self.w('shared_head.norm.weight'), self.eps), self.w('shared_head.head.weight'))
 
 
-def hidden_before_norm(model, ids):
-    """The main model's last hidden states, before model.norm, for ids [B, T]."""
+def hidden_after_norm(model, ids):
+    """The main model's last hidden states after model.norm (the head's input), for ids [B, T]."""
     got = {}
-    hook = model.model.norm.register_forward_pre_hook(lambda m, a: got.__setitem__('h', a[0]))
+    hook = model.model.norm.register_forward_hook(lambda m, a, out: got.__setitem__('h', out))
     try:
         model(input_ids=ids)
     finally:
@@ -200,7 +202,7 @@ def reference(folder, layer, prompts):
     out = []
     for ids in prompts:
         x = torch.tensor([ids])
-        out.append(mtp(hidden_before_norm(main, x)[:, :-1], x[:, 1:])[0])
+        out.append(mtp(hidden_after_norm(main, x)[:, :-1], x[:, 1:])[0])
     return out
 
 
@@ -286,7 +288,7 @@ def batch(src, bs, gen=None):
 def mtp_loss(x):
     """Cross-entropy of t_{i+2} from (h_i, t_{i+1}); also the share where its argmax is the token."""
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
-        h = hidden_before_norm(main, x[:, :S])
+        h = hidden_after_norm(main, x[:, :S])
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         lg = mtp(h, x[:, 1:S + 1]).float()
     y = x[:, 2:S + 2]

@@ -28,8 +28,8 @@ export interface BatchEntry {
   /** Default 'last'. */
   logits?: LogitsRows;
   /**
-   * [tokens, hidden_size] that receives every token's last hidden state before the final norm: what an MTP
-   * layer drafts from.
+   * [tokens, hidden_size] that receives every token's last hidden state after the final norm (what the head
+   * reads): what an MTP layer drafts from.
    */
   hidden?: Float32Array;
 }
@@ -81,7 +81,7 @@ export interface LoadOptions {
 export interface MtpHead {
   /**
    * Runs MTP positions [position, position + tokens.length) of the sequence's MTP cache, forgetting any after:
-   * at position i the token t(i+1) with h(i), the main model's hidden state before the final norm (rows of
+   * at position i the token t(i+1) with h(i), the main model's hidden state after the final norm (rows of
    * `hidden`, as forward() wrote them, or this layer's own `out` to chain a further draft). Returns the last
    * position's logits (its guess at t(i+2)), a view valid until the next call, and writes that position's
    * output state, before the layer's head norm, to `out` [hidden_size].

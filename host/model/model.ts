@@ -22,7 +22,7 @@ interface Part {
   seq: Slot;
   ids: ArrayLike<number>;
   want: LogitsRows;
-  /** Receives the tokens' hidden states before the final norm, when asked for. */
+  /** Receives the tokens' hidden states after the final norm, when asked for. */
   hidden: Float32Array | undefined;
 }
 const MiB = 1024 * 1024;
@@ -302,10 +302,31 @@ export class Model implements ModelBackend {
       for (let k = 0; k < parts.length; k++) segments[k].cache = this.caches[i][parts[k].seq.slot];
       b.forward(p.x, p.h, p.y, tokens, segments, cfg);
     }
-    for (let k = 0; k < parts.length; k++) parts[k].hidden?.set(at.rt.f32(at.x + segments[k].start * hidden * 4, segments[k].tokens * hidden));
+    for (let k = 0; k < parts.length; k++) {
+      const out = parts[k].hidden;
+      if (out) this.normedRows(at, segments[k], out);
+    }
     this.logitsRows(parts, at, rows);
     for (const p of this.places) p.rt.arena.release(p.mark);
     for (const part of parts) part.seq.position += part.ids.length;
+  }
+
+  /** A segment's hidden states after the final norm (what the head reads; an MTP layer's input), into `out`. */
+  private normedRows(at: Place, segment: Segment, out: Float32Array): void {
+    const { hiddenSize: hidden, rmsNormEps: eps } = this.config;
+    const { place: p, norm } = this.head;
+    const bytes = segment.tokens * hidden * 4;
+    const mark = p.rt.arena.mark();
+    let rows = at.x + segment.start * hidden * 4;
+    if (p !== at) {
+      const copy = p.rt.arena.alloc(bytes, 'hidden states (copy)');
+      at.rt.copyTo(rows, p.rt, copy, bytes);
+      rows = copy;
+    }
+    const normed = p.rt.arena.alloc(bytes, 'normed hidden states');
+    p.rt.ops.rmsnorm(normed, rows, norm, hidden, eps, segment.tokens);
+    out.set(p.rt.f32(normed, segment.tokens * hidden));
+    p.rt.arena.release(mark);
   }
 
   /**

@@ -1,7 +1,7 @@
 // DeepSeek-V3's multi-token-prediction layer (report section 2.2), run as a draft model inside the model. At
-// position i it takes the main model's last hidden state h_i BEFORE the final norm (the report feeds the
-// last block's output to hnorm; SGLang's and vLLM's deepseek_mtp pass the decoder's states ahead of
-// model.norm) and the next token t_{i+1}:
+// position i it takes the main model's last hidden state h_i AFTER the final norm, the head's input (the
+// report leaves it open; vLLM's DeepseekV2Model returns model.norm's output and its MTP proposer feeds those
+// states to hnorm, as SGLang does: what DeepSeek's released MTP weights are run with) and the next token t_{i+1}:
 //   h'_i = eh_proj([enorm(embed(t_{i+1})); hnorm(h_i)])   (embedding first, as the released weights expect)
 //   o_i = block(h'_i) with the layer's own latent cache, logits = head(norm(o_i)), a guess at t_{i+2}.
 import type { DeepSeekConfig } from '../checkpoint/config.js';
