@@ -7,7 +7,7 @@
 //     1 + a1 + a1 a2 + ... from the acceptance a_j measured in part 1, and from DeepSeek's reported 0.85.
 import { readFileSync } from 'node:fs';
 import { DEFAULT_MODEL_DIR, Model, generateIds, type ModelBackend } from '../host/index.js';
-import { activeShare, blockWeights, modelSchema, weightSize } from '../host/model/schema.js';
+import { activeShare, blockWeights, modelSchema, weightSize, type Weight } from '../host/model/schema.js';
 import { parseQuant } from '../host/model/weights.js';
 import type { DraftStats } from '../host/generate/speculative.js';
 
@@ -103,7 +103,7 @@ for (const arg of targets.length ? targets : [DEFAULT_MODEL_DIR]) {
     }, 16);
   const one = cost(0);
   const schema = modelSchema(m.config);
-  const active = (ws: { role: number; shape: readonly number[] }[]): number => ws.reduce((n, w) => n + weightSize(w as never) * activeShare(m.config, w as never), 0);
+  const active = (ws: Weight[]): number => ws.reduce((n, w) => n + weightSize(w) * activeShare(m.config, w), 0);
   const all = active([...schema.blocks.flatMap(blockWeights), schema.head]);
   const mtpShare = active([...blockWeights(schema.blocks[schema.blocks.length - 1]), schema.head]) / all;
   console.log(`${arg}: decode step ${one.toFixed(2)} ms; MTP layer ~${(100 * mtpShare).toFixed(0)}% of it (its last block and head, by active parameters)`);

@@ -58,7 +58,7 @@ export class TokenLoop {
   constructor(
     private readonly model: ModelBackend,
     private readonly promptIds: readonly number[],
-    private readonly settings: Pick<GenerateSettings, 'sampling' | 'maxTokens' | 'signal' | 'draft'>,
+    private readonly settings: Pick<GenerateSettings, 'sampling' | 'maxTokens' | 'signal'> & Partial<Pick<GenerateSettings, 'draft'>>,
     private readonly eos: ReadonlySet<number>,
     /** Called once, when generation ends. */
     private readonly onEnd?: (loop: TokenLoop) => void,
@@ -66,6 +66,7 @@ export class TokenLoop {
     if (promptIds.length === 0) fail('the prompt is empty: there is nothing to continue');
     this.sampler = new Sampler(model.config.vocabSize, settings.sampling, promptIds);
     if (settings.draft?.model === 'mtp' && !model.mtp) {
+      if (model.backend !== 'cpu') fail(`draft 'mtp': the ${model.backend} backend does not run the MTP layer; draft with a model (--draft DIR)`);
       fail(`draft 'mtp' needs the model's MTP layer: load the model with mtp: true (--draft mtp loads it${model.config.numNextnPredictLayers === 0 ? "; this model has none, num_nextn_predict_layers is 0" : ''})`);
     }
   }

@@ -79,10 +79,8 @@ export class Speculation {
     for (let j = 0; j <= drafts.length; j++) {
       const row = rows.subarray(j * vocab, (j + 1) * vocab);
       onLogits?.(row);
-      let id: number;
-      if (j === drafts.length) id = sampler.sample(row);
-      else if (greedy) id = sampler.sample(row);
-      else id = this.verify(sampler.probabilities(row), drafts[j], proposal.q[j]);
+      // Greedy keeps a draft token when it is the model's own choice; past the drafts the model picks as usual.
+      const id = j === drafts.length || greedy ? sampler.sample(row) : this.verify(sampler.probabilities(row), drafts[j], proposal.q[j]);
       if (j < drafts.length) this.stats.proposed[j]++;
       sampler.accept(id);
       out.push(id);
