@@ -29,6 +29,7 @@ export { Tokenizer, StreamDecoder } from './tokenizer/index.js';
 export type { ChatMessage, ChatTemplateOptions, ChatToolCall, DecodeOptions, EncodeOptions } from './tokenizer/index.js';
 export { loadTokenizer, type LoadTokenizerOptions } from './tokenizer/load.js';
 export { DeepWasmError } from './errors.js';
+export { DeepWasmServer, type ServerOptions } from './server/server.js';
 export type { DeepSeekConfig } from './checkpoint/config.js';
 
 /** The model that ships with the package, at models/tiny in the package root (this file runs from dist/host). */

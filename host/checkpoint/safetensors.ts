@@ -233,34 +233,51 @@ function writeAll(fd: number, bytes: Uint8Array): void {
   while (done < bytes.length) done += fs.writeSync(fd, bytes, done, Math.min(READ_CHUNK, bytes.length - done));
 }
 
-/** Streams tensors in the given order; each tensor's bytes go straight from its view to the file. */
-export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): void {
-  const file = basename(path);
+/** What a header lists of a tensor. */
+export interface TensorHeader {
+  readonly name: string;
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly nbytes: number;
+}
+
+/** A file's first bytes for these tensors in this order: the 8-byte length, then the JSON padded to 8 bytes. */
+export function safetensorsHeader(tensors: readonly TensorHeader[], metadata?: Record<string, string>): Uint8Array {
   const header: Record<string, unknown> = {};
   if (metadata !== undefined) header.__metadata__ = metadata;
   let offset = 0;
   for (const t of tensors) {
-    if (t.name === '__metadata__' || Object.hasOwn(header, t.name)) fail(`${file}: cannot write tensor name "${t.name}" twice or as a reserved key`);
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.nbytes] };
+    offset += t.nbytes;
+  }
+  let json = JSON.stringify(header);
+  // Pad with spaces (valid JSON whitespace) so the data section starts 8-byte aligned.
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const body = new TextEncoder().encode(json);
+  const bytes = new Uint8Array(8 + body.length);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(body.length), true);
+  bytes.set(body, 8);
+  return bytes;
+}
+
+/** Streams tensors in the given order; each tensor's bytes go straight from its view to the file. */
+export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): void {
+  const file = basename(path);
+  const seen = new Set<string>();
+  for (const t of tensors) {
+    if (t.name === '__metadata__' || seen.has(t.name)) fail(`${file}: cannot write tensor name "${t.name}" twice or as a reserved key`);
+    seen.add(t.name);
     const expected = t.shape.reduce((p, d) => p * d, 1) * DTYPE_SIZE[t.dtype];
     if (t.data.byteLength !== expected) {
       fail(`${file}: tensor "${t.name}" has ${t.data.byteLength} bytes, but shape ${fmtShape(t.shape)} of ${t.dtype} needs ${expected}`);
     }
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + expected] };
-    offset += expected;
   }
-  let json = JSON.stringify(header);
-  // Pad with spaces (valid JSON whitespace) so the data section starts 8-byte aligned.
-  const jsonBytes = Buffer.byteLength(json);
-  json += ' '.repeat((8 - (jsonBytes % 8)) % 8);
-  const headerBytes = new TextEncoder().encode(json);
-  const len = new Uint8Array(8);
-  new DataView(len.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  const header = safetensorsHeader(tensors.map((t) => ({ ...t, nbytes: t.data.byteLength })), metadata);
 
   closeFile(path);
   const fd = fs.openSync(path, 'w');
   try {
-    writeAll(fd, len);
-    writeAll(fd, headerBytes);
+    writeAll(fd, header);
     for (const t of tensors) writeAll(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
   } finally {
     fs.closeSync(fd);

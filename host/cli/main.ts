@@ -9,13 +9,14 @@ import { convertCommand } from './commands/convert.js';
 import { inspectCommand } from './commands/inspect.js';
 import { logitsCommand } from './commands/logits.js';
 import { runCommand } from './commands/run.js';
+import { serveCommand } from './commands/serve.js';
 import { synthCommand } from './commands/synth.js';
 import { templateCommand } from './commands/template.js';
 import { tokenizeCommand } from './commands/tokenize.js';
 import { webCommand } from './commands/web.js';
 import { osErrorMessage } from './files.js';
 
-const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, inspectCommand, benchCommand, convertCommand, webCommand];
+const COMMANDS: Command[] = [runCommand, chatCommand, tokenizeCommand, templateCommand, logitsCommand, synthCommand, inspectCommand, benchCommand, convertCommand, webCommand, serveCommand];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -28,8 +28,8 @@ export class TextModel {
     /** The model itself, for token-level work (see generateIds). */
     readonly model: ModelBackend,
     readonly tokenizer: Tokenizer,
-    /** config.json's eos_token_id and the tokenizer's eos_token both end generation. */
-    private readonly eos: ReadonlySet<number>,
+    /** The ids that end generation: config.json's eos_token_id and the tokenizer's eos_token. */
+    readonly eos: ReadonlySet<number>,
   ) {}
 
   /**

@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
 import { fail } from '../errors.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
-import { readTensorInto, type TensorEntry } from '../checkpoint/safetensors.js';
+import { readTensorInto, safetensorsHeader, type TensorEntry } from '../checkpoint/safetensors.js';
+import { planShards, shardName } from '../checkpoint/shards.js';
 import type { DType } from '../checkpoint/dtypes.js';
 import { modelSchema, schemaWeights, type Weight } from './schema.js';
 import { SCALE_SUFFIX, WeightReader } from './weights.js';
@@ -16,9 +17,6 @@ const SIDE_FILES = [
   'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'tokenizer.model',
   'vocab.json', 'merges.txt', 'added_tokens.json', 'chat_template.jinja', 'chat_template.json',
 ];
-
-/** Output shards stay below this size (the last tensor may overshoot it). */
-const SHARD_BYTES = 2 * 1024 ** 3;
 
 export interface ConvertOptions {
   quant: 'q8' | 'q4';
@@ -101,41 +99,6 @@ function planOutput(entries: readonly TensorEntry[], weights: Map<string, Weight
   return out;
 }
 
-/** Consecutive tensors in shards below SHARD_BYTES (a tensor that overshoots starts the next one). */
-function planShards(tensors: readonly OutTensor[]): OutTensor[][] {
-  const shards: OutTensor[][] = [];
-  let current: OutTensor[] = [];
-  let bytes = 0;
-  for (const t of tensors) {
-    if (bytes > 0 && bytes + t.nbytes > SHARD_BYTES) {
-      shards.push(current);
-      current = [];
-      bytes = 0;
-    }
-    current.push(t);
-    bytes += t.nbytes;
-  }
-  if (current.length > 0) shards.push(current);
-  return shards;
-}
-
-/** The safetensors header writeSafetensors writes for these tensors (8-byte length, JSON padded to 8 bytes). */
-function shardHeader(tensors: readonly OutTensor[], metadata: Record<string, string>): Uint8Array {
-  const header: Record<string, unknown> = { __metadata__: metadata };
-  let offset = 0;
-  for (const t of tensors) {
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.nbytes] };
-    offset += t.nbytes;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const body = new TextEncoder().encode(json);
-  const bytes = new Uint8Array(8 + body.length);
-  new DataView(bytes.buffer).setBigUint64(0, BigInt(body.length), true);
-  bytes.set(body, 8);
-  return bytes;
-}
-
 /** Node's writeSync takes at most 2 GiB per call. */
 const WRITE_CHUNK = 64 * 1024 * 1024;
 
@@ -161,7 +124,7 @@ function writeConverted(ckpt: Checkpoint, rt: Runtime, out: string, opts: Conver
   const metadata = { format: `deepwasm-${opts.quant}`, group_size: String(QUANT_GROUP), source: basename(ckpt.dir), layout: 'docs/quantized-format.md' };
   const shards = planShards(planOutput(entries, weights, opts.quant));
   const single = shards.length === 1;
-  const files = shards.map((_, i) => (single ? 'model.safetensors' : `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`));
+  const files = shards.map((_, i) => (single ? 'model.safetensors' : shardName(i, shards.length)));
   const weightMap: Record<string, string> = {};
   let total = 0;
   // A matrix's scales follow its weights in the plan and may open the next shard: they wait here meanwhile.
@@ -177,7 +140,7 @@ function writeConverted(ckpt: Checkpoint, rt: Runtime, out: string, opts: Conver
       fail(`cannot create ${path} (${(e as Error).message})`);
     }
     try {
-      writeAll(fd, shardHeader(shard, metadata), path);
+      writeAll(fd, safetensorsHeader(shard, metadata), path);
       for (const t of shard) {
         const e = t.from;
         const check = (bytes: Uint8Array): Uint8Array => {

@@ -5,7 +5,7 @@ import { Runtime } from '../runtime/runtime.js';
 import type { AttentionShared, Segment } from './attention.js';
 import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, MtpHead, Sequence } from './backend.js';
 import { Block, type Place } from './block.js';
-import { Moe } from './moe.js';
+import { Moe, type ExpertTally } from './moe.js';
 import { MtpLayer } from './mtp.js';
 import {
   RAM_SHARE, defaultMemoryLimit, describeUnits, machineRam, memoryOf, placeUnits, planBytes, planUnits, scratchBytes, type MemoryPlan,
@@ -66,6 +66,8 @@ export class Model implements ModelBackend {
     private readonly passTokens: number,
     readonly weightBytes: number,
     readonly activeBytes: number,
+    /** Bytes of one routed expert (gate/up and down): what each distinct expert a step chooses adds to its reads. */
+    readonly expertBytes: number,
     /** Every weight as loaded (role, layer, index, format, shape, address): what the WASI image lists. */
     readonly placed: readonly Placed[],
     /** Each memory's units, as the plan laid them. */
@@ -79,6 +81,15 @@ export class Model implements ModelBackend {
     this.rowBytes = kvRowBytes(config);
     this.sequences = new SequencePool(config, contextLength, this.maxSequences);
     this.runtimes = places.map((p) => p.rt);
+  }
+
+  /**
+   * Counts, into `tally`, the distinct routed experts each MoE layer runs from now on (null stops): a step
+   * reads every chosen expert once whatever the number of its tokens, so this is what batching adds to a
+   * step's weight reads (benchmarks' bytes model).
+   */
+  countExperts(tally: ExpertTally | null): void {
+    for (const b of this.blocks) if (b.ffn instanceof Moe) b.ffn.tally = tally;
   }
 
   /** What the WASI image (pack.ts) needs beside the weights: the attention tables and the first sequence's cache; one memory only. */
@@ -163,7 +174,7 @@ export class Model implements ModelBackend {
       mtp = MtpLayer.load(w, cfg, schema.mtp[0], places[mtpMemory], runtimeOf, maxSequences, contextLength);
     }
     const memories = plan.memories.map((m) => ({ bytes: m.bytes, units: describeUnits(m.units, cfg) }));
-    return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, w.placed, memories, mtp);
+    return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, bytes.expert, w.placed, memories, mtp);
   }
 
   get threads(): number {
@@ -383,7 +394,7 @@ export class Model implements ModelBackend {
 interface LoadPlan {
   schema: ModelSchema;
   plan: MemoryPlan;
-  bytes: { weights: number; active: number };
+  bytes: { weights: number; active: number; expert: number };
   /** Bytes of the checkpoint the load reads. */
   readBytes: number;
 }

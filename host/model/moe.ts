@@ -10,6 +10,11 @@ import { Mlp } from './mlp.js';
 import type { MoeSchema } from './schema.js';
 import type { Matrix, WeightReader } from './weights.js';
 
+/** Distinct routed experts run, summed over MoE layers and steps (Model.countExperts). */
+export interface ExpertTally {
+  experts: number;
+}
+
 const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITED_GREEDY, noaux_tc: ROUTE_NOAUX_TC };
 
 /**
@@ -22,6 +27,8 @@ const METHODS = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITE
 export class Moe {
   /** Every expert (and the shared experts) in one format per projection: decode can group them. */
   private readonly groupable: boolean;
+  /** Where forward() counts the distinct experts it runs, when set. */
+  tally: ExpertTally | null = null;
 
   private constructor(
     private readonly cfg: DeepSeekConfig,
@@ -115,6 +122,7 @@ export class Moe {
     const rows = arena.alloc(pairs * 4, 'grouped tokens');
     const rowWeights = arena.allocF32(pairs, 'grouped weights');
     op.moeGroup(starts, rows, rowWeights, chosen, weights, tokens, routing);
+    if (this.tally) this.tally.experts += distinctExperts(rt.heap().i32, starts / 4, E);
 
     // ys [pairs, hidden]: each pair's expert output, in pair order (by expert); then out = shared(x) + sum of weighted ys rows.
     const ys = arena.allocF32(pairs * hidden, 'expert outputs');
@@ -124,18 +132,21 @@ export class Moe {
     } else {
       if (this.shared) this.shared.forward(rt, x, tokens, out);
       else op.zero(out, tokens * hidden);
-      for (const part of parts) this.expertsPart(part, x, tokens, starts, rows, ys);
+      // Few pairs (a batched decode step) run as grouped matvecs; decided for the whole layer, so that every
+      // placement of its experts computes each pair the same way.
+      const grouped = this.groupable && pairs <= GROUPED_MAX;
+      for (const part of parts) this.expertsPart(part, x, tokens, starts, rows, ys, grouped);
     }
     op.scatterAdd(out, ys, rows, rowWeights, pairs, hidden);
     arena.release(mark);
   }
 
   /**
-   * Some tokens through the part's experts, each expert once as a matmul over its tokens: ys rows
-   * [starts[first], starts[end]) (in the layer's memory). In another memory the inputs and the pairs' token
+   * Some tokens through the part's experts, each expert once as a matmul over its tokens (with `grouped`,
+   * each pair as a grouped matvec): ys rows [starts[first], starts[end]) (in the layer's memory). In another memory the inputs and the pairs' token
    * rows are copied there first and the outputs copied back.
    */
-  private expertsPart(part: MoePart, x: number, tokens: number, starts: number, rows: number, ys: number): void {
+  private expertsPart(part: MoePart, x: number, tokens: number, starts: number, rows: number, ys: number, grouped: boolean): void {
     const home = this.home!;
     const hidden = this.cfg.hiddenSize;
     const i32 = home.heap().i32;
@@ -153,16 +164,58 @@ export class Moe {
       home.copyTo(x, rt, px, tokens * hidden * 4);
       home.copyTo(rows + o * 4, rt, pRows, m * 4);
     }
-    const gathered = arena.allocF32(tokens * hidden, 'expert inputs');
-    for (let e = part.first; e < part.end; e++) {
-      const first = i32[starts / 4 + e] - o;
-      const n = i32[starts / 4 + e + 1] - o - first;
-      if (n === 0) continue;
-      rt.ops.gatherRows(gathered, px, pRows + first * 4, n, hidden);
-      this.experts[e].forward(rt, gathered, n, pYs + first * hidden * 4);
+    if (grouped) this.pairsGrouped(part, px, pRows, m, starts, o, pYs);
+    else {
+      const gathered = arena.allocF32(tokens * hidden, 'expert inputs');
+      for (let e = part.first; e < part.end; e++) {
+        const first = i32[starts / 4 + e] - o;
+        const n = i32[starts / 4 + e + 1] - o - first;
+        if (n === 0) continue;
+        rt.ops.gatherRows(gathered, px, pRows + first * 4, n, hidden);
+        this.experts[e].forward(rt, gathered, n, pYs + first * hidden * 4);
+      }
     }
     if (away) rt.copyTo(pYs, home, ys + o * hidden * 4, m * hidden * 4);
     arena.release(mark);
+  }
+
+  /**
+   * The part's m pairs (a few tokens each with their own experts: a batched decode step) as two grouped
+   * steps, one gate/up and one down, each pair an entry against its token's row, instead of three parallel
+   * steps per expert: with a token or two per expert, the steps' dispatch and the one-token matmul cost more
+   * than a grouped matvec per pair, which reads the same weights. Works in the part's memory (x, rows and ys
+   * there); pair i's output is ys row i, as expertsPart lays them.
+   */
+  private pairsGrouped(part: MoePart, x: number, rows: number, m: number, starts: number, o: number, ys: number): void {
+    const rt = part.rt;
+    const op = rt.ops;
+    const hidden = this.cfg.hiddenSize;
+    const inter = this.experts[0].inter;
+    const home = this.home!.heap().i32;
+    const gathered = rt.arena.allocF32(m * hidden, 'expert inputs');
+    const gu = rt.arena.allocF32(m * 2 * inter, 'expert gate/up');
+    const act = rt.arena.allocF32(m * inter, 'expert activations');
+    const desc = rt.arena.alloc(m * GROUPED_DESC_BYTES, 'grouped matmul table');
+    op.gatherRows(gathered, x, rows, m, hidden);
+    const entries = (pick: (mlp: Mlp) => Matrix, out: number, outRow: number, input: number, inRow: number): void => {
+      const i32 = rt.heap().i32;
+      for (let e = part.first; e < part.end; e++) {
+        const w = pick(this.experts[e]);
+        for (let i = home[starts / 4 + e] - o; i < home[starts / 4 + e + 1] - o; i++) {
+          const d = (desc + i * GROUPED_DESC_BYTES) / 4;
+          i32[d] = out + i * outRow * 4;
+          i32[d + 1] = w.ptr;
+          i32[d + 2] = input + i * inRow * 4;
+          i32[d + 3] = w.rows;
+          i32[d + 4] = w.cols;
+        }
+      }
+    };
+    entries((e) => e.gateUp, gu, 2 * inter, gathered, hidden);
+    op.matmulGrouped(this.experts[0].gateUp.fmt, desc, m);
+    op.siluMul(act, gu, inter, m);
+    entries((e) => e.down, ys, hidden, act, inter);
+    op.matmulGrouped(this.experts[0].down.fmt, desc, m);
   }
 
   /**
@@ -222,4 +275,11 @@ interface MoePart {
   end: number;
   gateUp: MatrixTable;
   down: MatrixTable;
+}
+
+/** Experts with at least one token in a grouping's starts (E + 1 offsets from `at`). */
+function distinctExperts(i32: Int32Array, at: number, experts: number): number {
+  let n = 0;
+  for (let e = 0; e < experts; e++) if (i32[at + e + 1] > i32[at + e]) n++;
+  return n;
 }

@@ -264,18 +264,23 @@ export function activeShare(cfg: DeepSeekConfig, w: Weight): number {
 }
 
 /**
- * Bytes of the model's weights (a tied head counted once) and those one decoded token reads, with
- * `bytesOf` sizing each weight as a load holds it.
+ * Bytes of the model's weights (a tied head counted once), those one decoded token reads, and those of one
+ * routed expert (the mean over the model's routed experts; 0 without any), with `bytesOf` sizing each weight
+ * as a load holds it.
  */
-export function weightTotals(s: ModelSchema, bytesOf: (w: Weight) => number): { weights: number; active: number } {
+export function weightTotals(s: ModelSchema, bytesOf: (w: Weight) => number): { weights: number; active: number; expert: number } {
   let weights = 0;
   let active = 0;
+  let routed = 0;
+  let experts = 0;
   for (const w of schemaWeights(s)) {
     const b = bytesOf(w.tied ? s.embed : w);
     if (!w.tied) weights += b;
     active += b * activeShare(s.config, w);
+    if (w.role === ROLE_EXP_GATE_UP || w.role === ROLE_EXP_DOWN) routed += b;
+    if (w.role === ROLE_EXP_DOWN) experts++;
   }
-  return { weights, active };
+  return { weights, active, expert: experts > 0 ? routed / experts : 0 };
 }
 
 /** Parameters of the model (a tied head counted once; MTP left out), those one decoded token reads, and the embedding's. */

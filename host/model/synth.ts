@@ -12,6 +12,8 @@ import { ROLE_EMBED, ROLE_ROUTER_BIAS } from '../runtime/constants.js';
 import { parseConfig, type DeepSeekConfig } from '../checkpoint/config.js';
 import { cutTokenizerJson, tokenizerIds } from '../tokenizer/cut.js';
 import { DTYPE_SIZE, type DType } from '../checkpoint/dtypes.js';
+import { safetensorsHeader } from '../checkpoint/safetensors.js';
+import { planShards, shardName } from '../checkpoint/shards.js';
 
 export type SynthDType = 'bf16' | 'f32';
 export const SYNTH_DTYPES: readonly SynthDType[] = ['bf16', 'f32'];
@@ -68,7 +70,6 @@ export interface SynthResult {
   tokenizerFit?: 'cut' | 'padded' | 'exact';
 }
 
-export const DEFAULT_SHARD_BYTES = 2 * 1024 ** 3;
 const INDEX = 'model.safetensors.index.json';
 /** Values per generation chunk: 16 Mi values (32 MiB of bf16) per buffer. Even, so pairs never split. */
 const CHUNK_VALUES = 16 * 1024 * 1024;
@@ -111,26 +112,6 @@ export function planTensors(cfg: DeepSeekConfig, dtype: SynthDType): SynthTensor
   }
   return list;
 }
-
-/** Consecutive tensors grouped into shards of at most shardBytes (a bigger tensor gets one alone). */
-export function planShards(tensors: readonly SynthTensor[], shardBytes = DEFAULT_SHARD_BYTES): SynthTensor[][] {
-  const shards: SynthTensor[][] = [];
-  let cur: SynthTensor[] = [];
-  let bytes = 0;
-  for (const t of tensors) {
-    if (cur.length > 0 && bytes + t.nbytes > shardBytes) {
-      shards.push(cur);
-      cur = [];
-      bytes = 0;
-    }
-    cur.push(t);
-    bytes += t.nbytes;
-  }
-  if (cur.length > 0) shards.push(cur);
-  return shards;
-}
-
-export const shardName = (k: number, n: number): string => `model-${String(k + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`;
 
 /** Writes a random-weight checkpoint; see the file comment. Resolves when every byte is on disk. */
 export async function synthCheckpoint(opts: SynthOptions): Promise<SynthResult> {
@@ -291,23 +272,6 @@ function makeDirs(dir: string): void {
   } catch (e) {
     fail(`cannot create output folder ${dir} (${(e as Error).message})`);
   }
-}
-
-function safetensorsHeader(tensors: readonly SynthTensor[], metadata: Record<string, string>): Uint8Array {
-  const header: Record<string, unknown> = { __metadata__: metadata };
-  let offset = 0;
-  for (const t of tensors) {
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.nbytes] };
-    offset += t.nbytes;
-  }
-  let json = JSON.stringify(header);
-  // Spaces (JSON whitespace) so that the data section starts 8-byte aligned.
-  json += ' '.repeat((8 - ((Buffer.byteLength(json) + 8) % 8)) % 8);
-  const body = Buffer.from(json, 'utf8');
-  const bytes = new Uint8Array(8 + body.length);
-  new DataView(bytes.buffer).setBigUint64(0, BigInt(body.length), true);
-  bytes.set(body, 8);
-  return bytes;
 }
 
 // ---- random numbers ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-import { DEFAULT_MODEL_DIR, loadModel, type TextModel } from '../../index.js';
+import { DEFAULT_MODEL_DIR, loadModel, type LoadOptions, type TextModel } from '../../index.js';
 import { fail } from '../../errors.js';
 import { resolveBeamOptions, type BeamOptions } from '../../generate/beam.js';
 import { DEFAULT_MAX_TOKENS, MAX_DRAFT_TOKENS, resolveGenerateOptions, type GenerateOptions } from '../../generate/options.js';
@@ -109,14 +109,15 @@ export function modelDir(flags: Flags): string {
   return (flags['model'] as string | undefined) ?? DEFAULT_MODEL_DIR;
 }
 
-/** Loads the --model folder for generation, with a progress bar on a terminal for large checkpoints. */
-export async function loadTextModel(flags: Flags): Promise<TextModel> {
+/** Loads the --model folder for generation, with a progress bar on a terminal for large checkpoints; `extra` adds load options the flags do not hold. */
+export async function loadTextModel(flags: Flags, extra: LoadOptions = {}): Promise<TextModel> {
   const dir = modelDir(flags);
   const progress = loadProgress(`loading ${dir}`);
   const model = await loadModel(dir, {
     ...loadOptions(flags),
     mtp: flags['draft'] === 'mtp',
     maxSequences: flags['num-beams'] as number | undefined,
+    ...extra,
     onProgress: progress.onProgress,
   });
   progress.done();
