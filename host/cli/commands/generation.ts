@@ -43,7 +43,7 @@ export const DRAFT_FLAGS: FlagSpec[] = [
     value: 'mtp|DIR',
     help: "speculative decoding: draft with the model's MTP layer (mtp) or with a smaller model of the same tokenizer (its folder; the model's own folder works too); the same greedy tokens, the same sampling distribution",
   },
-  { name: 'draft-tokens', kind: 'int', value: 'K', min: 1, max: MAX_DRAFT_TOKENS, help: 'draft tokens per step (default 1 with mtp, chained when more; 4 with a draft model)' },
+  { name: 'draft-tokens', kind: 'int', value: 'K', min: 1, max: MAX_DRAFT_TOKENS, help: 'draft tokens per step (default 1 with mtp, chained when more; 3 with a draft model, so a verifying pass fills the 4-token matmul tile)' },
 ];
 
 /** Beam search's flags (run, logits). */

@@ -2,7 +2,7 @@ import { writeSafetensors, type TensorToWrite } from '../../checkpoint/safetenso
 import { fail } from '../../errors.js';
 import { beamSearch } from '../../generate/beam.js';
 import { ModelDraft, MtpDraft } from '../../generate/drafts.js';
-import { resolveSampling } from '../../generate/options.js';
+import { defaultDraftTokens, resolveSampling } from '../../generate/options.js';
 import { Sampler, argmax } from '../../generate/sampler.js';
 import { Speculation } from '../../generate/speculative.js';
 import type { ModelBackend } from '../../model/backend.js';
@@ -68,7 +68,7 @@ export const logitsCommand: Command = {
         const greedy = resolveSampling({ temperature: 0, seed: 0 });
         if (draftFlag === 'mtp' && !model.mtp) fail(`--draft mtp: ${flags.model as string} has no MTP layer the ${model.backend} backend runs`);
         const draft = draftModel ? new ModelDraft(draftModel, vocab, greedy) : new MtpDraft(model.mtp!, sequence, model.config.hiddenSize, vocab, greedy);
-        const spec = new Speculation(model, draft, (flags['draft-tokens'] as number | undefined) ?? (draftModel ? 4 : 1), greedy);
+        const spec = new Speculation(model, draft, (flags['draft-tokens'] as number | undefined) ?? defaultDraftTokens(draftModel ? 'model' : 'mtp'), greedy);
         model.truncate(sequence, 0);
         const rows: Float32Array[] = [spec.prefill(sequence, ids).slice()];
         const sampler = new Sampler(vocab, greedy);
