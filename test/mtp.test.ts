@@ -66,6 +66,21 @@ for (const [name, dir, file] of [
   });
 }
 
+test('the MTP layer planned into a memory of its own: over several memories it gives one memory\'s logits', async () => {
+  const ref = tensors(fixture('mtp/tiny-expected.safetensors'));
+  const ids = Array.from(ref.get('input_ids_0')!);
+  const one = await Model.load(DEFAULT_MODEL_DIR, { threads: 1, mtp: true, contextLength: 128 });
+  const many = await Model.load(DEFAULT_MODEL_DIR, { threads: 1, mtp: true, contextLength: 128, memoryLimit: 6 * 1024 * 1024 });
+  try {
+    assert.ok(many.memories.length >= 3, `${many.memories.length} memories`);
+    assert.match(many.memories[many.memories.length - 1].units, /^MTP layer 4 \(experts \d+-15\)$/, 'the MTP layer is planned after the head');
+    assert.ok(maxAbsDiff(mtpRows(many, ids).rows, mtpRows(one, ids).rows) < 1e-6);
+  } finally {
+    await many.close();
+    await one.close();
+  }
+});
+
 test('a model without an MTP layer refuses mtp: true in one line', async () => {
   try {
     await Model.load(fixture('models/v3-tiny'), { threads: 1, mtp: true });

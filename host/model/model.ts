@@ -131,9 +131,7 @@ export class Model implements ModelBackend {
     const { schema, plan, bytes } = loadPlan;
     const where = memoryOf(plan);
     let read = 0;
-    // The MTP layer (not in the plan: it loads only when asked for) lies with the last decoder layer.
-    const mtpMemory = where.layers.get(cfg.numHiddenLayers - 1) ?? 0;
-    const runtimeOf = (w: Weight): Runtime => runtimes[where.weights.get(w) ?? (w.layer >= cfg.numHiddenLayers ? mtpMemory : 0)];
+    const runtimeOf = (w: Weight): Runtime => runtimes[where.weights.get(w) ?? 0];
     const w = new WeightReader(ckpt, runtimes[0], (n) => opts.onProgress?.((read += n), loadPlan.readBytes), opts.quant, runtimeOf);
     const layerMemories = new Set(where.layers.values());
     const places: Place[] = runtimes.map((rt, i) => ({ rt, attention: layerMemories.has(i) ? attentionShared(rt, cfg, contextLength) : null, x: 0, h: 0, y: 0, mark: 0 }));
@@ -171,7 +169,7 @@ export class Model implements ModelBackend {
     let mtp: MtpLayer | null = null;
     if (opts.mtp) {
       if (schema.mtp.length === 0) fail(`${ckpt.dir}: this checkpoint has no MTP layer (num_nextn_predict_layers is 0 in config.json); draft with another model (--draft DIR)`);
-      mtp = MtpLayer.load(w, cfg, schema.mtp[0], places[mtpMemory], runtimeOf, maxSequences, contextLength);
+      mtp = MtpLayer.load(w, cfg, schema.mtp[0], places[where.layers.get(schema.mtp[0].block.layer)!], runtimeOf, maxSequences, contextLength);
     }
     const memories = plan.memories.map((m) => ({ bytes: m.bytes, units: describeUnits(m.units, cfg) }));
     return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, bytes.expert, w.placed, memories, mtp);
@@ -417,7 +415,8 @@ function planLoad(ckpt: Checkpoint, rt: Runtime, opts: LoadOptions, shape: PoolS
     const mib = (n: number): string => (n / MiB).toFixed(n < 10 * MiB ? 2 : 0);
     fail(`a memory limit of ${mib(limit)} MiB (--memory-limit, memoryLimit) is not one a memory can hold: expected more than 0 and at most ${mib(most)} MiB (a wasm32 memory's 4096 MiB less ${Math.ceil(scratch / MiB)} MiB of scratch for ${contextLength} tokens of context)`);
   }
-  const units = planUnits(schema, (x) => sizes.plannedBytes(x), maxSequences * contextLength * kvRowBytes(cfg));
+  const mtp = opts.mtp === true && schema.mtp.length > 0;
+  const units = planUnits(schema, (x) => sizes.plannedBytes(x), maxSequences * contextLength * kvRowBytes(cfg), { mtp });
   const plan = placeUnits(units, limit);
   const need = planBytes(plan, scratch);
   const ram = machineRam();
@@ -433,7 +432,7 @@ function planLoad(ckpt: Checkpoint, rt: Runtime, opts: LoadOptions, shape: PoolS
     schema,
     plan,
     bytes: weightTotals(schema, (x) => sizes.plannedBytes(x)),
-    readBytes: schemaWeights(schema).reduce((n, x) => n + sizes.readBytes(x), 0),
+    readBytes: schemaWeights(schema, { mtp }).reduce((n, x) => n + sizes.readBytes(x), 0),
   };
 }
 
