@@ -17,9 +17,11 @@ import { TextModel } from './generate/text-model.js';
 
 export { TextModel, type GenerateResult } from './generate/text-model.js';
 export { generateIds, type FinishReason, type GenerateIdsOptions, type TokenResult } from './generate/generate.js';
-export { DEFAULT_MAX_TOKENS, type GenerateOptions, type SamplingOptions } from './generate/options.js';
+export { DEFAULT_MAX_TOKENS, type DraftChoice, type GenerateOptions, type SamplingOptions } from './generate/options.js';
+export { beamSearch, type BeamOptions, type BeamResult } from './generate/beam.js';
+export type { DraftStats } from './generate/speculative.js';
 export { Model } from './model/model.js';
-export type { BackendName, BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './model/backend.js';
+export type { BackendName, BatchEntry, LoadOptions, LogitsRows, ModelBackend, MtpHead, Sequence } from './model/backend.js';
 export { loadBackend } from './backends/load.js';
 export { convertCheckpoint, type ConvertOptions } from './model/convert.js';
 export { modelSchema, schemaWeights, parameterCounts, type ModelSchema, type Weight } from './model/schema.js';

@@ -1,7 +1,9 @@
 import { fail } from '../errors.js';
 import type { ModelBackend, Sequence } from '../model/backend.js';
-import { resolveGenerateOptions, type GenerateSettings, type SamplingOptions } from './options.js';
+import { ModelDraft, MtpDraft, type Draft } from './drafts.js';
+import { resolveGenerateOptions, type DraftChoice, type GenerateSettings, type SamplingOptions } from './options.js';
 import { Sampler } from './sampler.js';
+import { Speculation, type DraftStats } from './speculative.js';
 
 /** Why generation ended: an end-of-sequence token or stop string, the token limit or full context, or an abort. */
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -19,6 +21,8 @@ export interface TokenResult {
   decodeMs: number;
   /** The sampling seed used: pass it back as `seed` to get the same tokens again. */
   seed: number;
+  /** With a draft: how often the model kept each draft position. */
+  draft?: DraftStats;
 }
 
 export interface GenerateIdsOptions extends SamplingOptions {
@@ -27,6 +31,9 @@ export interface GenerateIdsOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** Ids that end generation; default: eos_token_id of config.json. */
   eosTokenIds?: readonly number[];
+  /** Speculative decoding, as GenerateOptions.draft. */
+  draft?: DraftChoice;
+  draftTokens?: number;
 }
 
 /** Lets timers, signals and stdin run between tokens: forward() holds the thread while it runs. */
@@ -44,17 +51,24 @@ export class TokenLoop {
   decodeMs = 0;
   private readonly sampler: Sampler;
   private sequence: Sequence | undefined;
+  private speculation: Speculation | undefined;
+  /** Tokens a speculative step yielded beyond the first, handed out one per next(). */
+  private readonly queued: number[] = [];
 
   constructor(
     private readonly model: ModelBackend,
     private readonly promptIds: readonly number[],
-    private readonly settings: Pick<GenerateSettings, 'sampling' | 'maxTokens' | 'signal'>,
+    private readonly settings: Pick<GenerateSettings, 'sampling' | 'maxTokens' | 'signal'> & Partial<Pick<GenerateSettings, 'draft'>>,
     private readonly eos: ReadonlySet<number>,
     /** Called once, when generation ends. */
     private readonly onEnd?: (loop: TokenLoop) => void,
   ) {
     if (promptIds.length === 0) fail('the prompt is empty: there is nothing to continue');
     this.sampler = new Sampler(model.config.vocabSize, settings.sampling, promptIds);
+    if (settings.draft?.model === 'mtp' && !model.mtp) {
+      if (model.backend !== 'cpu') fail(`draft 'mtp': the ${model.backend} backend does not run the MTP layer; draft with a model (--draft DIR)`);
+      fail(`draft 'mtp' needs the model's MTP layer: load the model with mtp: true (--draft mtp loads it${model.config.numNextnPredictLayers === 0 ? "; this model has none, num_nextn_predict_layers is 0" : ''})`);
+    }
   }
 
   /** The next generated token, or undefined once generation has ended (finishReason says why). */
@@ -63,6 +77,8 @@ export class TokenLoop {
     const { model } = this;
     this.sequence ??= model.createSequence();
     const sequence = this.sequence;
+    if (this.settings.draft && !this.speculation) this.speculation = new Speculation(model, this.makeDraft(sequence), this.settings.draft.tokens, this.settings.sampling);
+    if (this.queued.length > 0) return this.emit(this.queued.shift()!);
     await yieldToEventLoop();
     // finish() may have run meanwhile (the model was closed).
     if (this.finishReason !== undefined) return undefined;
@@ -72,20 +88,40 @@ export class TokenLoop {
       return this.finish('length');
     }
     const start = performance.now();
-    let logits: Float32Array;
+    const spec = this.speculation;
+    let id: number;
     try {
-      logits = model.forward([{ sequence, tokens: last === undefined ? this.promptIds : [last] }])[0];
+      if (spec && last !== undefined) {
+        const ids = spec.step(sequence, this.sampler, this.settings.maxTokens - this.tokens.length);
+        id = ids[0];
+        this.queued.push(...ids.slice(1));
+      } else {
+        const logits = spec ? spec.prefill(sequence, this.promptIds) : model.forward([{ sequence, tokens: last === undefined ? this.promptIds : [last] }])[0];
+        id = this.sampler.sample(logits);
+        this.sampler.accept(id);
+        spec?.first(id);
+      }
     } catch (e) {
       this.finish('abort');
       throw e;
     }
-    const id = this.sampler.sample(logits);
-    this.sampler.accept(id);
-    this.tokens.push(id);
     const ms = performance.now() - start;
     if (last === undefined) this.prefillMs = ms;
     else this.decodeMs += ms;
+    return this.emit(id);
+  }
+
+  /** Hands out a generated token, or ends generation at an end-of-sequence one. */
+  private emit(id: number): number | undefined {
+    this.tokens.push(id);
     return this.eos.has(id) ? this.finish('stop') : id;
+  }
+
+  private makeDraft(sequence: Sequence): Draft {
+    const { model, settings } = this;
+    const draft = settings.draft!.model;
+    if (draft === 'mtp') return new MtpDraft(model.mtp!, sequence, model.config.hiddenSize, model.config.vocabSize, settings.sampling);
+    return new ModelDraft(draft, model.config.vocabSize, settings.sampling);
   }
 
   /** Ends generation (a no-op once ended) and gives the sequence back. */
@@ -93,6 +129,7 @@ export class TokenLoop {
     if (this.finishReason === undefined) {
       this.finishReason = reason;
       if (this.sequence) this.model.free(this.sequence);
+      this.speculation?.free();
       this.onEnd?.(this);
     }
     return undefined;
@@ -106,6 +143,7 @@ export class TokenLoop {
       prefillMs: this.prefillMs,
       decodeMs: this.decodeMs,
       seed: this.settings.sampling.seed,
+      ...(this.speculation ? { draft: this.speculation.stats } : {}),
     };
   }
 }

@@ -1,4 +1,5 @@
 import { fail } from '../errors.js';
+import type { ModelBackend } from '../model/backend.js';
 
 /** How the next token is chosen from the logits. Every option defaults to "off", so the default is greedy decoding. */
 export interface SamplingOptions {
@@ -39,7 +40,25 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** Called with each piece of text as soon as it is final: the same pieces the async iterables yield. */
   onToken?: (text: string) => void;
+  /**
+   * Speculative decoding: 'mtp' drafts with the model's MTP layer (load the model with `mtp: true`), or a
+   * draft model with the same tokenizer (a loaded model, or the model itself). Greedy output is the same
+   * tokens as without it, sampled output follows the same distribution; each step costs one pass.
+   */
+  draft?: DraftChoice;
+  /** Draft tokens per step, 1 to 16 (default 1 with 'mtp', as DeepSeek runs it; 3 with a draft model). */
+  draftTokens?: number;
 }
+
+/** What drafts: the MTP layer, or a model (a backend, or anything holding one, such as a TextModel). */
+export type DraftChoice = 'mtp' | ModelBackend | { readonly model: ModelBackend };
+export const MAX_DRAFT_TOKENS = 16;
+/**
+ * Draft tokens per step when not given: one for the MTP layer (DeepSeek's setting); three for a draft model,
+ * so that a verifying pass of K + 1 = 4 tokens fills the q8/q4 matmul's 4-token tile (on v3-2k6 at q4 it
+ * costs 1.75 decode steps, against 2.3 for 2 tokens and 3.0 for 3: bench/RESULTS.md).
+ */
+export const defaultDraftTokens = (draft: 'mtp' | 'model'): number => (draft === 'mtp' ? 1 : 3);
 
 export const DEFAULT_MAX_TOKENS = 256;
 const MAX_SEED = 0xffffffff;
@@ -53,6 +72,8 @@ export interface GenerateSettings {
   stop: string[];
   signal: AbortSignal | undefined;
   onToken: ((text: string) => void) | undefined;
+  /** The draft and its tokens per step, or null without speculation. */
+  draft: { model: ModelBackend | 'mtp'; tokens: number } | null;
 }
 
 /** How an option is called in error messages: the library names it `topP`, the CLI `--top-p`. */
@@ -90,7 +111,25 @@ export function resolveGenerateOptions(o: GenerateOptions, name: OptionNamer = a
   }
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) fail(`${name('signal')} must be an AbortSignal`);
   if (o.onToken !== undefined && typeof o.onToken !== 'function') fail(`${name('onToken')} must be a function`);
-  return { sampling: resolveSampling(o, name), maxTokens, stop, signal: o.signal, onToken: o.onToken };
+  return { sampling: resolveSampling(o, name), maxTokens, stop, signal: o.signal, onToken: o.onToken, draft: resolveDraft(o, name) };
+}
+
+function resolveDraft(o: GenerateOptions, name: OptionNamer): GenerateSettings['draft'] {
+  if (o.draft === undefined) {
+    if (o.draftTokens !== undefined) fail(`${name('draftTokens')} needs a draft (${name('draft')})`);
+    return null;
+  }
+  const d: unknown = o.draft;
+  const held = typeof d === 'object' && d !== null ? ('forward' in d ? d : (d as { model?: unknown }).model) : undefined;
+  if (d !== 'mtp' && typeof (held as ModelBackend | undefined)?.forward !== 'function') {
+    fail(`${name('draft')} must be 'mtp' or a loaded model, got ${typeof d === 'string' ? JSON.stringify(d) : String(d)}`);
+  }
+  const model = d === 'mtp' ? 'mtp' : (held as ModelBackend);
+  const tokens = o.draftTokens ?? defaultDraftTokens(model === 'mtp' ? 'mtp' : 'model');
+  if (!Number.isInteger(tokens) || tokens < 1 || tokens > MAX_DRAFT_TOKENS) {
+    fail(`${name('draftTokens')} must be a whole number from 1 to ${MAX_DRAFT_TOKENS}, got ${String(tokens)}`);
+  }
+  return { model, tokens };
 }
 
 function randomSeed(): number {

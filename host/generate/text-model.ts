@@ -4,6 +4,7 @@ import { loadBackend } from '../backends/load.js';
 import type { LoadOptions, ModelBackend } from '../model/backend.js';
 import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
 import { loadTokenizer } from '../tokenizer/load.js';
+import { beamSearch, type BeamOptions, type BeamResult } from './beam.js';
 import { TokenLoop, type TokenResult } from './generate.js';
 import { checkMessages } from './messages.js';
 import { resolveGenerateOptions, type GenerateOptions } from './options.js';
@@ -80,6 +81,17 @@ export class TextModel {
     return this.complete(this.encodeChat(messages), opts);
   }
 
+  /**
+   * Beam search from `prompt` (transformers' generate(num_beams, length_penalty, early_stopping,
+   * do_sample=False)): the best hypothesis' text; the model must hold numBeams sequences (maxSequences).
+   */
+  async beamText(prompt: string, opts: BeamOptions): Promise<BeamResult & { text: string }> {
+    if (this.closed) fail('this model is closed; load it again');
+    const r = await beamSearch(this.model, this.encodePrompt(prompt), { eosTokenIds: [...this.eos], ...opts });
+    const end = r.finishReason === 'stop' ? r.tokens.length - 1 : r.tokens.length;
+    return { ...r, text: this.tokenizer.decode(r.tokens.slice(0, end), { skipSpecialTokens: true }) };
+  }
+
   /** Ends any generation under way (finish reason 'abort'), then frees the model; it cannot be used afterwards. */
   async close(): Promise<void> {
     this.closed = true;
@@ -101,6 +113,7 @@ export class TextModel {
   private stream(ids: number[], opts: GenerateOptions): { loop: TokenLoop; text: AsyncGenerator<string> } {
     if (this.closed) fail('this model is closed; load it again');
     const settings = resolveGenerateOptions(opts);
+    if (opts.draft instanceof TextModel) checkSameVocabulary(this.tokenizer, opts.draft.tokenizer);
     const loop = new TokenLoop(this.model, ids, settings, this.eos, (ended) => this.active.delete(ended));
     this.active.add(loop);
     return { loop, text: streamText(loop, this.tokenizer, settings.stop, settings.onToken) };
@@ -111,5 +124,15 @@ export class TextModel {
     let all = '';
     for await (const piece of text) all += piece;
     return { text: all, ...loop.result() };
+  }
+}
+
+/** A draft must spell every id as the model does, or its guesses mean other tokens. */
+function checkSameVocabulary(model: Tokenizer, draft: Tokenizer): void {
+  const n = Math.max(model.vocabSize, draft.vocabSize);
+  for (let id = 0; id < n; id++) {
+    if (model.idToToken(id) !== draft.idToToken(id)) {
+      fail(`the draft model's tokenizer differs from the model's (token ${id} is ${JSON.stringify(draft.idToToken(id))} there, ${JSON.stringify(model.idToToken(id))} here): a draft must share the model's tokenizer`);
+    }
   }
 }

@@ -27,6 +27,11 @@ export interface BatchEntry {
   tokens: ArrayLike<number>;
   /** Default 'last'. */
   logits?: LogitsRows;
+  /**
+   * [tokens, hidden_size] that receives every token's last hidden state after the final norm (what the head
+   * reads): what an MTP layer drafts from.
+   */
+  hidden?: Float32Array;
 }
 
 export interface LoadOptions {
@@ -63,8 +68,25 @@ export interface LoadOptions {
    * module instances and threads; a smaller limit spreads even a small model (the tests do).
    */
   memoryLimit?: number;
+  /**
+   * Also load the checkpoint's multi-token-prediction layer (num_nextn_predict_layers; DeepSeek-V3's
+   * model.layers.61), the draft of `draft: 'mtp'`; default false, since it is a layer's worth of weights (CPU).
+   */
+  mtp?: boolean;
   /** CUDA: path of libdwcuda.so (default: $DEEPWASM_CUDA_LIB or kernels-gpu/build/). */
   cudaLibrary?: string;
+}
+
+/** DeepSeek-V3's multi-token-prediction layer (host/model/mtp.ts): a draft model inside the model, with a cache per sequence. */
+export interface MtpHead {
+  /**
+   * Runs MTP positions [position, position + tokens.length) of the sequence's MTP cache, forgetting any after:
+   * at position i the token t(i+1) with h(i), the main model's hidden state after the final norm (rows of
+   * `hidden`, as forward() wrote them, or this layer's own `out` to chain a further draft). Returns the last
+   * position's logits (its guess at t(i+2)), a view valid until the next call, and writes that position's
+   * output state, before the layer's head norm, to `out` [hidden_size].
+   */
+  forward(sequence: Sequence, position: number, tokens: ArrayLike<number>, hidden: Float32Array, out: Float32Array): Float32Array;
 }
 
 /** A loaded model on one backend. */
@@ -80,6 +102,8 @@ export interface ModelBackend {
   /** Bytes of weights in memory, and those one decoded token reads (its routed experts' share, not the embedding). */
   readonly weightBytes: number;
   readonly activeBytes: number;
+  /** The MTP layer, when the load asked for it (`mtp`) and the backend runs it (the CPU). */
+  readonly mtp?: MtpHead;
   /** A new empty sequence; throws when all maxSequences slots are in use. */
   createSequence(): Sequence;
   /**

@@ -2,53 +2,18 @@ import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import type { DeepSeekConfig } from '../checkpoint/config.js';
 import { fail } from '../errors.js';
 import { Runtime } from '../runtime/runtime.js';
-import { Attention, type AttentionShared, type Segment } from './attention.js';
-import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from './backend.js';
-import { Mlp } from './mlp.js';
+import type { AttentionShared, Segment } from './attention.js';
+import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, MtpHead, Sequence } from './backend.js';
+import { Block, type Place } from './block.js';
 import { Moe, type ExpertTally } from './moe.js';
+import { MtpLayer } from './mtp.js';
 import {
   RAM_SHARE, defaultMemoryLimit, describeUnits, machineRam, memoryOf, placeUnits, planBytes, planUnits, scratchBytes, type MemoryPlan,
 } from './placement.js';
 import { ropeTables, softmaxScale } from './rope.js';
-import { kvRowBytes, modelSchema, schemaWeights, weightTotals, type BlockSchema, type ModelSchema, type Weight } from './schema.js';
+import { kvRowBytes, modelSchema, schemaWeights, weightTotals, type ModelSchema, type Weight } from './schema.js';
 import { SequencePool, poolShape, type PoolShape, type Slot } from './sequences.js';
 import { WeightReader, type Matrix, type Placed, type QuantMode } from './weights.js';
-
-/**
- * One WebAssembly memory of the model (wasm32 holds at most 4 GiB, so a larger model spans several): its
- * runtime, the rotary tables and attention scratch when it holds layers, and each pass's hidden states,
- * normed states and block outputs, allocated there at the start of the pass.
- */
-interface Place {
-  readonly rt: Runtime;
-  readonly attention: AttentionShared | null;
-  x: number;
-  h: number;
-  y: number;
-  mark: number;
-}
-
-/** One transformer block: x += attn(norm(x)); x += ffn(norm(x)), the ffn being MoE or a dense MLP. */
-class Block {
-  constructor(
-    /** The memory of its attention, norms, router, shared experts and KV cache. */
-    readonly place: Place,
-    readonly attnNorm: number,
-    readonly attn: Attention,
-    readonly ffnNorm: number,
-    readonly ffn: Mlp | Moe,
-  ) {}
-
-  static load(w: WeightReader, cfg: DeepSeekConfig, s: BlockSchema, place: Place): Block {
-    return new Block(
-      place,
-      w.vector(s.attnNorm),
-      Attention.load(w, cfg, s.attn),
-      w.vector(s.ffnNorm),
-      'moe' in s.ffn ? Moe.load(w, cfg, s.ffn.moe) : Mlp.load(w, s.ffn.mlp),
-    );
-  }
-}
 
 const NO_LOGITS = new Float32Array(0);
 
@@ -57,6 +22,8 @@ interface Part {
   seq: Slot;
   ids: ArrayLike<number>;
   want: LogitsRows;
+  /** Receives the tokens' hidden states after the final norm, when asked for. */
+  hidden: Float32Array | undefined;
 }
 const MiB = 1024 * 1024;
 
@@ -75,6 +42,7 @@ export interface MemoryUse {
 export class Model implements ModelBackend {
   readonly backend = 'cpu';
   readonly maxSequences: number;
+  readonly mtp?: MtpHead;
   private readonly sequences: SequencePool;
   private closed = false;
   /** One cached position of one layer (the latent c and the roped key). */
@@ -104,7 +72,11 @@ export class Model implements ModelBackend {
     readonly placed: readonly Placed[],
     /** Each memory's units, as the plan laid them. */
     readonly memories: readonly MemoryUse[],
+    mtpLayer: MtpLayer | null,
   ) {
+    if (mtpLayer) {
+      this.mtp = { forward: (sequence, position, tokens, hidden, out) => mtpLayer.forward(this.sequences.own(sequence).slot, position, tokens, hidden, out) };
+    }
     this.maxSequences = caches[0]?.length ?? 0;
     this.rowBytes = kvRowBytes(config);
     this.sequences = new SequencePool(config, contextLength, this.maxSequences);
@@ -194,8 +166,13 @@ export class Model implements ModelBackend {
       }
     }
     const logits = head.place.rt.f32(head.place.rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
+    let mtp: MtpLayer | null = null;
+    if (opts.mtp) {
+      if (schema.mtp.length === 0) fail(`${ckpt.dir}: this checkpoint has no MTP layer (num_nextn_predict_layers is 0 in config.json); draft with another model (--draft DIR)`);
+      mtp = MtpLayer.load(w, cfg, schema.mtp[0], places[where.layers.get(schema.mtp[0].block.layer)!], runtimeOf, maxSequences, contextLength);
+    }
     const memories = plan.memories.map((m) => ({ bytes: m.bytes, units: describeUnits(m.units, cfg) }));
-    return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, bytes.expert, w.placed, memories);
+    return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, bytes.expert, w.placed, memories, mtp);
   }
 
   get threads(): number {
@@ -237,12 +214,12 @@ export class Model implements ModelBackend {
   forward(batch: readonly BatchEntry[]): Float32Array[] {
     if (this.closed) fail('this model is closed; load it again');
     const seqs = this.sequences.check(batch);
-    if (batch.length === 1) return [this.run(seqs[0], batch[0].tokens, batch[0].logits ?? 'last')];
+    if (batch.length === 1) return [this.run(seqs[0], batch[0].tokens, batch[0].logits ?? 'last', batch[0].hidden)];
     const out = new Array<Float32Array>(batch.length);
     let group: { part: Part; index: number }[] = [];
     let tokens = 0;
     const flush = (): void => {
-      if (group.length === 1) out[group[0].index] = this.run(group[0].part.seq, group[0].part.ids, group[0].part.want).slice();
+      if (group.length === 1) out[group[0].index] = this.run(group[0].part.seq, group[0].part.ids, group[0].part.want, group[0].part.hidden).slice();
       else if (group.length > 1) {
         const rows: Float32Array[] = [];
         this.pass(group.map((g) => g.part), rows);
@@ -254,7 +231,7 @@ export class Model implements ModelBackend {
     batch.forEach((entry, index) => {
       const n = entry.tokens.length;
       if (tokens + n > this.passTokens) flush();
-      group.push({ part: { seq: seqs[index], ids: entry.tokens, want: entry.logits ?? 'last' }, index });
+      group.push({ part: { seq: seqs[index], ids: entry.tokens, want: entry.logits ?? 'last', hidden: entry.hidden }, index });
       tokens += n;
     });
     flush();
@@ -262,14 +239,15 @@ export class Model implements ModelBackend {
   }
 
   /** A sequence's tokens through the model, in passes of at most passTokens tokens. */
-  private run(seq: Slot, ids: ArrayLike<number>, want: LogitsRows): Float32Array {
+  private run(seq: Slot, ids: ArrayLike<number>, want: LogitsRows, hidden: Float32Array | undefined): Float32Array {
     const tokens = ids.length;
     const one = this.one;
-    const part = (one.parts[0] ??= { seq, ids, want });
+    const part = (one.parts[0] ??= { seq, ids, want, hidden });
     part.seq = seq;
     if (tokens <= this.passTokens) {
       part.ids = ids;
       part.want = want;
+      part.hidden = hidden;
       this.pass(one.parts, one.rows);
       return one.rows[0];
     }
@@ -281,6 +259,7 @@ export class Model implements ModelBackend {
       // Only the last pass needs the head (236 MB of weights on v3-2k6), unless every position's logits are wanted.
       part.ids = Array.from({ length: end - start }, (_, i) => ids[start + i]);
       part.want = all ? 'all' : end === tokens ? want : 'none';
+      part.hidden = hidden?.subarray(start * this.config.hiddenSize, end * this.config.hiddenSize);
       this.pass(one.parts, one.rows);
       logits = one.rows[0];
       all?.set(logits, start * vocab);
@@ -299,7 +278,6 @@ export class Model implements ModelBackend {
    */
   private pass(parts: readonly Part[], rows: Float32Array[]): void {
     const cfg = this.config;
-    const eps = cfg.rmsNormEps;
     const hidden = cfg.hiddenSize;
     const segments = this.segments;
     segments.length = parts.length;
@@ -328,20 +306,36 @@ export class Model implements ModelBackend {
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i];
       const p = b.place;
-      const op = p.rt.ops;
       if (p !== at) at.rt.copyTo(at.x, p.rt, p.x, rowBytes);
       at = p;
       for (let k = 0; k < parts.length; k++) segments[k].cache = this.caches[i][parts[k].seq.slot];
-      op.rmsnorm(p.h, p.x, b.attnNorm, hidden, eps, tokens);
-      b.attn.forward(p.rt, p.h, tokens, segments, p.attention!, p.y);
-      op.add(p.x, p.y, tokens * hidden);
-      op.rmsnorm(p.h, p.x, b.ffnNorm, hidden, eps, tokens);
-      b.ffn.forward(p.rt, p.h, tokens, p.y);
-      op.add(p.x, p.y, tokens * hidden);
+      b.forward(p.x, p.h, p.y, tokens, segments, cfg);
+    }
+    for (let k = 0; k < parts.length; k++) {
+      const out = parts[k].hidden;
+      if (out) this.normedRows(at, segments[k], out);
     }
     this.logitsRows(parts, at, rows);
     for (const p of this.places) p.rt.arena.release(p.mark);
     for (const part of parts) part.seq.position += part.ids.length;
+  }
+
+  /** A segment's hidden states after the final norm (what the head reads; an MTP layer's input), into `out`. */
+  private normedRows(at: Place, segment: Segment, out: Float32Array): void {
+    const { hiddenSize: hidden, rmsNormEps: eps } = this.config;
+    const { place: p, norm } = this.head;
+    const bytes = segment.tokens * hidden * 4;
+    const mark = p.rt.arena.mark();
+    let rows = at.x + segment.start * hidden * 4;
+    if (p !== at) {
+      const copy = p.rt.arena.alloc(bytes, 'hidden states (copy)');
+      at.rt.copyTo(rows, p.rt, copy, bytes);
+      rows = copy;
+    }
+    const normed = p.rt.arena.alloc(bytes, 'normed hidden states');
+    p.rt.ops.rmsnorm(normed, rows, norm, hidden, eps, segment.tokens);
+    out.set(p.rt.f32(normed, segment.tokens * hidden));
+    p.rt.arena.release(mark);
   }
 
   /**
@@ -421,7 +415,8 @@ function planLoad(ckpt: Checkpoint, rt: Runtime, opts: LoadOptions, shape: PoolS
     const mib = (n: number): string => (n / MiB).toFixed(n < 10 * MiB ? 2 : 0);
     fail(`a memory limit of ${mib(limit)} MiB (--memory-limit, memoryLimit) is not one a memory can hold: expected more than 0 and at most ${mib(most)} MiB (a wasm32 memory's 4096 MiB less ${Math.ceil(scratch / MiB)} MiB of scratch for ${contextLength} tokens of context)`);
   }
-  const units = planUnits(schema, (x) => sizes.plannedBytes(x), maxSequences * contextLength * kvRowBytes(cfg));
+  const mtp = opts.mtp === true && schema.mtp.length > 0;
+  const units = planUnits(schema, (x) => sizes.plannedBytes(x), maxSequences * contextLength * kvRowBytes(cfg), { mtp });
   const plan = placeUnits(units, limit);
   const need = planBytes(plan, scratch);
   const ram = machineRam();
@@ -437,7 +432,7 @@ function planLoad(ckpt: Checkpoint, rt: Runtime, opts: LoadOptions, shape: PoolS
     schema,
     plan,
     bytes: weightTotals(schema, (x) => sizes.plannedBytes(x)),
-    readBytes: schemaWeights(schema).reduce((n, x) => n + sizes.readBytes(x), 0),
+    readBytes: schemaWeights(schema, { mtp }).reduce((n, x) => n + sizes.readBytes(x), 0),
   };
 }
 

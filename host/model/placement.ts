@@ -72,9 +72,10 @@ export function machineRam(): number | undefined {
 
 /**
  * The model's units in model order; `bytesOf` sizes a weight as the load will hold it. A tied head is the
- * embedding itself, so the final norm joins the embedding's unit and there is no head unit.
+ * embedding itself, so the final norm joins the embedding's unit and there is no head unit. With `mtp`, the
+ * MTP layers follow the head as layers of their own (their embedding, norms and head with their attention).
  */
-export function planUnits(schema: ModelSchema, bytesOf: (w: Weight) => number, kvBytesPerLayer: number): Unit[] {
+export function planUnits(schema: ModelSchema, bytesOf: (w: Weight) => number, kvBytesPerLayer: number, opts: { mtp?: boolean } = {}): Unit[] {
   const unit = (name: string, layer: number, expert: number, weights: Weight[]): Unit => ({
     name, layer, expert, weights, bytes: weights.reduce((n, w) => n + bytesOf(w), 0),
   });
@@ -88,6 +89,16 @@ export function planUnits(schema: ModelSchema, bytesOf: (w: Weight) => number, k
     experts.forEach((e, i) => units.push(unit(`layer ${b.layer} expert ${i}`, b.layer, i, [e.gateUp, e.down])));
   }
   if (!tied) units.push(unit('head', -1, -1, [schema.norm, schema.head]));
+  if (opts.mtp) {
+    for (const m of schema.mtp) {
+      const experts = 'moe' in m.block.ffn ? m.block.ffn.moe.experts : [];
+      const routed = new Set(experts.flatMap((e) => [e.gateUp, e.down]));
+      const own = [m.embed, m.enorm, m.hnorm, m.ehProj, ...blockWeights(m.block).filter((w) => !routed.has(w)), m.headNorm, m.head];
+      units.push(unit(`MTP layer ${m.block.layer}`, m.block.layer, -1, own));
+      units.push({ name: `MTP layer ${m.block.layer} KV cache`, layer: m.block.layer, expert: -1, weights: [], bytes: kvBytesPerLayer });
+      experts.forEach((e, i) => units.push(unit(`MTP layer ${m.block.layer} expert ${i}`, m.block.layer, i, [e.gateUp, e.down])));
+    }
+  }
   return units;
 }
 
@@ -156,12 +167,13 @@ export function describeUnits(units: readonly Unit[], cfg: DeepSeekConfig): stri
     const mine = units.slice(i, j);
     const own = mine.filter((x) => x.expert < 0);
     const ids = mine.filter((x) => x.expert >= 0).map((x) => x.expert);
-    if (own.length === 2 && ids.length === (isMoeLayer(cfg, u.layer) ? cfg.nRoutedExperts : 0)) run.push(u.layer);
+    const mtp = u.layer >= cfg.numHiddenLayers;
+    if (!mtp && own.length === 2 && ids.length === (isMoeLayer(cfg, u.layer) ? cfg.nRoutedExperts : 0)) run.push(u.layer);
     else {
       flush();
       const pieces: string[] = own.map((x) => (x.name.endsWith('KV cache') ? 'KV cache' : 'attention and norms'));
       if (ids.length) pieces.push(ids.length === 1 ? `expert ${ids[0]}` : `experts ${ids[0]}-${ids[ids.length - 1]}`);
-      parts.push(`layer ${u.layer} (${pieces.join(', ')})`);
+      parts.push(`${mtp ? 'MTP ' : ''}layer ${u.layer} (${pieces.join(', ')})`);
     }
     i = j;
   }

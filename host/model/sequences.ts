@@ -99,6 +99,9 @@ export class SequencePool {
           fail(`token id ${id} at index ${i}${batch.length > 1 ? ` of batch entry ${b}` : ''} is outside the vocabulary (expected 0 to ${vocab - 1}, vocab_size in config.json)`);
         }
       }
+      if (entry.hidden !== undefined && entry.hidden.length !== ids.length * this.config.hiddenSize) {
+        fail(`batch entry ${b}'s hidden buffer holds ${entry.hidden.length} floats; ${ids.length} tokens need ${ids.length} x hidden_size (${ids.length * this.config.hiddenSize})`);
+      }
       const end = s.position + ids.length;
       if (end > this.config.maxPositionEmbeddings) {
         fail(`${end} tokens exceed max_position_embeddings (${this.config.maxPositionEmbeddings}) in config.json`);

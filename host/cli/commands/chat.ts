@@ -3,7 +3,7 @@ import { DeepWasmError } from '../../errors.js';
 import type { ChatMessage } from '../../tokenizer/index.js';
 import { watchUtf8 } from '../utf8.js';
 import { BACKEND_FLAG, CONTEXT_FLAG, EXIT_INTERRUPTED, MEMORY_LIMIT_FLAG, QUANT_FLAG, THREADS_FLAG, type Command } from './command.js';
-import { SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadTextModel } from './generation.js';
+import { DRAFT_FLAGS, SAMPLING_FLAGS, TEXT_MODEL_FLAG, generateOptions, loadDraft, loadTextModel } from './generation.js';
 import { guardStdout } from './stdio.js';
 
 export const chatCommand: Command = {
@@ -18,6 +18,7 @@ export const chatCommand: Command = {
     TEXT_MODEL_FLAG,
     { name: 'system', kind: 'string', value: 'TEXT', help: 'system prompt at the start of the conversation' },
     ...SAMPLING_FLAGS,
+    ...DRAFT_FLAGS,
     THREADS_FLAG,
     CONTEXT_FLAG,
     BACKEND_FLAG,
@@ -25,9 +26,14 @@ export const chatCommand: Command = {
     QUANT_FLAG,
   ],
   async run(flags) {
-    const opts = generateOptions(flags);
+    const checked = generateOptions(flags);
     const system = flags['system'] as string | undefined;
     const model = await loadTextModel(flags);
+    const draft = await loadDraft(flags).catch(async (e: unknown) => {
+      await model.close();
+      throw e;
+    });
+    const opts = { ...checked, draft };
     const interactive = process.stdin.isTTY === true;
     watchUtf8(process.stdin, 'stdin');
     const rl = createInterface({ input: process.stdin, output: interactive ? process.stdout : undefined, terminal: interactive, crlfDelay: Infinity });
@@ -99,6 +105,7 @@ export const chatCommand: Command = {
     } finally {
       rl.close();
       process.off('SIGINT', interrupt);
+      if (typeof draft === 'object') await draft.close();
       await model.close();
     }
   },

@@ -1,5 +1,7 @@
 import { DEFAULT_MODEL_DIR, loadModel, type LoadOptions, type TextModel } from '../../index.js';
-import { DEFAULT_MAX_TOKENS, resolveGenerateOptions, type GenerateOptions } from '../../generate/options.js';
+import { fail } from '../../errors.js';
+import { resolveBeamOptions, type BeamOptions } from '../../generate/beam.js';
+import { DEFAULT_MAX_TOKENS, MAX_DRAFT_TOKENS, resolveGenerateOptions, type GenerateOptions } from '../../generate/options.js';
 import type { FlagSpec, Flags } from '../args.js';
 import { loadOptions } from '../load.js';
 import { loadProgress } from '../progress.js';
@@ -33,6 +35,24 @@ export const SAMPLING_FLAGS: FlagSpec[] = [
   { name: 'stop', kind: 'list', value: 'TEXT', help: 'end the output before TEXT; repeat for several stop strings' },
 ];
 
+/** Speculative decoding's flags (run, chat, logits). */
+export const DRAFT_FLAGS: FlagSpec[] = [
+  {
+    name: 'draft',
+    kind: 'string',
+    value: 'mtp|DIR',
+    help: "speculative decoding: draft with the model's MTP layer (mtp) or with a smaller model of the same tokenizer (its folder; the model's own folder works too); the same greedy tokens, the same sampling distribution",
+  },
+  { name: 'draft-tokens', kind: 'int', value: 'K', min: 1, max: MAX_DRAFT_TOKENS, help: 'draft tokens per step (default 1 with mtp, chained when more; 3 with a draft model, so a verifying pass fills the 4-token matmul tile)' },
+];
+
+/** Beam search's flags (run, logits). */
+export const BEAM_FLAGS: FlagSpec[] = [
+  { name: 'num-beams', kind: 'int', value: 'N', min: 1, help: "beam search with N beams, as transformers' generate(num_beams=N, do_sample=False); the best hypothesis is printed when it ends" },
+  { name: 'length-penalty', kind: 'number', value: 'L', help: 'with --num-beams: a hypothesis scores sum(log p) / length^L (default 1; above 0 favours longer ones)' },
+  { name: 'early-stopping', kind: 'boolean', help: 'with --num-beams: stop once N hypotheses have ended (default: when no running beam can beat them)' },
+];
+
 const flagName = (option: string): string => '--' + option.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 
 /** The generation options the flags ask for, checked before any weight is loaded; errors name the flag. */
@@ -48,9 +68,41 @@ export function generateOptions(flags: Flags): GenerateOptions {
     presencePenalty: flags['presence-penalty'] as number | undefined,
     seed: flags['seed'] as number | undefined,
     stop: flags['stop'] as string[] | undefined,
+    draftTokens: flags['draft-tokens'] as number | undefined,
   };
-  resolveGenerateOptions(opts, flagName);
+  if (opts.draftTokens !== undefined && flags['draft'] === undefined) fail('--draft-tokens needs --draft (mtp or a model folder)');
+  resolveGenerateOptions({ ...opts, draftTokens: undefined }, flagName);
   return opts;
+}
+
+/** The beam-search options of --num-beams, --length-penalty and --early-stopping, or undefined without --num-beams. */
+export function beamOptions(flags: Flags): BeamOptions | undefined {
+  const numBeams = flags['num-beams'] as number | undefined;
+  if (numBeams === undefined) {
+    const stray = ['length-penalty', 'early-stopping'].find((f) => flags[f] !== undefined);
+    if (stray) fail(`--${stray} needs --num-beams`);
+    return undefined;
+  }
+  const sampled = ['temperature', 'top-k', 'top-p', 'min-p', 'seed', 'draft', 'repetition-penalty', 'frequency-penalty', 'presence-penalty', 'stop'].find((f) => flags[f] !== undefined);
+  if (sampled) fail(`--${sampled} does not go with --num-beams: beam search is deterministic and keeps whole hypotheses`);
+  const opts = {
+    numBeams,
+    lengthPenalty: flags['length-penalty'] as number | undefined,
+    earlyStopping: flags['early-stopping'] === true,
+    maxTokens: flags['max-tokens'] as number | undefined,
+  };
+  resolveBeamOptions(opts, flagName);
+  return opts;
+}
+
+/** The model --draft names: 'mtp', a draft model loaded with the command's load flags, or undefined. Close it after use. */
+export async function loadDraft(flags: Flags): Promise<TextModel | 'mtp' | undefined> {
+  const draft = flags['draft'] as string | undefined;
+  if (draft === undefined || draft === 'mtp') return draft;
+  const progress = loadProgress(`loading the draft ${draft}`);
+  const model = await loadModel(draft, { ...loadOptions(flags), onProgress: progress.onProgress });
+  progress.done();
+  return model;
 }
 
 export function modelDir(flags: Flags): string {
@@ -61,7 +113,13 @@ export function modelDir(flags: Flags): string {
 export async function loadTextModel(flags: Flags, extra: LoadOptions = {}): Promise<TextModel> {
   const dir = modelDir(flags);
   const progress = loadProgress(`loading ${dir}`);
-  const model = await loadModel(dir, { ...loadOptions(flags), ...extra, onProgress: progress.onProgress });
+  const model = await loadModel(dir, {
+    ...loadOptions(flags),
+    mtp: flags['draft'] === 'mtp',
+    maxSequences: flags['num-beams'] as number | undefined,
+    ...extra,
+    onProgress: progress.onProgress,
+  });
   progress.done();
   return model;
 }

@@ -119,7 +119,7 @@ export const inspectCommand: Command = {
         `model      ${src.name}: ${cfg.modelType}, ${cfg.numHiddenLayers} layers (${cfg.numHiddenLayers - moeLayers} dense, ${moeLayers} MoE` +
           (moeLayers ? `: ${cfg.nRoutedExperts} experts, ${cfg.numExpertsPerTok} per token, ${cfg.nSharedExperts} shared` : '') +
           `), hidden ${cfg.hiddenSize}, ${cfg.numAttentionHeads} heads, vocab ${cfg.vocabSize}` +
-          (cfg.numNextnPredictLayers ? `, ${cfg.numNextnPredictLayers} MTP layer (not loaded)` : ''),
+          (cfg.numNextnPredictLayers ? `, ${cfg.numNextnPredictLayers} MTP layer (loaded by --draft mtp)` : ''),
         `parameters ${count(params.total)}, ${count(params.active)} read per token`,
         `weights    ${gb(total)} as ${mode === 'stored' ? 'stored' : mode}, ${gb(active)} read per token (each format: ${perFormat})`,
         `KV cache   ${gb(kvPerToken)} per token: ${gb(kvPerToken * context * sequences)} for ${sequences} x ${context} tokens`,
