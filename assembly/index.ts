@@ -4,6 +4,7 @@ export { BOARD_BYTES, set_scratch } from './board';
 export { pool_init, pool_stop, worker_loop } from './pool';
 export { matmul, matmul_grouped, quantize_rows, silu_mul, mla_attention, read_probe } from './steps';
 export { quant_scratch_bytes } from './kernels/matmul';
+export { dot_peak } from './kernels/probe';
 export { grouped_entries } from './kernels/grouped';
 export { q_pack, q_unpack, fp8_pack } from './kernels/quantize';
 export { weightBytes as weight_bytes } from './kernels/format';
