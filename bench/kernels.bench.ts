@@ -201,10 +201,10 @@ for (const threads of threadCounts) {
         sink ^= a ^ b ^ c ^ d;
       },
     });
-    // The q8 kernels' arithmetic with nothing waiting for memory: a prefill row's GFLOP/s over threads x this is how
+    // The q8 prefill tile's arithmetic with nothing waiting for memory: a q8 prefill row's GFLOP/s over threads x this is how
     // close the kernel comes to what 128-bit SIMD allows here.
     const rounds = 1 << 20;
-    cases.push({ name: 'q8 arithmetic ceiling, one core (dot_peak, registers)', threads: 1, bytes: 0, flops: 2 * 128 * rounds, bound: 'compute', fn: () => void rt.kernels.dot_peak(rounds) });
+    cases.push({ name: 'q8 prefill tile arithmetic ceiling, one core (dot_peak, registers)', threads: 1, bytes: 0, flops: 2 * 128 * rounds, bound: 'compute', fn: () => void rt.kernels.dot_peak(rounds) });
     const buf = Buffer.from(rt.memory.buffer, probe, PROBE_BYTES);
     cases.push({ name: 'Buffer.indexOf 1 GiB (native memchr)', threads: 1, bytes: PROBE_BYTES, flops: 0, bound: 'memory', fn: () => void (sink ^= buf.indexOf(0xaa)) });
   }

@@ -43,31 +43,28 @@ export function readProbeTask(begin: i32, end: i32): void {
   atomic.add<i32>(argP(1), i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3));
 }
 
-/** One chain's 16 multiply-adds as q8.ts forms them: plain widens the weights to i16 (shl, and) for two dots. */
-@inline function dot16(acc: v128, w: v128, x: v128, hi: v128): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) return i32x4.relaxed_dot_i8x16_i7x16_add_s(w, x, acc);
-  return i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(w, 8), x), i32x4.dot_i16x8_s(v128.and(w, hi), x)));
+/** Lanes sum to the 16 products of one token with widened weights (e: 256 x evens, o: 256 x odds), as q8.ts's plain tile. */
+@inline function dotI16(acc: v128, e: v128, o: v128, xe: v128, xo: v128): v128 {
+  return i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(e, xe), i32x4.dot_i16x8_s(o, xo)));
 }
 
 /**
- * The ceiling of the q8 kernels' arithmetic on one core: `iterations` rounds of eight independent chains of
- * what q8.ts spends on 16 weights (plain: two widenings and two i32x4.dot_i16x8_s; relaxed: one
- * i32x4.relaxed_dot_i8x16_i7x16_add_s), the weights changed by one add per round where the kernels load
- * them, so nothing waits for memory and nothing is hoisted out of the loop. 128 multiply-adds per round;
- * returns a sum of every chain so that none is left out.
+ * The ceiling of the q8 prefill tile's arithmetic on one core: `iterations` rounds in which two weight vectors
+ * (changed by one add each where the kernel loads them) meet four tokens' activations as q8.ts's 4-token tile
+ * meets them: plain widens each weight vector once (shl, and) for two i32x4.dot_i16x8_s per token; relaxed takes
+ * |w| once for one i32x4.relaxed_dot_i8x16_i7x16_add_s per token (the sign rides on the activations). Values
+ * stay in registers, so nothing waits for memory. 128 multiply-adds per round; returns a sum of every
+ * accumulator so that none is left out.
  */
 export function dot_peak(iterations: i32): i32 {
-  const x = i8x16.splat(<i8>((iterations >> 3) & 63));
+  const x0 = i8x16.splat(<i8>((iterations >> 3) & 63));
+  const x1 = i8x16.splat(<i8>((iterations >> 4) & 63));
+  const x2 = i8x16.splat(<i8>((iterations >> 5) & 63));
+  const x3 = i8x16.splat(<i8>((iterations >> 6) & 63));
   const hi = i16x8.splat(<i16>0xff00);
   const step = i8x16.splat(1);
   let w0 = i8x16.splat(<i8>iterations);
   let w1 = i8x16.add(w0, step);
-  let w2 = i8x16.add(w1, step);
-  let w3 = i8x16.add(w2, step);
-  let w4 = i8x16.add(w3, step);
-  let w5 = i8x16.add(w4, step);
-  let w6 = i8x16.add(w5, step);
-  let w7 = i8x16.add(w6, step);
   let a0 = i32x4.splat(0);
   let a1 = a0;
   let a2 = a0;
@@ -79,20 +76,31 @@ export function dot_peak(iterations: i32): i32 {
   for (let i = 0; i < iterations; i++) {
     w0 = i8x16.add(w0, step);
     w1 = i8x16.add(w1, step);
-    w2 = i8x16.add(w2, step);
-    w3 = i8x16.add(w3, step);
-    w4 = i8x16.add(w4, step);
-    w5 = i8x16.add(w5, step);
-    w6 = i8x16.add(w6, step);
-    w7 = i8x16.add(w7, step);
-    a0 = dot16(a0, w0, x, hi);
-    a1 = dot16(a1, w1, x, hi);
-    a2 = dot16(a2, w2, x, hi);
-    a3 = dot16(a3, w3, x, hi);
-    a4 = dot16(a4, w4, x, hi);
-    a5 = dot16(a5, w5, x, hi);
-    a6 = dot16(a6, w6, x, hi);
-    a7 = dot16(a7, w7, x, hi);
+    if (ASC_FEATURE_RELAXED_SIMD) {
+      const u0 = i8x16.abs(w0);
+      const u1 = i8x16.abs(w1);
+      a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, u0, a0);
+      a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, u0, a1);
+      a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x2, u0, a2);
+      a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x3, u0, a3);
+      a4 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, u1, a4);
+      a5 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, u1, a5);
+      a6 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x2, u1, a6);
+      a7 = i32x4.relaxed_dot_i8x16_i7x16_add_s(x3, u1, a7);
+    } else {
+      const e0 = i16x8.shl(w0, 8);
+      const o0 = v128.and(w0, hi);
+      const e1 = i16x8.shl(w1, 8);
+      const o1 = v128.and(w1, hi);
+      a0 = dotI16(a0, e0, o0, x0, x1);
+      a1 = dotI16(a1, e0, o0, x1, x2);
+      a2 = dotI16(a2, e0, o0, x2, x3);
+      a3 = dotI16(a3, e0, o0, x3, x0);
+      a4 = dotI16(a4, e1, o1, x0, x1);
+      a5 = dotI16(a5, e1, o1, x1, x2);
+      a6 = dotI16(a6, e1, o1, x2, x3);
+      a7 = dotI16(a7, e1, o1, x3, x0);
+    }
   }
   const s = i32x4.add(i32x4.add(i32x4.add(a0, a1), i32x4.add(a2, a3)), i32x4.add(i32x4.add(a4, a5), i32x4.add(a6, a7)));
   return i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3);
