@@ -32,6 +32,8 @@ export interface EngineOptions {
   quant?: QuantName;
   /** false: the plain reductions even where the adapter has subgroups. */
   subgroups?: boolean;
+  /** Most bytes of one weight buffer, below the device's maxStorageBufferBindingSize (tests). */
+  maxBindingBytes?: number;
 }
 
 export interface EngineInfo {
@@ -157,7 +159,8 @@ export class GpuEngine {
           if (e.dtype === 'F8_E4M3' && ckpt.has(scale)) total += ckpt.get(scale).nbytes;
         }
       }
-      const up = new Uploader(device, ckpt, quant, total, onProgress);
+      const maxBinding = Math.min(device.limits.maxStorageBufferBindingSize, opts.maxBindingBytes ?? Infinity);
+      const up = new Uploader(device, ckpt, quant, maxBinding, total, onProgress);
       const mlp = (m: MlpSchema): Mlp => ({ gateUp: up.matrix(m.gateUp), down: up.matrix(m.down), inter: m.inter });
       const row = cfg.kvLoraRank + cfg.qkRopeHeadDim;
       const cacheBytes = opts.maxSequences * opts.contextLength * row * 4;
@@ -253,7 +256,7 @@ export class GpuEngine {
     const rows = entries.reduce((n, e) => n + (e.rows === 'none' ? 0 : e.rows === 'all' ? e.tokens.length : 1), 0);
     await this.record(entries, (rec, chunkRows, logitsOff) => rec.copy(this.scratch.logits, 0, this.readbackFor(rows * V * 4), logitsOff * V * 4, chunkRows * V * 4));
     if (rows === 0) {
-      this.rec.submit();
+      await this.submit();
       await this.gpu.device.queue.onSubmittedWorkDone();
       return new Float32Array(0);
     }
@@ -269,14 +272,27 @@ export class GpuEngine {
     return new Uint32Array(await this.read(4))[0];
   }
 
-  /** Copies a sequence's first `positions` cache rows to another slot. */
+  /** Copies a sequence's first `positions` cache rows to another slot, through a staging buffer (a copy within one buffer is not allowed). */
   async fork(from: number, to: number, positions: number): Promise<void> {
     if (positions === 0) return;
     const bytes = (this.cfg.kvLoraRank + this.cfg.qkRopeHeadDim) * 4;
     const slotBytes = this.opts.contextLength * bytes;
-    for (const l of this.layers) this.rec.copy(l.cache, from * slotBytes, l.cache, to * slotBytes, positions * bytes);
-    this.rec.submit();
+    const n = positions * bytes;
+    const staging = this.gpu.device.createBuffer({ size: n * this.layers.length, usage: USAGE.COPY_SRC | USAGE.COPY_DST });
+    this.layers.forEach((l, i) => this.rec.copy(l.cache, from * slotBytes, staging, i * n, n));
+    this.layers.forEach((l, i) => this.rec.copy(staging, i * n, l.cache, to * slotBytes, n));
+    await this.submit();
     await this.gpu.device.queue.onSubmittedWorkDone();
+    staging.destroy();
+  }
+
+  /** Submits what was recorded; a validation error of the step fails it with the device's message. */
+  private async submit(): Promise<void> {
+    const d = this.gpu.device;
+    d.pushErrorScope('validation');
+    this.rec.submit();
+    const e = await d.popErrorScope();
+    if (e) fail(`WebGPU backend: ${e.message}`);
   }
 
   close(): void {
@@ -293,7 +309,7 @@ export class GpuEngine {
 
   private async read(bytes: number): Promise<ArrayBuffer> {
     const rb = this.readback!;
-    this.rec.submit();
+    await this.submit();
     await rb.mapAsync(MAP_READ, 0, bytes);
     const out = rb.getMappedRange(0, bytes).slice(0);
     rb.unmap();

@@ -15,6 +15,8 @@ import { ERROR_BYTES, type LoadMessage, type Request, type ThreadStart } from '.
 export interface WebGpuLoadOptions extends LoadOptions {
   /** false: the plain workgroup reductions even where the adapter has subgroups (tests of that path). */
   subgroups?: boolean;
+  /** Cut weights into buffers of at most this many bytes even where the device binds more (tests of the split path). */
+  maxBindingBytes?: number;
 }
 
 /** Reads a Hugging Face checkpoint folder onto a WebGPU device. */
@@ -49,7 +51,7 @@ export class WebGpuModel implements ModelBackend {
     const pool = poolShape(config, opts);
     const start: ThreadStart = {
       dir,
-      opts: { ...pool, quant: opts.quant, subgroups: opts.subgroups },
+      opts: { ...pool, quant: opts.quant, subgroups: opts.subgroups, maxBindingBytes: opts.maxBindingBytes },
       control: new SharedArrayBuffer(16),
       error: new SharedArrayBuffer(ERROR_BYTES),
     };

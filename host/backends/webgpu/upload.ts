@@ -36,17 +36,15 @@ export interface GpuMatrix {
 export class Uploader {
   bytes = 0;
   private read = 0;
-  private readonly maxBinding: number;
-
+  /** `maxBinding`: most bytes of one buffer, at most the device's maxStorageBufferBindingSize. */
   constructor(
     private readonly device: GPUDevice,
     private readonly ckpt: Checkpoint,
     private readonly quant: GpuQuant,
+    private readonly maxBinding: number,
     private readonly totalRead: number,
     private readonly onProgress?: (read: number, total: number) => void,
-  ) {
-    this.maxBinding = device.limits.maxStorageBufferBindingSize;
-  }
+  ) {}
 
   /** The format a schema matrix takes: 'float' weights (embedding, router, kv_b) stay float in q8/q4. */
   formatOf(w: Weight): GpuFormat {
@@ -92,7 +90,7 @@ export class Uploader {
       return m;
     }
     if (matBytes > this.maxBinding) {
-      fail(`WebGPU backend: one expert matrix of ${ws[0].parts[0].name} takes ${matBytes} bytes, more than this device binds at once (maxStorageBufferBindingSize ${this.maxBinding})`);
+      fail(`WebGPU backend: one expert matrix of ${ws[0].parts[0].name} takes ${matBytes} bytes, more than one buffer may hold (${this.maxBinding} bytes, maxStorageBufferBindingSize)`);
     }
     const perPiece = Math.floor(this.maxBinding / matBytes);
     for (let e = 0; e < ws.length; e += perPiece) {
