@@ -3,7 +3,7 @@
 // layer for the pool's sequences, and forward passes recorded kernel by kernel into one command buffer
 // per call, read back once (the logits rows asked for, or the greedy token's four bytes). It reads like
 // host/model/model.ts: embed, then per block x += attn(norm(x)); x += ffn(norm(x)), then norm and head.
-import { openCheckpoint } from '../../checkpoint/checkpoint.js';
+import type { Checkpoint } from '../../checkpoint/checkpoint.js';
 import type { DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
 import type { LogitsRows } from '../../model/backend.js';
@@ -141,94 +141,90 @@ export class GpuEngine {
     }
   }
 
-  static async load(dir: string, opts: EngineOptions, onProgress?: (read: number, total: number) => void): Promise<GpuEngine> {
-    const ckpt = openCheckpoint(dir);
-    try {
-      const cfg = ckpt.config;
-      const quant = gpuQuant(dir, cfg.deepwasmQuantization?.format, opts.quant);
-      const schema = modelSchema(cfg, { hasLmHead: ckpt.has('lm_head.weight') });
-      const gpu = await requestGpu(opts.subgroups ?? true);
-      const device = gpu.device;
-      let total = 0;
-      for (const w of schemaWeights(schema)) {
-        if (w.tied || (w.optional && !ckpt.has(w.parts[0].name))) continue;
-        for (const p of w.parts) {
-          const e = ckpt.get(p.name);
-          total += e.nbytes;
-          const scale = p.name.replace(/\.weight$/, '.weight_scale_inv');
-          if (e.dtype === 'F8_E4M3' && ckpt.has(scale)) total += ckpt.get(scale).nbytes;
-        }
+  /** Uploads the checkpoint's weights (the caller closes it afterwards). */
+  static async load(ckpt: Checkpoint, opts: EngineOptions, onProgress?: (read: number, total: number) => void): Promise<GpuEngine> {
+    const cfg = ckpt.config;
+    const quant = gpuQuant(ckpt.dir, cfg.deepwasmQuantization?.format, opts.quant);
+    const schema = modelSchema(cfg, { hasLmHead: ckpt.has('lm_head.weight') });
+    const gpu = await requestGpu(opts.subgroups ?? true);
+    const device = gpu.device;
+    let total = 0;
+    for (const w of schemaWeights(schema)) {
+      if (w.tied || (w.optional && !ckpt.has(w.parts[0].name))) continue;
+      for (const p of w.parts) {
+        const e = ckpt.get(p.name);
+        total += e.nbytes;
+        const scale = p.name.replace(/\.weight$/, '.weight_scale_inv');
+        if (e.dtype === 'F8_E4M3' && ckpt.has(scale)) total += ckpt.get(scale).nbytes;
       }
-      const maxBinding = Math.min(device.limits.maxStorageBufferBindingSize, opts.maxBindingBytes ?? Infinity);
-      const up = new Uploader(device, ckpt, quant, maxBinding, total, onProgress);
-      const mlp = (m: MlpSchema): Mlp => ({ gateUp: up.matrix(m.gateUp), down: up.matrix(m.down), inter: m.inter });
-      const row = cfg.kvLoraRank + cfg.qkRopeHeadDim;
-      const cacheBytes = opts.maxSequences * opts.contextLength * row * 4;
-      if (cacheBytes > device.limits.maxStorageBufferBindingSize) {
-        fail(`WebGPU backend: a layer's KV cache for ${opts.maxSequences} x ${opts.contextLength} tokens takes ${cacheBytes} bytes, more than this device binds (${device.limits.maxStorageBufferBindingSize}); load with a smaller context or fewer sequences`);
-      }
-      let active = 0;
-      const count = (m: GpuMatrix, share = 1) => {
-        active += m.bytes * share;
-        return m;
-      };
-      const layers: Layer[] = schema.blocks.map((b) => {
-        const a = b.attn;
-        const q = 'proj' in a.q ? { proj: count(up.matrix(a.q.proj)) } : { a: count(up.matrix(a.q.a)), aNorm: up.vector(a.q.aNorm), b: count(up.matrix(a.q.b)) };
-        const kvB = count(up.matrix(a.kvB));
-        if (kvB.pieces.length > 1) fail(`WebGPU backend: ${a.kvB.parts[0].name} is larger than this device binds at once`);
-        const layer = {
-          attnNorm: up.vector(b.attnNorm),
-          q,
-          kvA: count(up.matrix(a.kvA)),
-          kvANorm: up.vector(a.kvANorm),
-          kvB,
-          o: count(up.matrix(a.o)),
-          ffnNorm: up.vector(b.ffnNorm),
-          cache: device.createBuffer({ size: cacheBytes, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST }),
-        };
-        if ('mlp' in b.ffn) {
-          const m = mlp(b.ffn.mlp);
-          count(m.gateUp);
-          count(m.down);
-          return { ...layer, ffn: { mlp: m } };
-        }
-        const moe = b.ffn.moe;
-        const share = activeShare(cfg, moe.experts[0].gateUp);
-        const experts: Mlp = {
-          gateUp: count(up.stack(moe.experts.map((e) => e.gateUp)), share),
-          down: count(up.stack(moe.experts.map((e) => e.down)), share),
-          inter: moe.experts[0].inter,
-        };
-        const shared = moe.shared ? mlp(moe.shared) : null;
-        if (shared) {
-          count(shared.gateUp);
-          count(shared.down);
-        }
-        const bias = moe.bias && ckpt.has(moe.bias.parts[0].name) ? up.vector(moe.bias) : null;
-        return { ...layer, ffn: { router: count(up.matrix(moe.router)), bias, experts, shared } };
-      });
-      const embedding = up.matrix(schema.embed);
-      const norm = up.vector(schema.norm);
-      const head = schema.head.tied ? embedding : up.matrix(schema.head);
-      count(head);
-      const t = ropeTables(cfg, opts.contextLength);
-      const cos = up.buffer(t.cos);
-      const sin = up.buffer(t.sin);
-      const kernels = new Kernels(device, gpu.subgroups);
-      const info: EngineInfo = {
-        device: `WebGPU: ${gpu.adapter}${gpu.subgroups ? ', subgroups' : ''}`,
-        quant,
-        subgroups: gpu.subgroups,
-        weightBytes: up.bytes,
-        activeBytes: Math.round(active),
-      };
-      const engine = new GpuEngine(gpu, cfg, opts, kernels, layers, embedding, norm, head, cos, sin, info);
-      await engine.compile(schema);
-      return engine;
-    } finally {
-      ckpt.close();
     }
+    const maxBinding = Math.min(device.limits.maxStorageBufferBindingSize, opts.maxBindingBytes ?? Infinity);
+    const up = new Uploader(device, ckpt, quant, maxBinding, total, onProgress);
+    const mlp = (m: MlpSchema): Mlp => ({ gateUp: up.matrix(m.gateUp), down: up.matrix(m.down), inter: m.inter });
+    const row = cfg.kvLoraRank + cfg.qkRopeHeadDim;
+    const cacheBytes = opts.maxSequences * opts.contextLength * row * 4;
+    if (cacheBytes > device.limits.maxStorageBufferBindingSize) {
+      fail(`WebGPU backend: a layer's KV cache for ${opts.maxSequences} x ${opts.contextLength} tokens takes ${cacheBytes} bytes, more than this device binds (${device.limits.maxStorageBufferBindingSize}); load with a smaller context or fewer sequences`);
+    }
+    let active = 0;
+    const count = (m: GpuMatrix, share = 1) => {
+      active += m.bytes * share;
+      return m;
+    };
+    const layers: Layer[] = schema.blocks.map((b) => {
+      const a = b.attn;
+      const q = 'proj' in a.q ? { proj: count(up.matrix(a.q.proj)) } : { a: count(up.matrix(a.q.a)), aNorm: up.vector(a.q.aNorm), b: count(up.matrix(a.q.b)) };
+      const kvB = count(up.matrix(a.kvB));
+      if (kvB.pieces.length > 1) fail(`WebGPU backend: ${a.kvB.parts[0].name} is larger than this device binds at once`);
+      const layer = {
+        attnNorm: up.vector(b.attnNorm),
+        q,
+        kvA: count(up.matrix(a.kvA)),
+        kvANorm: up.vector(a.kvANorm),
+        kvB,
+        o: count(up.matrix(a.o)),
+        ffnNorm: up.vector(b.ffnNorm),
+        cache: device.createBuffer({ size: cacheBytes, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST }),
+      };
+      if ('mlp' in b.ffn) {
+        const m = mlp(b.ffn.mlp);
+        count(m.gateUp);
+        count(m.down);
+        return { ...layer, ffn: { mlp: m } };
+      }
+      const moe = b.ffn.moe;
+      const share = activeShare(cfg, moe.experts[0].gateUp);
+      const experts: Mlp = {
+        gateUp: count(up.stack(moe.experts.map((e) => e.gateUp)), share),
+        down: count(up.stack(moe.experts.map((e) => e.down)), share),
+        inter: moe.experts[0].inter,
+      };
+      const shared = moe.shared ? mlp(moe.shared) : null;
+      if (shared) {
+        count(shared.gateUp);
+        count(shared.down);
+      }
+      const bias = moe.bias && ckpt.has(moe.bias.parts[0].name) ? up.vector(moe.bias) : null;
+      return { ...layer, ffn: { router: count(up.matrix(moe.router)), bias, experts, shared } };
+    });
+    const embedding = up.matrix(schema.embed);
+    const norm = up.vector(schema.norm);
+    const head = schema.head.tied ? embedding : up.matrix(schema.head);
+    count(head);
+    const t = ropeTables(cfg, opts.contextLength);
+    const cos = up.buffer(t.cos);
+    const sin = up.buffer(t.sin);
+    const kernels = new Kernels(device, gpu.subgroups);
+    const info: EngineInfo = {
+      device: `WebGPU: ${gpu.adapter}${gpu.subgroups ? ', subgroups' : ''}`,
+      quant,
+      subgroups: gpu.subgroups,
+      weightBytes: up.bytes,
+      activeBytes: Math.round(active),
+    };
+    const engine = new GpuEngine(gpu, cfg, opts, kernels, layers, embedding, norm, head, cos, sin, info);
+    await engine.compile(schema);
+    return engine;
   }
 
   /** Compiles every pipeline before the first step, so a kernel that does not compile fails the load. */

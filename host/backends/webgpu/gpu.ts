@@ -25,8 +25,10 @@ async function instance(): Promise<GPU> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return nav.gpu;
   let mod: { create(flags: string[]): GPU };
+  // Named through a variable so that the browser bundle (tools/build-web.mjs) leaves Dawn's native module out.
+  const dawn = 'webgpu';
   try {
-    mod = (await import('webgpu')) as unknown as typeof mod;
+    mod = (await import(dawn)) as typeof mod;
   } catch (e) {
     fail(`WebGPU backend: this runtime has no navigator.gpu and the "webgpu" package (Dawn) did not load: ${(e as Error).message}`);
   }

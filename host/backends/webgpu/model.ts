@@ -3,14 +3,56 @@
 // package in Node or the runtime's navigator.gpu. The device runs in a worker thread (thread.ts): a
 // step is one message and one wait on shared memory, so forward() stays synchronous like the other
 // backends'.
-import { Worker } from 'node:worker_threads';
+import type { RandomAccessBytes } from '../../checkpoint/byte-source.js';
 import { openCheckpoint } from '../../checkpoint/checkpoint.js';
-import type { DeepSeekConfig } from '../../checkpoint/config.js';
+import { parseConfig, type DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
 import type { BatchEntry, LoadOptions, ModelBackend, Sequence } from '../../model/backend.js';
 import { SequencePool, poolShape } from '../../model/sequences.js';
 import type { EngineInfo, StepEntry } from './engine.js';
-import { ERROR_BYTES, type LoadMessage, type Request, type ThreadStart } from './protocol.js';
+import { ERROR_BYTES, READ_CHUNK, READ_HEADER, serveRead, type CheckpointSource, type LoadMessage, type Request, type Start } from './protocol.js';
+
+/** The device thread: thread.js beside this file under Node and Deno; in a browser bundle, webgpu-thread.js beside it (tools/build-web.mjs). */
+const NODE_THREAD_URL = new URL('./thread.js', import.meta.url);
+const WEB_THREAD_URL = new URL('./webgpu-thread.js', import.meta.url);
+
+/** The worker, whichever kind runs it. */
+interface DeviceThread {
+  post(m: Start | Request): void;
+  onMessage(fn: (m: LoadMessage) => void, onError: (e: Error) => void): void;
+  /** Lets the process exit while the thread lives (Node). */
+  unref(): void;
+  terminate(): Promise<void>;
+}
+
+async function startThread(): Promise<DeviceThread> {
+  const node = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string';
+  if (node) {
+    const { Worker } = await import('node:worker_threads');
+    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    const w = new Worker(NODE_THREAD_URL, { execArgv });
+    return {
+      post: (m) => w.postMessage(m),
+      onMessage(fn, onError) {
+        w.removeAllListeners('message');
+        w.on('message', fn);
+        w.once('error', onError);
+      },
+      unref: () => w.unref(),
+      terminate: async () => void (await w.terminate()),
+    };
+  }
+  const w = new Worker(WEB_THREAD_URL, { type: 'module' });
+  return {
+    post: (m) => w.postMessage(m),
+    onMessage(fn, onError) {
+      w.onmessage = (e: MessageEvent<LoadMessage>) => fn(e.data);
+      w.onerror = (e: ErrorEvent) => onError(new Error(e.message || 'the WebGPU device thread failed to start'));
+    },
+    unref: () => {},
+    terminate: async () => w.terminate(),
+  };
+}
 
 export interface WebGpuLoadOptions extends LoadOptions {
   /** false: the plain workgroup reductions even where the adapter has subgroups (tests of that path). */
@@ -22,6 +64,11 @@ export interface WebGpuLoadOptions extends LoadOptions {
 /** Reads a Hugging Face checkpoint folder onto a WebGPU device. */
 export function loadWebGpuModel(dir: string, opts: WebGpuLoadOptions = {}): Promise<WebGpuModel> {
   return WebGpuModel.load(dir, opts);
+}
+
+/** The checkpoint's files as bytes (the edge entry, a browser worker), read onto a WebGPU device. */
+export function webGpuModelFromSources(config: unknown, files: ReadonlyMap<string, RandomAccessBytes>, opts: WebGpuLoadOptions = {}): Promise<WebGpuModel> {
+  return WebGpuModel.fromSources(config, files, opts);
 }
 
 export class WebGpuModel implements ModelBackend {
@@ -36,40 +83,58 @@ export class WebGpuModel implements ModelBackend {
     readonly contextLength: number,
     readonly maxSequences: number,
     private readonly info: EngineInfo,
-    private readonly worker: Worker,
-    private readonly start: ThreadStart,
+    private readonly thread: DeviceThread,
+    private readonly started: Start,
   ) {
     this.pool = new SequencePool(config, contextLength, maxSequences);
-    this.ctl = new Int32Array(start.control);
+    this.ctl = new Int32Array(started.control);
   }
 
   static async load(dir: string, opts: WebGpuLoadOptions = {}): Promise<WebGpuModel> {
-    if (opts.memoryLimit !== undefined) fail('--memory-limit (memoryLimit) sizes the CPU backend\'s WebAssembly memories; leave it out with --backend webgpu');
     const ckpt = openCheckpoint(dir);
     const config = ckpt.config;
     ckpt.close();
+    return WebGpuModel.start(config, { dir }, [], opts);
+  }
+
+  static async fromSources(rawConfig: unknown, files: ReadonlyMap<string, RandomAccessBytes>, opts: WebGpuLoadOptions = {}): Promise<WebGpuModel> {
+    const config = parseConfig(rawConfig, 'config.json');
+    const names = [...files.keys()];
+    const bytes = new SharedArrayBuffer(READ_HEADER + READ_CHUNK);
+    const source = { config: rawConfig, files: names.map((name) => ({ name, size: files.get(name)!.size })), bytes };
+    return WebGpuModel.start(config, source, names.map((n) => files.get(n)!), opts);
+  }
+
+  /** Starts the device thread, serves its reads of `files` while it loads, and waits until it is ready. */
+  private static async start(config: DeepSeekConfig, source: CheckpointSource, files: RandomAccessBytes[], opts: WebGpuLoadOptions): Promise<WebGpuModel> {
+    if (opts.memoryLimit !== undefined) fail('--memory-limit (memoryLimit) sizes the CPU backend\'s WebAssembly memories; leave it out with --backend webgpu');
+    if (typeof SharedArrayBuffer === 'undefined' || typeof Atomics?.wait !== 'function') {
+      fail('WebGPU backend: needs SharedArrayBuffer and Atomics.wait (a browser page must be cross-origin isolated, COOP/COEP, and the model must run in a worker)');
+    }
     const pool = poolShape(config, opts);
-    const start: ThreadStart = {
-      dir,
+    const start: Start = {
+      op: 'start',
+      source,
       opts: { ...pool, quant: opts.quant, subgroups: opts.subgroups, maxBindingBytes: opts.maxBindingBytes },
       control: new SharedArrayBuffer(16),
       error: new SharedArrayBuffer(ERROR_BYTES),
     };
-    const worker = new Worker(new URL('./thread.js', import.meta.url), { workerData: start });
+    const thread = await startThread();
     const info = await new Promise<EngineInfo>((resolve, reject) => {
-      worker.on('error', reject);
-      worker.on('message', (m: LoadMessage) => {
+      thread.onMessage((m) => {
         if (m.op === 'progress') opts.onProgress?.(m.read, m.total);
+        else if (m.op === 'read' && 'bytes' in source) serveRead(files, source.bytes, m);
         else if (m.op === 'ready') resolve(m.info);
-        else reject(new Error(m.message));
-      });
+        else if (m.op === 'error') reject(new Error(m.message));
+      }, reject);
+      thread.post(start);
     }).catch(async (e: Error) => {
-      await worker.terminate();
+      await thread.terminate();
       fail(e.message);
     });
-    worker.removeAllListeners('message');
-    worker.unref();
-    return new WebGpuModel(config, pool.contextLength, pool.maxSequences, info, worker, start);
+    thread.onMessage(() => {}, () => {});
+    thread.unref();
+    return new WebGpuModel(config, pool.contextLength, pool.maxSequences, info, thread, start);
   }
 
   get quant(): string {
@@ -89,11 +154,11 @@ export class WebGpuModel implements ModelBackend {
   private call(req: Request): number {
     if (this.closed) fail('this WebGPU model was closed; load it again');
     Atomics.store(this.ctl, 0, 0);
-    this.worker.postMessage(req);
+    this.thread.post(req);
     Atomics.wait(this.ctl, 0, 0);
     if (Atomics.load(this.ctl, 1) !== 0) {
       const n = Atomics.load(this.ctl, 3);
-      fail(new TextDecoder().decode(new Uint8Array(this.start.error).slice(0, n)));
+      fail(new TextDecoder().decode(new Uint8Array(this.started.error).slice(0, n)));
     }
     return Atomics.load(this.ctl, 2);
   }
@@ -154,6 +219,6 @@ export class WebGpuModel implements ModelBackend {
     if (this.closed) return;
     this.call({ op: 'close' });
     this.closed = true;
-    await this.worker.terminate();
+    await this.thread.terminate();
   }
 }
