@@ -2,7 +2,8 @@
 // CPU Vulkan driver of Debian's chromium package. `deepwasm logits --backend webgpu` on every reference
 // fixture: every prompt logit within 2e-3 and the greedy ids equal; the plain reductions with weights
 // split into small buffers and prompts in several passes; q8 and q4; greedy on the device, batches,
-// fork and truncate; `run` prints the CPU's text; `bench` runs; clear errors. Without an adapter the
+// fork and truncate; `run` prints the CPU's text; `bench` runs; the same under `deno run` (Deno's own
+// navigator.gpu); clear errors. Without an adapter the
 // tests are skipped with one line, except under CI (CI=true), where that is a failure.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -13,6 +14,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { openSafetensors, readTensorInto } from '../host/checkpoint/safetensors.js';
 import { MAIN } from './cli-process.js';
+import { DENO_ENV, denoBinary } from './deno-bin.js';
 import { FIXTURES, MODEL_FIXTURES, maxAbsDiff, readExpected } from './helpers.js';
 import { webgpuAdapter, webgpuEnv } from './webgpu-env.js';
 
@@ -90,6 +92,17 @@ if (!adapter) {
     const r = library('sequences').sequences;
     assert.equal(r.greedy, r.expected);
     for (const k of ['batchDiff', 'halfDiff', 'resumedDiff', 'forkDiff', 'truncatedDiff']) assert.ok((r[k] as number) <= TOL, `${k}: ${r[k]}`);
+  });
+
+  test('webgpu: deepwasm logits --backend webgpu under deno run matches the reference (v2-lite-tiny)', () => {
+    const exp = readExpected(`${fixture('v2-lite-tiny')}/expected.safetensors`);
+    const out = join(work, 'deno.safetensors');
+    const args = ['run', '-A', MAIN, 'logits', '--backend', 'webgpu', '--model', fixture('v2-lite-tiny'), '--ids', Array.from(exp.inputIds).join(','), '--gen', String(exp.genIds.length), '--out', out];
+    const r = spawnSync(denoBinary(), args, { env: { ...DENO_ENV, ...webgpuEnv() }, encoding: 'utf8', timeout: 170_000 });
+    assert.is(r.status, 0, r.stderr);
+    assert.ok(maxAbsDiff(new Float32Array(tensor(out, 'logits')), exp.logits) <= TOL);
+    assert.ok(maxAbsDiff(new Float32Array(tensor(out, 'gen_logits')), exp.genLogits) <= TOL);
+    assert.equal(Array.from(new Int32Array(tensor(out, 'gen_ids'))), Array.from(exp.genIds));
   });
 
   test('webgpu: deepwasm run prints the CPU backend\'s greedy text with the embedded model', () => {
