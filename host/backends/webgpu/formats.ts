@@ -68,8 +68,14 @@ export function packRows(fmt: GpuFormat, src: Float32Array, rows: number, cols: 
         f[w] = d;
         for (let j = 0; j < n; j++) out[w + 1 + (j >> 2)] |= (nearest(Math.fround(src[s + k0 + j] * inv)) & 0xff) << ((j & 3) * 8);
       } else {
-        let m = 0;
-        for (let j = 0; j < n; j++) if (Math.abs(src[s + k0 + j]) > Math.abs(m)) m = src[s + k0 + j];
+        // The value of largest magnitude, the positive one on a tie (as the CPU's quantizer).
+        let hi = 0;
+        let lo = 0;
+        for (let j = 0; j < n; j++) {
+          hi = Math.max(hi, src[s + k0 + j]);
+          lo = Math.min(lo, src[s + k0 + j]);
+        }
+        const m = -lo > hi ? lo : hi;
         const d = Math.fround(m / -8);
         const inv = d === 0 ? 0 : Math.fround(1 / d);
         f[w] = d;
