@@ -77,11 +77,23 @@ export class Kernels {
   }
 }
 
-/** The ops of one command buffer. */
+/** A bind group made for the n-th dispatch of a step, with what it binds. */
+interface BoundGroup {
+  layout: GPUBindGroupLayout;
+  uniform: GPUBuffer;
+  buffers: GPUBuffer[];
+  group: GPUBindGroup;
+}
+
+/**
+ * The ops of one command buffer. Decode steps repeat the same dispatches with the same buffers, so the n-th
+ * dispatch's bind group is kept and reused while it binds the same buffers: a step creates none after the first.
+ */
 export class Recorder {
   private ops: Op[] = [];
   private uniform: GPUBuffer | null = null;
   private readonly slot: number;
+  private readonly groups: (BoundGroup | undefined)[] = [];
 
   constructor(private readonly device: GPUDevice) {
     this.slot = Math.max(256, device.limits.minUniformBufferOffsetAlignment);
@@ -122,22 +134,32 @@ export class Recorder {
         if (op.k.types[i] === 'f32') f32[base + i] = v;
         else u32[base + i] = v;
       });
-      const group = this.device.createBindGroup({
-        layout: op.k.layout,
-        entries: [
-          { binding: 0, resource: { buffer: this.uniform, offset: n * this.slot, size: Math.ceil(op.k.types.length / 4) * 16 } },
-          ...op.buffers.map((buffer, i) => ({ binding: i + 1, resource: { buffer } })),
-        ],
-      });
       pass ??= enc.beginComputePass();
       pass.setPipeline(op.k.pipeline);
-      pass.setBindGroup(0, group);
+      pass.setBindGroup(0, this.groupFor(n, op.k, op.buffers));
       pass.dispatchWorkgroups(...op.grid);
       n++;
     }
     pass?.end();
-    this.device.queue.writeBuffer(this.uniform, 0, data, 0, Math.max(1, n) * this.slot);
+    this.device.queue.writeBuffer(this.uniform!, 0, data, 0, Math.max(1, n) * this.slot);
     this.device.queue.submit([enc.finish()]);
     this.ops = [];
+  }
+
+  private groupFor(n: number, k: Compiled, buffers: GPUBuffer[]): GPUBindGroup {
+    const uniform = this.uniform!;
+    const have = this.groups[n];
+    if (have && have.layout === k.layout && have.uniform === uniform && have.buffers.length === buffers.length && have.buffers.every((b, i) => b === buffers[i])) {
+      return have.group;
+    }
+    const group = this.device.createBindGroup({
+      layout: k.layout,
+      entries: [
+        { binding: 0, resource: { buffer: uniform, offset: n * this.slot, size: Math.ceil(k.types.length / 4) * 16 } },
+        ...buffers.map((buffer, i) => ({ binding: i + 1, resource: { buffer } })),
+      ],
+    });
+    this.groups[n] = { layout: k.layout, uniform, buffers, group };
+    return group;
   }
 }
