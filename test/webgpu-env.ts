@@ -21,6 +21,9 @@ export function webgpuAdapter(): { adapter: string | null; why: string } {
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', PROBE], { env: webgpuEnv(), encoding: 'utf8', timeout: 60_000 });
   const adapter = r.status === 0 ? r.stdout.trim() : '';
   if (adapter) return { adapter, why: '' };
-  const why = fs.existsSync(ICD) ? (r.stderr.trim().split('\n')[0] ?? 'no adapter') : `no GPU adapter and no SwiftShader (${ICD}: apt-get install -y --no-install-recommends chromium)`;
+  const dawn = r.stderr.trim().split('\n')[0];
+  const why = fs.existsSync(ICD)
+    ? `no WebGPU adapter, even on SwiftShader${dawn ? ` (${dawn})` : ''}`
+    : `no WebGPU adapter and no SwiftShader (${ICD}: apt-get install -y --no-install-recommends chromium)`;
   return { adapter: null, why };
 }

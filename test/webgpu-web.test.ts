@@ -1,12 +1,13 @@
 // The browser demo on WebGPU: headless Debian chromium on SwiftShader (GUIDE.md §4's flags) loads the embedded
 // model from `deepwasm web` with ?backend=webgpu, and its greedy text equals the Node CLI's; the page says it runs
 // on WebGPU and which adapter. Without chromium the test is skipped with one line, except under CI (CI=true).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { startServer, stopServer } from './web-server.js';
 
 const MAIN = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 const CHROMIUM = process.env.DEEPWASM_CHROMIUM ?? '/usr/bin/chromium';
@@ -14,25 +15,6 @@ const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
 const PROMPT = 'Once upon a time';
 const TOKENS = 24;
 const WEBGPU_FLAGS = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader'];
-
-async function startServer(): Promise<{ url: string; proc: ChildProcess }> {
-  const proc = spawn(process.execPath, [MAIN, 'web', '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`deepwasm web printed no URL in 15 s: ${out}`)), 15_000);
-    const read = (d: Buffer): void => {
-      out += String(d);
-      const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[0]);
-      }
-    };
-    proc.stdout!.on('data', read);
-    proc.stderr!.on('data', read);
-  });
-  return { url, proc };
-}
 
 if (!existsSync(CHROMIUM)) {
   const missing = `${CHROMIUM} is missing, so the WebGPU page test cannot run; apt-get install -y --no-install-recommends chromium`;
@@ -43,7 +25,7 @@ if (!existsSync(CHROMIUM)) {
     const cli = spawnSync(process.execPath, [MAIN, 'run', '--prompt', PROMPT, '--max-tokens', String(TOKENS), '--temperature', '0', '--threads', '1'], { encoding: 'utf8', timeout: 120_000 });
     assert.is(cli.status, 0, cli.stderr);
     const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--no-first-run', '--disable-background-networking', ...WEBGPU_FLAGS] });
-    const { url, proc } = await startServer();
+    const { url, proc } = await startServer([]);
     try {
       const page = await browser.newPage();
       const errors: string[] = [];
@@ -66,7 +48,7 @@ if (!existsSync(CHROMIUM)) {
       assert.is(r.output, cli.stdout);
     } finally {
       await browser.close();
-      proc.kill('SIGTERM');
+      await stopServer(proc);
     }
   });
 }
