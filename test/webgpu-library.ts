@@ -19,15 +19,22 @@ async function referenceRun(name: string, opts: WebGpuLoadOptions) {
     const seq = m.createSequence();
     const prompt = m.forward([{ sequence: seq, tokens: exp.inputIds, logits: 'all' }])[0];
     const diffs = [maxAbsDiff(prompt, exp.logits)];
+    let sum = 0;
+    const add = (got: Float32Array, want: Float32Array) => {
+      for (let i = 0; i < got.length; i++) sum += Math.abs(got[i] - want[i]);
+    };
+    add(prompt, exp.logits);
     const ids = [argmax(prompt, (exp.inputIds.length - 1) * V, V)];
     let top1 = ids[0] === exp.genIds[0] ? 1 : 0;
     for (let k = 1; k < exp.genIds.length; k++) {
       const row = m.forward([{ sequence: seq, tokens: [exp.genIds[k - 1]] }])[0];
       diffs.push(maxAbsDiff(row, exp.genLogits.subarray(k * V, (k + 1) * V)));
+      add(row, exp.genLogits.subarray(k * V, (k + 1) * V));
       ids.push(argmax(row));
       if (ids[k] === exp.genIds[k]) top1++;
     }
-    return { device: m.device, maxDiff: Math.max(...diffs), ids, expected: Array.from(exp.genIds), top1: top1 / exp.genIds.length };
+    const values = (exp.inputIds.length + exp.genIds.length - 1) * V;
+    return { device: m.device, maxDiff: Math.max(...diffs), meanDiff: sum / values, ids, expected: Array.from(exp.genIds), top1: top1 / exp.genIds.length };
   } finally {
     await m.close();
   }
@@ -42,7 +49,7 @@ const checks: Record<string, () => Promise<void>> = {
   async quantized() {
     for (const quant of ['q8', 'q4'] as const) {
       const r = await referenceRun('v3-tiny', { quant });
-      report(`quant-${quant}`, { maxDiff: r.maxDiff, top1: r.top1 });
+      report(`quant-${quant}`, { maxDiff: r.maxDiff, meanDiff: r.meanDiff, top1: r.top1 });
     }
   },
   // Greedy on the device (four bytes back), two sequences in one batch, fork and truncate, against one alone.
