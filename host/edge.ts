@@ -82,16 +82,24 @@ async function compileWasm(source: ByteSource): Promise<WebAssembly.Module> {
 
 /**
  * Loads a model from bytes for text generation (the same TextModel as loadModel), on this thread alone by default
- * (`threads`: 1) or with a pool of threads - 1 workers. Errors are DeepWasmErrors naming the file and what was wrong.
+ * (`threads`: 1) or with a pool of threads - 1 workers; `backend: 'webgpu'` runs it on navigator.gpu instead (the
+ * device in a worker started from webgpu-thread.js beside the bundle; needs SharedArrayBuffer). Errors are DeepWasmErrors naming the file and what was wrong.
  */
-export async function loadModelFromBuffers(sources: BufferModelSources, opts: Omit<LoadOptions, 'simd' | 'wasm' | 'backend' | 'cudaLibrary'> = {}): Promise<TextModel> {
+export async function loadModelFromBuffers(
+  sources: BufferModelSources,
+  opts: Omit<LoadOptions, 'simd' | 'wasm' | 'backend' | 'cudaLibrary'> & { backend?: 'cpu' | 'webgpu' } = {},
+): Promise<TextModel> {
   const tokenizer = Tokenizer.fromJSON(sources.tokenizer, sources.tokenizerConfig);
   const config = parseConfig(sources.config, 'config.json');
   const names = Object.keys(sources.weights ?? {});
   if (names.length === 0) fail('weights: give at least one safetensors file, e.g. { "model.safetensors": bytes }');
-  const wasm = sources.wasm instanceof WebAssembly.Module ? sources.wasm : await compileWasm(sources.wasm);
   const files = new Map<string, RandomAccessBytes>();
   for (const name of names) files.set(name, await bytesOf(name, sources.weights[name]));
+  if (opts.backend === 'webgpu') {
+    const { webGpuModelFromSources } = await import('./backends/webgpu/model.js');
+    return TextModel.assemble('(in memory)', tokenizer, config, () => webGpuModelFromSources(sources.config, files, opts));
+  }
+  const wasm = sources.wasm instanceof WebAssembly.Module ? sources.wasm : await compileWasm(sources.wasm);
   const ckpt = checkpointFromSources('(in memory)', config, files);
   return TextModel.assemble('(in memory)', tokenizer, config, () => Model.fromCheckpoint(ckpt, { ...opts, threads: opts.threads ?? 1, wasm }));
 }

@@ -25,7 +25,7 @@ test('run: --backend cpu prints the default greedy text', () => {
 test('--backend with an unknown name is one line', () => {
   const bad = cli(['run', '--prompt', 'x', '--backend', 'tpu']);
   assert.is(bad.status, 1);
-  assert.is(bad.stderr, 'error: --backend is "tpu": expected one of cpu, cuda\n');
+  assert.is(bad.stderr, 'error: --backend is "tpu": expected one of cpu, cuda, webgpu\n');
 });
 
 test('--memory-limit with --backend cuda is one line: it sizes WebAssembly memories', () => {

@@ -6,7 +6,7 @@
 // to a temp folder.
 // Without chromium the tests are skipped with one line saying how to install it, except under CI (CI=true), where
 // that is a failure: CI must run them (.ci/run installs chromium).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DEFAULT_MODEL_DIR } from '../host/index.js';
+import { startServer, stopServer } from './web-server.js';
 
 const MAIN = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 const WASM = fileURLToPath(new URL('../../build/deepwasm.wasm', import.meta.url));
@@ -29,38 +30,6 @@ function cliText(): string {
   const r = spawnSync(process.execPath, [MAIN, 'run', '--prompt', PROMPT, '--max-tokens', '24', '--temperature', '0', '--threads', '1'], { encoding: 'utf8', timeout: 120_000 });
   assert.is(r.status, 0, `node CLI: exit code (stderr: ${r.stderr})`);
   return r.stdout;
-}
-
-/** `deepwasm web --port 0` (a free port on 127.0.0.1) and the URL it prints, within 15 s. */
-async function startServer(extra: string[]): Promise<{ url: string; proc: ChildProcess }> {
-  const proc = spawn(process.execPath, [MAIN, 'web', '--port', '0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`deepwasm web printed no URL in 15 s: ${out}`)), 15_000);
-    const read = (d: Buffer): void => {
-      out += String(d);
-      const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[0]);
-      }
-    };
-    proc.stdout!.on('data', read);
-    proc.stderr!.on('data', read);
-    proc.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`deepwasm web exited with ${code}: ${out}`));
-    });
-  });
-  return { url, proc };
-}
-
-async function stopServer(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null) return;
-  const exited = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
-  if (proc.exitCode === null) proc.kill('SIGKILL');
 }
 
 async function launch(): Promise<Browser> {

@@ -1,6 +1,7 @@
 // Bundles the browser demo (web/) into dist/web/: the page script, the worker that owns the model (host/edge.ts),
 // the pool thread it starts when cross-origin isolated (host/runtime/web-worker.ts, as web-worker.js next to
-// worker.js, where host/runtime/runtime.ts looks for it) and index.html. node: builtins are imported by shared host modules; on the edge path only node:path's
+// worker.js, where host/runtime/runtime.ts looks for it), the WebGPU device thread (host/backends/webgpu/thread.ts,
+// as webgpu-thread.js, where host/backends/webgpu/model.ts looks for it) and index.html. node: builtins are imported by shared host modules; on the edge path only node:path's
 // basename and join are called (to name files in messages), so node:path gets a small POSIX stand-in and the others
 // resolve to empty modules.
 import { build } from 'esbuild';
@@ -29,7 +30,12 @@ const emptyNodeBuiltins = {
 };
 
 await build({
-  entryPoints: { main: join(root, 'web/main.js'), worker: join(root, 'web/worker.js'), 'web-worker': join(root, 'host/runtime/web-worker.ts') },
+  entryPoints: {
+    main: join(root, 'web/main.js'),
+    worker: join(root, 'web/worker.js'),
+    'web-worker': join(root, 'host/runtime/web-worker.ts'),
+    'webgpu-thread': join(root, 'host/backends/webgpu/thread.ts'),
+  },
   outdir: out,
   bundle: true,
   format: 'esm',

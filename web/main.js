@@ -1,6 +1,6 @@
 // The page: it only talks to the worker (worker.js), which owns the model, so the page never blocks.
-// Automation: /?prompt=...&max_tokens=N&temperature=T loads the served model (or ?model=URL) and runs one plain-text
-// generation; then document.body.dataset.state is "done" and #output holds exactly the generated text ("error" and a
+// Automation: /?prompt=...&max_tokens=N&temperature=T loads the served model (or ?model=URL; on ?backend=webgpu|cpu) and
+// runs one plain-text generation; then document.body.dataset.state is "done" and #output holds exactly the generated text ("error" and a
 // message on failure).
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -9,6 +9,25 @@ const history = [];
 let busy = false;
 let pending = null;
 const MiB = 1048576;
+
+// The backend: ?backend=webgpu|cpu or the selector; by default WebGPU when the browser gives an adapter and the page
+// is cross-origin isolated (the WebGPU backend's worker waits on shared memory), else the WebAssembly CPU core.
+const webgpu = (async () => {
+  if (!navigator.gpu) return { ok: false, why: 'this browser has no navigator.gpu' };
+  if (!isolatedPage()) return { ok: false, why: 'WebGPU needs a cross-origin isolated page (COOP/COEP)' };
+  const adapter = await navigator.gpu.requestAdapter().catch(() => null);
+  if (!adapter) return { ok: false, why: 'navigator.gpu gives no adapter' };
+  const i = adapter.info ?? {};
+  return { ok: true, adapter: [i.vendor, i.architecture, i.description].filter(Boolean).join(' ') || 'an adapter' };
+})();
+function isolatedPage() {
+  return globalThis.crossOriginIsolated === true;
+}
+webgpu.then((g) => {
+  const chosen = params.get('backend') ?? (g.ok ? 'webgpu' : 'cpu');
+  $('backend').value = chosen;
+  $('backendNote').textContent = g.ok ? `WebGPU adapter: ${g.adapter}` : `WebGPU unavailable: ${g.why}`;
+});
 
 // What `deepwasm web` says of the model it serves (its folder's name, --memory-limit); {} from any other server.
 const info = fetch('./info.json')
@@ -54,8 +73,8 @@ function modelName(base, i) {
 }
 
 /** The load request, with the server's --memory-limit. */
-function loadRequest(base, i) {
-  const msg = { type: 'load', base, wasmUrl: new URL('./wasm/deepwasm.wasm', location.href).href };
+function loadRequest(base, i, backend) {
+  const msg = { type: 'load', base, backend, wasmUrl: new URL('./wasm/deepwasm.wasm', location.href).href };
   if (i.memoryLimitMiB !== undefined) msg.memoryLimit = Math.round(i.memoryLimitMiB * MiB);
   return msg;
 }
@@ -87,7 +106,10 @@ worker.onmessage = (e) => {
   } else if (m.type === 'loaded') {
     $('progress').value = 1;
     $('bytes').textContent = `${mb(m.bytes)} (100%) · ` + (m.cached ? `${m.fromCache} of ${m.files} files from the browser cache` : 'not cached: no origin private file system here');
-    showThreads(m.threads);
+    if (m.backend === 'webgpu') $('isolation').textContent = `backend: WebGPU · ${m.device}`;
+    else showThreads(m.threads);
+    document.body.dataset.backend = m.backend;
+    $('backendNote').textContent = `running on ${m.device}`;
     pending?.resolve(m);
   } else if (m.type === 'token') {
     onPiece(m);
@@ -128,7 +150,8 @@ async function load() {
   try {
     const base = modelBase();
     const i = await info;
-    const m = await request(loadRequest(base, i));
+    await webgpu;
+    const m = await request(loadRequest(base, i, $('backend').value));
     $('model').textContent = `model: ${modelName(base, i)}`;
     showMemories(m.memories);
     setState('ready', `loaded in ${(m.ms / 1000).toFixed(1)} s`);

@@ -1,7 +1,8 @@
 // The worker that owns the model: it downloads the model files into the origin private file system (or takes them
 // from it, model-store.js), loads them with host/edge.ts (no filesystem API; each tensor is read from its file
 // straight into wasm memory, so no file is ever held whole here) and generates, posting progress, text pieces and results to the page,
-// which never blocks. Cross-origin isolated, the kernels run on a pool of threads (this worker plus nested Web Workers running
+// which never blocks. With backend 'webgpu' the model runs on navigator.gpu, its device in a nested worker
+// (webgpu-thread.js) that this worker waits on. Otherwise, cross-origin isolated, the kernels run on a pool of threads (this worker plus nested Web Workers running
 // web-worker.js over one shared memory; this worker may block in Atomics.wait, the page may not); otherwise on one.
 import { loadModelFromBuffers } from '../host/edge.ts';
 import { fileName, lengthOf, openModelStore, tagOf } from './model-store.js';
@@ -123,7 +124,7 @@ async function filesOf(urls) {
 /** The store's files hold read locks until closed, and the model has read everything it needs once loaded. */
 const closeAll = (files) => files.forEach((f) => f?.close?.());
 
-async function load({ base, wasmUrl, memoryLimit }) {
+async function load({ base, wasmUrl, memoryLimit, backend }) {
   if (!base.endsWith('/')) base += '/';
   const text = async (name, optional) => {
     const res = await get(base + name);
@@ -150,6 +151,7 @@ async function load({ base, wasmUrl, memoryLimit }) {
   await previous?.close();
   const progress = throttled(post);
   const opts = {
+    backend,
     threads: threadCount(),
     onProgress: (loaded, total) => progress({ type: 'progress', phase: 'weights', loaded, total }, loaded === total),
     ...(memoryLimit !== undefined && { memoryLimit }),
@@ -169,6 +171,8 @@ async function load({ base, wasmUrl, memoryLimit }) {
     files: urls.length,
     chatTemplate: !!tokenizerConfig?.chat_template,
     threads: model.model.threads,
+    backend: model.model.backend,
+    device: model.model.device,
     isolated: globalThis.crossOriginIsolated === true,
     memories: model.model.memories?.map(({ bytes, units }) => ({ bytes, units })),
   });

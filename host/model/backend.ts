@@ -7,8 +7,8 @@ import type { DeepSeekConfig } from '../checkpoint/config.js';
 import type { SimdChoice } from '../runtime/features.js';
 import type { QuantName } from './weights.js';
 
-export type BackendName = 'cpu' | 'cuda';
-export const BACKEND_NAMES: readonly BackendName[] = ['cpu', 'cuda'];
+export type BackendName = 'cpu' | 'cuda' | 'webgpu';
+export const BACKEND_NAMES: readonly BackendName[] = ['cpu', 'cuda', 'webgpu'];
 
 /** A sequence of tokens with its KV cache in one slot of its backend's pool; made by the backend. */
 export interface Sequence {

@@ -25,7 +25,7 @@ export const BACKEND_FLAG: FlagSpec = {
   name: 'backend',
   kind: 'string',
   value: BACKEND_NAMES.join('|'),
-  help: 'where to run: the WebAssembly CPU core (default) or an NVIDIA GPU (needs npm run build:gpu)',
+  help: 'where to run: the WebAssembly CPU core (default), an NVIDIA GPU (needs npm run build:gpu) or a WebGPU device (Dawn in Node)',
 };
 export const MEMORY_LIMIT_FLAG: FlagSpec = {
   name: 'memory-limit',

@@ -69,7 +69,7 @@ export interface WebServerOptions {
   port: number;
 }
 
-/** The demo's HTTP server: /, /main.js, /worker.js, /web-worker.js from `web`; /wasm/*.wasm; /model/<file>; /info.json. GET and HEAD only. */
+/** The demo's HTTP server: /, /main.js, /worker.js, /web-worker.js, /webgpu-thread.js from `web`; /wasm/*.wasm; /model/<file>; /info.json. GET and HEAD only. */
 export async function serveWeb(o: WebServerOptions) {
   const server = createServer((req, res) => handle(o, req, res));
   await new Promise<void>((ok, no) => {
@@ -109,7 +109,7 @@ function handle(o: WebServerOptions, req: IncomingMessage, res: ServerResponse):
     return /^[\w.-]+$/.test(rest) && !rest.startsWith('.') ? rest : undefined;
   };
   if (path === '/' || path === '/index.html') file = join(o.web, 'index.html');
-  else if (path === '/main.js' || path === '/worker.js' || path === '/web-worker.js') file = join(o.web, path.slice(1));
+  else if (['/main.js', '/worker.js', '/web-worker.js', '/webgpu-thread.js'].includes(path)) file = join(o.web, path.slice(1));
   else if (path.startsWith('/wasm/') && name('/wasm/')?.endsWith('.wasm')) file = join(o.wasm, name('/wasm/')!);
   else if (path.startsWith('/model/') && name('/model/')) file = join(o.model, name('/model/')!);
   const stat = file && existsSync(file) ? statSync(file) : undefined;
