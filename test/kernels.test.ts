@@ -488,6 +488,33 @@ test('read_probe: adds the i32 words it reads (wrapping) to out, whichever threa
   }
 });
 
+test('dot_peak: the sum of its 128 multiply-adds a round, as the plain and relaxed tiles form them', async () => {
+  // Round i's weight vectors are n + i and n + 1 + i (int8), the four tokens' activations (n >> 3..6) & 63.
+  const model = (n: number, relaxed: boolean): number => {
+    const i8 = (v: number) => (v << 24) >> 24;
+    const xs = [3, 4, 5, 6].map((s) => (n >> s) & 63);
+    let sum = 0;
+    for (let i = 1; i <= n; i++) {
+      for (const w of [i8(n + i), i8(n + 1 + i)]) {
+        for (let k = 0; k < 4; k++) {
+          // relaxed: 16 lanes of x * |w|; plain: 8 lanes of (256 w)(257 x) for the even half and for the odd half.
+          if (relaxed) sum = (sum + 16 * xs[k] * Math.abs(w)) | 0;
+          else sum = (sum + Math.imul(2048 * w, 257 * xs[k]) + Math.imul(2048 * w, 257 * xs[(k + 1) % 4])) | 0;
+        }
+      }
+    }
+    return sum;
+  };
+  for (const simd of rt.simd === 'relaxed' ? (['plain', 'relaxed'] as const) : (['plain'] as const)) {
+    const r = await Runtime.create(1, { simd });
+    try {
+      for (const n of [1, 7, 40]) assert.is(r.kernels.dot_peak(n), model(n, simd === 'relaxed'), `${simd}, ${n} rounds`);
+    } finally {
+      await r.close();
+    }
+  }
+});
+
 const METHOD_CODE = { greedy: ROUTE_GREEDY, group_limited_greedy: ROUTE_GROUP_LIMITED_GREEDY, noaux_tc: ROUTE_NOAUX_TC };
 
 test('route: greedy, group_limited_greedy and noaux_tc; softmax and sigmoid; bias, normalize, scale', () => {

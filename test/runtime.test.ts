@@ -20,7 +20,7 @@ const GiB = 1 << 30;
 const EXPORTED_FUNCTIONS = [
   'heap_base', 'pool_init', 'pool_stop', 'worker_loop',
   'matmul', 'matmul_grouped', 'grouped_entries', 'moe_group', 'rmsnorm', 'rope', 'softmax', 'silu_mul', 'add', 'scale', 'embed',
-  'gather_rows', 'scatter_add', 'copy_rows', 'route', 'mla_attention', 'mla_scratch_floats', 'read_probe',
+  'gather_rows', 'scatter_add', 'copy_rows', 'route', 'mla_attention', 'mla_scratch_floats', 'read_probe', 'dot_peak',
   'weight_bytes', 'quant_scratch_bytes', 'set_scratch', 'quantize_rows', 'q_pack', 'q_unpack', 'fp8_pack', 'relaxed_simd',
 ].sort();
 
