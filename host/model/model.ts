@@ -199,9 +199,9 @@ export class Model implements ModelBackend {
 
   /** A new sequence with a copy of this one's cached latents (rows [0, position) of every layer). */
   fork(sequence: Sequence): Sequence {
-    const { from, to } = this.sequences.fork(sequence);
-    this.blocks.forEach((b, i) => b.place.rt.copyTo(this.caches[i][from.slot], b.place.rt, this.caches[i][to.slot], from.position * this.rowBytes));
-    return to;
+    return this.sequences.fork(sequence, (from, to) =>
+      this.blocks.forEach((b, i) => b.place.rt.copyTo(this.caches[i][from.slot], b.place.rt, this.caches[i][to.slot], from.position * this.rowBytes)),
+    );
   }
 
   /**

@@ -60,12 +60,21 @@ export class SequencePool {
     return s;
   }
 
-  /** A new slot holding as many tokens as `sequence`: the backend copies the cache rows from `from` to `to`. */
-  fork(sequence: Sequence): { from: Slot; to: Slot } {
+  /**
+   * A new slot holding as many tokens as `sequence`, its cache rows copied by `copy` (the backend's own
+   * memory move); a copy that throws leaves no slot taken.
+   */
+  fork(sequence: Sequence, copy: (from: Slot, to: Slot) => void): Slot {
     const from = this.own(sequence);
     const to = this.create() as Slot;
     to.position = from.position;
-    return { from, to };
+    try {
+      copy(from, to);
+    } catch (e) {
+      this.free(to);
+      throw e;
+    }
+    return to;
   }
 
   free(sequence: Sequence): void {

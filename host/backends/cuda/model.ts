@@ -218,14 +218,7 @@ export class CudaModel implements ModelBackend {
   }
 
   fork(sequence: Sequence): Sequence {
-    const { from, to } = this.pool.fork(sequence);
-    try {
-      this.check(this.lib.seqCopy(this.h, to.slot, from.slot, from.position), 'fork');
-    } catch (e) {
-      this.pool.free(to);
-      throw e;
-    }
-    return to;
+    return this.pool.fork(sequence, (from, to) => this.check(this.lib.seqCopy(this.h, to.slot, from.slot, from.position), 'fork'));
   }
 
   free(sequence: Sequence): void {

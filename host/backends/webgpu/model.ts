@@ -201,14 +201,7 @@ export class WebGpuModel implements ModelBackend {
   }
 
   fork(sequence: Sequence): Sequence {
-    const { from, to } = this.pool.fork(sequence);
-    try {
-      this.call({ op: 'fork', from: from.slot, to: to.slot, positions: from.position });
-    } catch (e) {
-      this.pool.free(to);
-      throw e;
-    }
-    return to;
+    return this.pool.fork(sequence, (from, to) => void this.call({ op: 'fork', from: from.slot, to: to.slot, positions: from.position }));
   }
 
   free(sequence: Sequence): void {
