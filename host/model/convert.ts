@@ -7,7 +7,7 @@ import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { readTensorInto, safetensorsHeader, type TensorEntry } from '../checkpoint/safetensors.js';
 import { planShards, shardName } from '../checkpoint/shards.js';
 import type { DType } from '../checkpoint/dtypes.js';
-import { modelSchema, schemaWeights, type Weight } from './schema.js';
+import { modelSchema, schemaWeights, weightPart, type Weight } from './schema.js';
 import { SCALE_SUFFIX, WeightReader } from './weights.js';
 import { FMT_F32, FMT_Q4, FMT_Q8, QUANT_GROUP } from '../runtime/constants.js';
 import { Runtime } from '../runtime/runtime.js';
@@ -57,7 +57,7 @@ function tensorWeights(ckpt: Checkpoint): Map<string, Weight> {
   const schema = modelSchema(ckpt.config, { hasLmHead: ckpt.has('lm_head.weight') });
   // A tied head is the embedding's tensor, which stays float.
   for (const w of schemaWeights(schema, { mtp: true })) {
-    if (!w.tied) for (const p of w.parts) weights.set(p.name, { ...w, parts: [p], shape: p.shape });
+    if (!w.tied) w.parts.forEach((p, i) => weights.set(p.name, weightPart(w, i)));
   }
   return weights;
 }

@@ -13,7 +13,7 @@ import {
   type GgmlType, type GgufTensorInfo, type GgufValue,
 } from '../checkpoint/gguf.js';
 import { loadTokenizer } from '../tokenizer/load.js';
-import { modelSchema, type MlpSchema, type Weight } from './schema.js';
+import { modelSchema, weightPart, type MlpSchema, type Weight } from './schema.js';
 import { WeightReader } from './weights.js';
 import { FMT_F32 } from '../runtime/constants.js';
 import { Runtime } from '../runtime/runtime.js';
@@ -80,10 +80,10 @@ function readF32(reader: WeightReader, w: Weight): { ptr: number; rows: number; 
   return m;
 }
 
-/** Rows [r0, r0 + n) of a weight. */
-const rowsOf = (w: Weight, r0: number, n: number): Source => (reader, rt, emit) => {
+/** A matrix's values; gate and up are read as their own tensors (weightPart), so neither reads the other's. */
+const valuesOf = (w: Weight): Source => (reader, rt, emit) => {
   const m = readF32(reader, w);
-  emit(rt.f32(m.ptr + r0 * m.cols * 4, n * m.cols));
+  emit(rt.f32(m.ptr, m.rows * m.cols));
 };
 
 const vectorOf = (w: Weight): Source => (reader, rt, emit) => emit(rt.f32(reader.vector(w), w.shape[0]));
@@ -93,15 +93,15 @@ function planTensors(ckpt: Checkpoint, type: GgmlType): Planned[] {
   const cfg = ckpt.config;
   const s = modelSchema(cfg, { hasLmHead: ckpt.has('lm_head.weight') });
   const plan: Planned[] = [];
-  const matrix = (name: string, w: Weight, r0 = 0, rows = w.shape[0], t: GgmlType = type): void => {
-    plan.push({ info: { name, ne: [w.shape[1], rows], type: t }, source: rowsOf(w, r0, rows) });
+  const matrix = (name: string, w: Weight, t: GgmlType = type): void => {
+    plan.push({ info: { name, ne: [w.shape[1], w.shape[0]], type: t }, source: valuesOf(w) });
   };
   const vector = (name: string, w: Weight): void => {
     plan.push({ info: { name, ne: [w.shape[0]], type: GGML_F32 }, source: vectorOf(w) });
   };
   const gateUp = (prefix: string, suffix: string, mlp: MlpSchema): void => {
-    matrix(`${prefix}.ffn_gate${suffix}.weight`, mlp.gateUp, 0, mlp.inter);
-    matrix(`${prefix}.ffn_up${suffix}.weight`, mlp.gateUp, mlp.inter, mlp.inter);
+    matrix(`${prefix}.ffn_gate${suffix}.weight`, weightPart(mlp.gateUp, 0));
+    matrix(`${prefix}.ffn_up${suffix}.weight`, weightPart(mlp.gateUp, 1));
     matrix(`${prefix}.ffn_down${suffix}.weight`, mlp.down);
   };
 
@@ -125,7 +125,7 @@ function planTensors(ckpt: Checkpoint, type: GgmlType): Planned[] {
     else {
       const moe = b.ffn.moe;
       // The router's logits stay float32 in llama.cpp too.
-      matrix(`${p}.ffn_gate_inp.weight`, moe.router, 0, moe.router.shape[0], GGML_F32);
+      matrix(`${p}.ffn_gate_inp.weight`, moe.router, GGML_F32);
       if (moe.bias && ckpt.has(moe.bias.parts[0].name)) plan.push({ info: { name: `${p}.exp_probs_b.bias`, ne: [moe.bias.shape[0]], type: GGML_F32 }, source: vectorOf(moe.bias) });
       plan.push(...expertStacks(p, moe.experts, type));
       if (moe.shared) gateUp(p, '_shexp', moe.shared);
@@ -152,9 +152,9 @@ function expertStacks(p: string, experts: readonly MlpSchema[], type: GgmlType):
     },
   });
   return [
-    stack('ffn_gate_exps', [hidden, inter, experts.length], (e) => rowsOf(e.gateUp, 0, inter)),
-    stack('ffn_up_exps', [hidden, inter, experts.length], (e) => rowsOf(e.gateUp, inter, inter)),
-    stack('ffn_down_exps', [inter, hidden, experts.length], (e) => rowsOf(e.down, 0, hidden)),
+    stack('ffn_gate_exps', [hidden, inter, experts.length], (e) => valuesOf(weightPart(e.gateUp, 0))),
+    stack('ffn_up_exps', [hidden, inter, experts.length], (e) => valuesOf(weightPart(e.gateUp, 1))),
+    stack('ffn_down_exps', [inter, hidden, experts.length], (e) => valuesOf(e.down)),
   ];
 }
 

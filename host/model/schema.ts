@@ -214,6 +214,12 @@ function vector(role: number, layer: number, name: string, n: number, why: strin
   return { role, layer, expert: 0, kind: 'vector', parts: [{ name, shape: [n], why }], shape: [n] };
 }
 
+/** Part i of a weight stacked from several tensors (gate and up) as a weight of its own: one checkpoint tensor. */
+export function weightPart(w: Weight, i: number): Weight {
+  const p = w.parts[i];
+  return { ...w, parts: [p], shape: p.shape };
+}
+
 /** A block's weights in checkpoint order. */
 export function blockWeights(b: BlockSchema): Weight[] {
   const a = b.attn;
