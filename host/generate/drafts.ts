@@ -4,7 +4,7 @@
 import { fail } from '../errors.js';
 import type { ModelBackend, MtpHead, Sequence } from '../model/backend.js';
 import type { SamplingSettings } from './options.js';
-import { Sampler, argmax } from './sampler.js';
+import { Sampler, argmax, drawFrom } from './sampler.js';
 import { mulberry32 } from './rng.js';
 
 export interface Proposal {
@@ -46,15 +46,7 @@ class DraftPicker {
       return id;
     }
     const q = this.sampler.probabilities(logits.slice());
-    const target = this.random();
-    let cum = 0;
-    let id = 0;
-    for (let i = 0; i < q.length; i++) {
-      if (q[i] === 0) continue;
-      cum += q[i];
-      id = i;
-      if (target < cum) break;
-    }
+    const id = drawFrom(q, this.random());
     out.tokens.push(id);
     out.q.push(q);
     return id;

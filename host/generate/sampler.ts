@@ -81,16 +81,7 @@ export class Sampler {
     this.penalize(logits);
     if (this.settings.temperature === 0) return argmax(logits);
     // Scaling the draw instead of the probabilities saves a pass over the vocabulary.
-    const target = this.random() * this.filter(logits);
-    let cum = 0;
-    let last = 0;
-    for (let i = 0; i < logits.length; i++) {
-      if (logits[i] === 0) continue;
-      cum += logits[i];
-      last = i;
-      if (target < cum) return i;
-    }
-    return last;
+    return drawFrom(logits, this.random() * this.filter(logits));
   }
 
   /** Temperature, top-k, softmax, top-p and min-p; leaves unnormalized probabilities and returns their sum. */
@@ -205,4 +196,20 @@ function selectBest(ids: Uint32Array, n: number, k: number, x: Float32Array): vo
     if (j < target) lo = i;
     if (target < i) hi = j;
   }
+}
+
+/**
+ * The index a draw lands on in weights that need not sum to 1: the first i whose running sum passes `target`
+ * (a draw in [0, sum)), or the last nonzero weight when rounding leaves the target past the end.
+ */
+export function drawFrom(weights: ArrayLike<number>, target: number): number {
+  let cum = 0;
+  let last = 0;
+  for (let i = 0; i < weights.length; i++) {
+    if (weights[i] === 0) continue;
+    cum += weights[i];
+    last = i;
+    if (target < cum) return i;
+  }
+  return last;
 }

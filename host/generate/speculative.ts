@@ -7,7 +7,7 @@ import type { ModelBackend, Sequence } from '../model/backend.js';
 import type { Draft, Proposal } from './drafts.js';
 import type { SamplingSettings } from './options.js';
 import { mulberry32 } from './rng.js';
-import type { Sampler } from './sampler.js';
+import { drawFrom, type Sampler } from './sampler.js';
 
 /** How often the model kept each draft position. */
 export interface DraftStats {
@@ -104,16 +104,7 @@ export class Speculation {
       p[i] = r;
       total += r;
     }
-    const target = this.random() * total;
-    let cum = 0;
-    let last = 0;
-    for (let i = 0; i < p.length; i++) {
-      if (p[i] === 0) continue;
-      cum += p[i];
-      last = i;
-      if (target < cum) return i;
-    }
-    return last;
+    return drawFrom(p, this.random() * total);
   }
 
   free(): void {
