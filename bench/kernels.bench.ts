@@ -17,6 +17,7 @@ import { writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Bench } from 'tinybench';
 import { fp8e4m3ToF32 } from '../host/checkpoint/dtypes.js';
+import { DOT_PEAK_MACS } from '../host/runtime/constants.js';
 import * as K from '../host/runtime/kernels.js';
 import { Runtime } from '../host/runtime/runtime.js';
 
@@ -204,7 +205,7 @@ for (const threads of threadCounts) {
     // The q8 prefill tile's arithmetic with nothing waiting for memory: a q8 prefill row's GFLOP/s over threads x this is how
     // close the kernel comes to what 128-bit SIMD allows here.
     const rounds = 1 << 20;
-    cases.push({ name: 'q8 prefill tile arithmetic ceiling, one core (dot_peak, registers)', threads: 1, bytes: 0, flops: 2 * 128 * rounds, bound: 'compute', fn: () => void rt.kernels.dot_peak(rounds) });
+    cases.push({ name: 'q8 prefill tile arithmetic ceiling, one core (dot_peak, registers)', threads: 1, bytes: 0, flops: 2 * DOT_PEAK_MACS * rounds, bound: 'compute', fn: () => void rt.kernels.dot_peak(rounds) });
     const buf = Buffer.from(rt.memory.buffer, probe, PROBE_BYTES);
     cases.push({ name: 'Buffer.indexOf 1 GiB (native memchr)', threads: 1, bytes: PROBE_BYTES, flops: 0, bound: 'memory', fn: () => void (sink ^= buf.indexOf(0xaa)) });
   }

@@ -53,7 +53,7 @@ export function readProbeTask(begin: i32, end: i32): void {
  * (changed by one add each where the kernel loads them) meet four tokens' activations as q8.ts's 4-token tile
  * meets them: plain widens each weight vector once (shl, and) for two i32x4.dot_i16x8_s per token; relaxed takes
  * |w| once for one i32x4.relaxed_dot_i8x16_i7x16_add_s per token (the sign rides on the activations). Values
- * stay in registers, so nothing waits for memory. 128 multiply-adds per round; returns a sum of every
+ * stay in registers, so nothing waits for memory. DOT_PEAK_MACS (128) multiply-adds per round; returns a sum of every
  * accumulator so that none is left out.
  */
 export function dot_peak(iterations: i32): i32 {

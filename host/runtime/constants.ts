@@ -82,3 +82,5 @@ export const BOARD_EXTRA_BYTES = 64;
 export const MAX_THREADS = 256;
 /** Bytes per matrix of a matrix table (grouped_entries): i32 [ptr, rows, cols, fmt]. */
 export const MATRIX_DESC_BYTES = 16;
+/** Multiply-adds dot_peak does per round (assembly/kernels/probe.ts: two weight vectors of 16 against four tokens). */
+export const DOT_PEAK_MACS = 128;

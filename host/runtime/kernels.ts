@@ -88,7 +88,7 @@ export interface Kernels {
    */
   moe_group(chosen: number, weights: number, tokens: number, k: number, experts: number, starts: number, rows: number, rowWeights: number): void;
   read_probe(src: number, bytes: number, out: number): void;
-  /** One core's ceiling of the q8 prefill tile's arithmetic: `iterations` rounds of 128 multiply-adds from registers (kernels/probe.ts). */
+  /** One core's ceiling of the q8 prefill tile's arithmetic: `iterations` rounds of DOT_PEAK_MACS multiply-adds from registers (kernels/probe.ts). */
   dot_peak(iterations: number): number;
 }
 

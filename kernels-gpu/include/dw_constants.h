@@ -84,5 +84,7 @@
 #define DW_MAX_THREADS 256
 /* Bytes per matrix of a matrix table (grouped_entries): i32 [ptr, rows, cols, fmt]. */
 #define DW_MATRIX_DESC_BYTES 16
+/* Multiply-adds dot_peak does per round (assembly/kernels/probe.ts: two weight vectors of 16 against four tokens). */
+#define DW_DOT_PEAK_MACS 128
 
 #endif
