@@ -135,3 +135,19 @@ export class MtpDraft implements Draft {
 
   free(): void {}
 }
+
+/**
+ * Checks that `model` can draft with `draft` ('mtp': its MTP layer must be loaded), before any sequence is taken;
+ * errors say what to do.
+ */
+export function checkDraft(model: ModelBackend, draft: ModelBackend | 'mtp'): void {
+  if (draft !== 'mtp' || model.mtp) return;
+  if (model.backend !== 'cpu') fail(`draft 'mtp': the ${model.backend} backend does not run the MTP layer; draft with a model (--draft DIR)`);
+  fail(`draft 'mtp' needs the model's MTP layer: load the model with mtp: true (--draft mtp loads it${model.config.numNextnPredictLayers === 0 ? "; this model has none, num_nextn_predict_layers is 0" : ''})`);
+}
+
+/** The draft of a generation holding `sequence` of `model`: its MTP layer on that sequence, or a new sequence of the draft model. */
+export function makeDraft(model: ModelBackend, draft: ModelBackend | 'mtp', sequence: Sequence, settings: SamplingSettings): Draft {
+  if (draft === 'mtp') return new MtpDraft(model.mtp!, sequence, model.config.hiddenSize, model.config.vocabSize, settings);
+  return new ModelDraft(draft, model.config.vocabSize, settings);
+}
