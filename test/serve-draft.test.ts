@@ -105,14 +105,16 @@ for (const [name, model] of [
 ] as const) {
   test(`${name}: four concurrent greedy streams with the MTP layer (1 and 3 a step) and the model as its own draft equal the server without a draft`, async () => {
     const m = model();
-    const plain = await withServer(m, {}, (base) => concurrently(base, bodies({ frequency_penalty: 0.5 })));
+    // Prompts in chunks of 8, so that the MTP layer gets the hidden states of a prompt fed in several steps.
+    const chunks = { prefillChunk: 8 };
+    const plain = await withServer(m, chunks, (base) => concurrently(base, bodies({ frequency_penalty: 0.5 })));
     const drafts: [string, ServerOptions][] = [
       ['MTP, 1 a step', { draft: 'mtp' }],
       ['MTP, 3 a step', { draft: 'mtp', draftTokens: 3 }],
     ];
     if (m === tiny) drafts.push(['the model itself, 3 a step', { draft: itself }]);
     for (const [what, opts] of drafts) {
-      await withServer(m, opts, async (base) => {
+      await withServer(m, { ...chunks, ...opts }, async (base) => {
         const got = await concurrently(base, bodies({ frequency_penalty: 0.5 }));
         assertSame(got, plain, what);
         const { proposed, accepted } = await draftCounts(base);
