@@ -152,6 +152,19 @@ test('a stop string inside a run of kept drafts ends the text before it, as with
   }
 });
 
+test('at the end of the context a step drafts only what the cache holds: the same tokens and length as without a draft', async () => {
+  const words = tiny.tokenizer.encode(PROMPTS.join(' '), { addSpecialTokens: true });
+  const context = tiny.model.contextLength;
+  const prompt = Array.from({ length: context - 6 }, (_, i) => words[i % words.length]);
+  const body = { prompt, max_tokens: 50, temperature: 0, ignore_eos: true };
+  const plain = await withServer(tiny, {}, (base) => complete(base, body));
+  assert.is(plain.completionTokens, 7, 'the context leaves room for 7');
+  assert.is(plain.finish, 'length');
+  for (const opts of [{ draft: itself }, { draft: 'mtp' as const, draftTokens: 3 }]) {
+    await withServer(tiny, opts, async (base) => assertSame([await complete(base, body)], [plain], `${opts.draft === 'mtp' ? 'MTP' : 'itself'} at the context's end`));
+  }
+});
+
 test('greedy under response_format json_object drafts and gives the same reply; sampled, it does not draft', async () => {
   const chat = { messages: [{ role: 'user', content: 'Give me a JSON object' }], max_tokens: 40, response_format: { type: 'json_object' } };
   const reply = async (base: string, extra: object): Promise<string> => {
