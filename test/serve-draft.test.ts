@@ -1,8 +1,9 @@
 // Speculative decoding in the server: with the MTP layer (1 and 3 a step) or a draft model (the model itself,
-// loaded again), several streams at once give the same greedy tokens as the server without a draft, the log-
-// probabilities of the main model, stop strings cut inside accepted runs, penalties and the JSON mask on every
-// drafted row; sampled output is the library's (the one Speculation.settle both call); an aborted stream gives
-// back its draft sequence too. The random MTP layer of v3-tiny-mtp is rejected often, the embedded one 28%.
+// loaded again, proposing for every stream in one pass per draft position), several streams at once give the
+// same greedy tokens as the server without a draft, the log-probabilities of the main model, stop strings cut
+// inside accepted runs, penalties and the JSON mask on every drafted row, the same end at the context's end;
+// sampled output is the library's (the one Speculation.settle both call); an aborted stream gives back its
+// draft sequence too. The random MTP layer of v3-tiny-mtp is rejected often, the embedded one about a third.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DEFAULT_MODEL_DIR, loadModel, type TextModel } from '../host/index.js';
@@ -114,9 +115,14 @@ for (const [name, model] of [
     ];
     if (m === tiny) drafts.push(['the model itself, 3 a step', { draft: itself }]);
     for (const [what, opts] of drafts) {
+      // The draft model's passes: each draft position is one forward() of every stream drafting.
+      const widths: number[] = [];
+      const forward = itself.model.forward;
+      if (opts.draft === itself) itself.model.forward = (batch) => (widths.push(batch.length), forward.call(itself.model, batch));
       await withServer(m, { ...chunks, ...opts }, async (base) => {
-        const got = await concurrently(base, bodies({ frequency_penalty: 0.5 }));
+        const got = await concurrently(base, bodies({ frequency_penalty: 0.5 })).finally(() => (itself.model.forward = forward));
         assertSame(got, plain, what);
+        if (opts.draft === itself) assert.ok(widths.includes(4), `the draft model ran four streams' drafts in one pass (widths ${[...new Set(widths)]})`);
         const { proposed, accepted } = await draftCounts(base);
         const total = plain.reduce((n, s) => n + s.completionTokens, 0);
         assert.ok(proposed > 0 && accepted <= proposed, `${what}: ${accepted} of ${proposed} drafts kept`);

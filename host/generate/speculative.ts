@@ -61,7 +61,7 @@ export class Speculation {
 
   constructor(
     private readonly model: ModelBackend,
-    private readonly draft: Draft,
+    readonly draft: Draft,
     /** Most draft tokens per step. */
     private readonly k: number,
     private readonly settings: SamplingSettings,
@@ -88,15 +88,26 @@ export class Speculation {
     this.tokens.push(id);
   }
 
+  /** Every token of the sequence so far: what the draft proposes after. */
+  get history(): readonly number[] {
+    return this.tokens;
+  }
+
+  /** Draft tokens the next step verifies: at most k, `budget` - 1 and what the context holds after the last token. */
+  draftCount(sequence: Sequence, budget: number): number {
+    return Math.max(0, Math.min(this.k, budget - 1, this.model.contextLength - sequence.position - 1));
+  }
+
   /**
-   * Drafts and returns the entry that verifies the drafts: the last token and up to k drafts (at most
-   * `budget` - 1, and as many as the context holds), every row's logits. Its rows go to settle().
+   * Drafts (unless given the draft's proposal of draftCount() tokens after history, made together with other
+   * sequences') and returns the entry that verifies them: the last token and the drafts, every row's logits.
+   * Its rows go to settle().
    */
-  draftEntry(sequence: Sequence, budget: number): BatchEntry {
+  draftEntry(sequence: Sequence, budget: number, proposed?: Proposal): BatchEntry {
     const { model } = this;
-    const k = Math.min(this.k, budget - 1, model.contextLength - sequence.position - 1);
+    const k = this.draftCount(sequence, budget);
     // Without a proposal the draft has not consumed the earlier states yet.
-    const proposal = k > 0 ? this.draft.propose(this.tokens, this.hidden.length > 0 ? concat(this.hidden) : null, k) : NONE;
+    const proposal = k === 0 ? NONE : (proposed ?? this.draft.propose(this.tokens, this.hidden.length > 0 ? concat(this.hidden) : null, k));
     if (proposal !== NONE) this.hidden = [];
     const tokens = [this.tokens[this.tokens.length - 1], ...proposal.tokens];
     const hidden = this.draft.needsHidden ? new Float32Array(tokens.length * model.config.hiddenSize) : undefined;

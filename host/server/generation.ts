@@ -105,8 +105,13 @@ export class Generation implements Work {
     return this.speculation ? this.speculation.promptEntry(entry.sequence, entry.tokens, entry.logits) : entry;
   }
 
+  plan(sequence: Sequence): void {
+    if (this.speculation) this.params.draft!.plan(this.speculation, sequence, this.params.maxTokens - this.count);
+  }
+
   entry(sequence: Sequence): BatchEntry | undefined {
-    return this.speculation?.draftEntry(sequence, this.params.maxTokens - this.count);
+    const spec = this.speculation;
+    return spec?.draftEntry(sequence, this.params.maxTokens - this.count, this.params.draft!.proposal(spec));
   }
 
   step(logits: Float32Array): number | undefined {

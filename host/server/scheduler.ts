@@ -12,8 +12,13 @@ export interface Work {
   /** A prompt chunk's entry, given the scheduler's: the work may add to it (room for the hidden states a draft needs). */
   chunk?(entry: BatchEntry): BatchEntry;
   /**
-   * The entry of a decode step, in place of the scheduler's (the token step() returned, its logits): the
-   * token and drafts after it, every row's logits. Undefined keeps the scheduler's.
+   * Called in each step the work decodes in, before any work's entry(): where it asks for the drafts that
+   * SchedulerOptions.beforeEntries then proposes for every work at once.
+   */
+  plan?(sequence: Sequence): void;
+  /**
+   * The entry of a decode step in place of the scheduler's one-token entry (the token step() returned, its
+   * last row): the token and the drafts after it, every row's logits. Undefined keeps the scheduler's.
    */
   entry?(sequence: Sequence): BatchEntry | undefined;
   /**
@@ -37,6 +42,8 @@ export interface SchedulerOptions {
   queue: number;
   /** Prompt tokens per step: prompts are fed in chunks of this many, and a step takes chunks up to this many tokens. */
   prefillChunk: number;
+  /** Called in each step after the decoding works' plan() and before their entry(); must not throw. */
+  beforeEntries?: () => void;
   /** Called after each step with what it ran and how long forward() took. */
   onStep?: (s: StepStats) => void;
   /** Called with what a work's ended() threw: the loop goes on. */
@@ -170,7 +177,16 @@ export class Scheduler {
     let budget = this.opts.prefillChunk;
     let decodeTokens = 0;
     let draftTokens = 0;
-    // A copy: a work whose entry() throws leaves the running set at once.
+    // Copies: a work whose plan() or entry() throws leaves the running set at once.
+    for (const item of [...this.running]) {
+      if (item.fed < item.work.prompt.length || !item.work.plan) continue;
+      try {
+        item.work.plan(item.sequence!);
+      } catch (e) {
+        this.end(item, 'failed', e);
+      }
+    }
+    this.opts.beforeEntries?.();
     for (const item of [...this.running]) {
       const { work } = item;
       const sequence = item.sequence!;

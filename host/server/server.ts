@@ -89,6 +89,7 @@ export class DeepWasmServer implements ServerContext {
       parallel,
       queue,
       prefillChunk: opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+      beforeEntries: () => this.draft?.propose(),
       onStep: (s) => this.metrics.step(s),
       onError: (e) => log(`error: ${(e as Error)?.stack ?? String(e)}`),
     });
