@@ -18,6 +18,13 @@
 // bytes(N) = active - moeLayers x k x expert + distinct(N) x expert, with distinct(N) counted in the run
 // (Model.countExperts); at the same bandwidth, tok/s(N) = N x tok/s(1) x bytes(1) / bytes(N).
 // The VM is shared: each run also records the CPU the rest of the machine used meanwhile.
+//
+// With --draft mtp|DIR [--draft-tokens K] [--rounds 3] it measures speculative decoding instead (issue 14): two
+// servers over the one loaded model, one drafting (the MTP layer, or the draft model in DIR) and one not, run
+// the same requests (greedy, ignore_eos, `gen-tokens` each, English prompts) at each --streams count, the two
+// interleaved and their order swapped every round, so that the machine's load falls on both alike. Per stream,
+// tok/s is (tokens - 1) / (last chunk - first chunk); aggregate is all streams' tokens after their first over
+// the time from the earliest first chunk to the latest end; kept is draft tokens kept / verified (/metrics).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -46,6 +53,9 @@ const threads = flags.threads === undefined ? undefined : Number(flags.threads);
 const contextLength = Number(flags.context ?? 512);
 const prefillChunk = Number(flags['prefill-chunk'] ?? 128);
 const most = Math.max(...streams);
+const draftFlag = flags.draft;
+const draftTokens = flags['draft-tokens'] === undefined ? undefined : Number(flags['draft-tokens']);
+const rounds = Number(flags.rounds ?? 3);
 
 /** CPU seconds the whole machine spent busy so far (/proc/stat), or null off Linux. */
 function machineBusy() {
@@ -80,7 +90,20 @@ function promptIds(n, vocab) {
   });
 }
 
-const text = await loadModel(dir, { maxSequences: most + 1, contextLength, threads });
+/** Prompts of ordinary text, so that a trained MTP layer drafts as it would for users. */
+const PROMPTS = [
+  'Once upon a time, in a small village by the sea, there lived an old fisherman who',
+  'In the beginning God created the heaven and the earth. And the earth was without form, and void;',
+  'The history of the city begins with a settlement on the river, where traders from the north',
+  'And it came to pass, when men began to multiply on the face of the earth, and daughters were born unto them,',
+];
+
+const text = await loadModel(dir, { maxSequences: most + 1, contextLength, threads, mtp: draftFlag === 'mtp' });
+if (draftFlag !== undefined) {
+  await compareDrafts();
+  await text.close();
+  process.exit(0);
+}
 const backend = text.model;
 const cfg = backend.config;
 const tally = { experts: 0 };
@@ -176,3 +199,93 @@ console.log(JSON.stringify({ model: dir, device: backend.device, gen_tokens: gen
 
 await server.close();
 await text.close();
+
+/** Draft tokens verified and kept so far, from the server's /metrics text. */
+function draftCounts(server) {
+  const text = server.metrics.text();
+  const value = (name) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+  return { proposed: value('deepwasm_draft_tokens_proposed_total'), accepted: value('deepwasm_draft_tokens_accepted_total') };
+}
+
+/** n streams at once on `server`: per-stream and aggregate tok/s after each stream's first token. */
+async function timedStreams(server, n) {
+  const runs = Array.from({ length: n }, async (_, i) => {
+    const res = await fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ prompt: PROMPTS[i % PROMPTS.length], max_tokens: genTokens, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } }),
+    });
+    if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
+    let first = null;
+    let tokens = 0;
+    let buffer = '';
+    for await (const chunk of res.body) {
+      first ??= performance.now();
+      buffer += new TextDecoder().decode(chunk);
+      const m = /"completion_tokens":(\d+)/.exec(buffer);
+      if (m) tokens = Number(m[1]);
+      if (buffer.includes('data: [DONE]')) break;
+    }
+    return { first, end: performance.now(), tokens };
+  });
+  const r = await Promise.all(runs);
+  const after = r.reduce((t, s) => t + s.tokens - 1, 0);
+  const perStream = r.reduce((t, s) => t + (s.tokens - 1) / ((s.end - s.first) / 1000), 0) / n;
+  const aggregate = after / ((Math.max(...r.map((s) => s.end)) - Math.min(...r.map((s) => s.first))) / 1000);
+  return { per_stream: perStream, aggregate };
+}
+
+async function compareDrafts() {
+  const draft = draftFlag === 'mtp' ? 'mtp' : await loadModel(draftFlag, { maxSequences: most + 1, contextLength, threads });
+  const opts = { port: 0, parallel: most, queue: 0, prefillChunk, log: (l) => process.stderr.write(l + '\n') };
+  const plain = await DeepWasmServer.start(text, opts);
+  const drafting = await DeepWasmServer.start(text, { ...opts, draft, draftTokens });
+  const k = drafting.draft.tokens;
+  const label = `${draftFlag === 'mtp' ? 'MTP' : draftFlag}, K = ${k}`;
+  process.stderr.write(`${dir}: ${text.model.device}; draft ${label}; ${rounds} rounds of ${streams.join(', ')} streams x ${genTokens} tokens\n`);
+  await timedStreams(plain, 1);
+  await timedStreams(drafting, 1);
+  const results = new Map(streams.map((n) => [n, { plain: [], draft: [], proposed: 0, accepted: 0 }]));
+  for (let round = 0; round < rounds; round++) {
+    for (const n of streams) {
+      const cell = results.get(n);
+      const order = round % 2 === 0 ? ['plain', 'draft'] : ['draft', 'plain'];
+      for (const mode of order) {
+        const before = draftCounts(drafting);
+        const r = await withOthers(() => timedStreams(mode === 'plain' ? plain : drafting, n));
+        cell[mode].push(r);
+        if (mode === 'draft') {
+          const after = draftCounts(drafting);
+          cell.proposed += after.proposed - before.proposed;
+          cell.accepted += after.accepted - before.accepted;
+        }
+        process.stderr.write(`round ${round + 1}, ${n} streams, ${mode}: ${r.per_stream.toFixed(1)} tok/s per stream, ${r.aggregate.toFixed(1)} aggregate (others' CPU ${r.others_cpu_share})\n`);
+      }
+    }
+  }
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const rows = streams.map((n) => {
+    const c = results.get(n);
+    const m = (mode, key) => median(c[mode].map((r) => r[key]));
+    return {
+      streams: n,
+      plain_per_stream: m('plain', 'per_stream'),
+      plain_aggregate: m('plain', 'aggregate'),
+      draft_per_stream: m('draft', 'per_stream'),
+      draft_aggregate: m('draft', 'aggregate'),
+      // Ratios per round (each pair ran back to back), then their median.
+      ratio: median(c.draft.map((r, i) => r.aggregate / c.plain[i].aggregate)),
+      kept: c.accepted / c.proposed,
+      others_cpu_share: median([...c.plain, ...c.draft].map((r) => r.others_cpu_share ?? 0)),
+    };
+  });
+  console.log(`| streams | no draft: tok/s per stream | aggregate | ${label}: tok/s per stream | aggregate | with / without (aggregate) | drafts kept | others' CPU |`);
+  console.log(`|---:|---:|---:|---:|---:|---:|---:|---:|`);
+  for (const r of rows) {
+    console.log(`| ${r.streams} | ${r.plain_per_stream.toFixed(1)} | ${r.plain_aggregate.toFixed(1)} | ${r.draft_per_stream.toFixed(1)} | ${r.draft_aggregate.toFixed(1)} | ×${r.ratio.toFixed(2)} | ${(r.kept * 100).toFixed(0)}% | ${r.others_cpu_share.toFixed(2)} |`);
+  }
+  console.log(JSON.stringify({ model: dir, device: text.model.device, draft: label, gen_tokens: genTokens, rounds, rows }));
+  await drafting.close();
+  await plain.close();
+  if (typeof draft === 'object') await draft.close();
+}

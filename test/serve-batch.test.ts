@@ -88,6 +88,30 @@ test('a generation cancelled mid-way gives its sequence back before the next ste
   assert.ok(entries.slice(at).every((n) => n <= 2), 'no later step ran the cancelled sequence');
 });
 
+test("a work whose decode entry() throws (a draft that failed) fails alone, its sequence freed, and the others keep their tokens", async () => {
+  const prompts = PROMPTS.slice(0, 2).map((p) => text.tokenizer.encode(p, { addSpecialTokens: true }));
+  const alone = (await generateIds(text.model, prompts[0], { temperature: 0, maxTokens: MAX, eosTokenIds: [] })).tokens;
+  const scheduler = new Scheduler(text.model, { parallel: 2, queue: 0, prefillChunk: 64 });
+  const good = greedy(prompts[0], MAX);
+  const broken = Object.assign(greedy(prompts[1], MAX), {
+    entry(): undefined {
+      throw new Error('the draft broke');
+    },
+  });
+  let error: unknown;
+  broken.ended = (how, e) => {
+    error = e;
+    assert.is(how, 'failed');
+  };
+  scheduler.submit(good);
+  scheduler.submit(broken);
+  const r = await good.done;
+  assert.equal(r.ids, alone);
+  assert.match(String(error), 'the draft broke');
+  await scheduler.idle();
+  assert.is(scheduler.sequencesInUse, 0);
+});
+
 test('a queue of 1 behind 1 sequence: the third submission is refused, the second runs when the first ends', async () => {
   const prompt = text.tokenizer.encode('The', { addSpecialTokens: true });
   const scheduler = new Scheduler(text.model, { parallel: 1, queue: 1, prefillChunk: 64 });

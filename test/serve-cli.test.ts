@@ -2,7 +2,7 @@
 // text as the library, and SIGTERM draining a running stream (new requests 503) before exiting 0.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { loadModel } from '../host/index.js';
+import { DEFAULT_MODEL_DIR, loadModel } from '../host/index.js';
 import { cli, fails } from './cli-process.js';
 import { DENO_ENV, denoBinary } from './deno-bin.js';
 import { HI, allEvents, metric, post, sseEvents, streamedText } from './serve-helpers.js';
@@ -52,9 +52,27 @@ test('serve --parallel 2 with DEEPWASM_API_KEY: the key is required, the greedy 
   }
 });
 
+test('serve --draft mtp and --draft DIR: the same greedy text, drafts counted in /metrics, SIGTERM drains and exits 0', async () => {
+  const expected = await referenceText();
+  for (const draft of [['--draft', 'mtp', '--draft-tokens', '2'], ['--draft', DEFAULT_MODEL_DIR]]) {
+    const p = await startServe(['--parallel', '2', '--context', '256', ...draft]);
+    try {
+      const body = await (await post(p.base, '/v1/chat/completions', REQUEST)).json();
+      assert.is(body.choices[0].message.content, expected, draft.join(' '));
+      assert.ok((await metric(p.base, 'deepwasm_draft_tokens_proposed_total')) > 0, `${draft.join(' ')}: drafts proposed`);
+      assert.is(await metric(p.base, 'deepwasm_draft_sequences_in_use'), 0);
+      await drainsOnSigterm(p);
+    } finally {
+      p.child.kill('SIGKILL');
+    }
+  }
+});
+
 test('serve refuses bad flags in one line, before loading', () => {
   fails(cli(['serve', '--port', '70000']), /--port/, 'port out of range');
   fails(cli(['serve', '--parallel', '0']), /--parallel/, 'parallel 0');
+  fails(cli(['serve', '--draft-tokens', '2']), /--draft-tokens needs --draft/, 'draft tokens without a draft');
+  fails(cli(['serve', '--draft', 'mtp', '--draft-tokens', '17']), /--draft-tokens/, 'too many draft tokens');
 });
 
 test('serve under Deno: the same greedy text, streamed and whole, and SIGTERM drains and exits 0', async () => {

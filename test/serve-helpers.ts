@@ -12,10 +12,10 @@ export interface Served {
   close(): Promise<void>;
 }
 
-/** The embedded model with `sequences` KV caches of `contextLength` tokens, served on 127.0.0.1 at a free port. */
-export async function serveTiny(opts: ServerOptions & { sequences?: number; contextLength?: number } = {}): Promise<Served> {
-  const { sequences = 4, contextLength, ...serverOpts } = opts;
-  const model = await loadModel({ maxSequences: sequences, contextLength });
+/** The embedded model with `sequences` KV caches of `contextLength` tokens (and its MTP layer with `mtp`), served on 127.0.0.1 at a free port. */
+export async function serveTiny(opts: ServerOptions & { sequences?: number; contextLength?: number; mtp?: boolean } = {}): Promise<Served> {
+  const { sequences = 4, contextLength, mtp, ...serverOpts } = opts;
+  const model = await loadModel({ maxSequences: sequences, contextLength, mtp });
   const server = await DeepWasmServer.start(model, { port: 0, log: () => {}, ...serverOpts });
   return {
     server,

@@ -13,8 +13,9 @@ export interface ServeProcess {
   exited: Promise<number | string>;
 }
 
-/** Runs `command [prefix..] main.js serve --port 0 [args..]` and resolves once it listens; rejects if it exits first or after 60 s. */
-export function startServe(args: string[], opts: { command?: string; prefix?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<ServeProcess> {
+/** Runs `command [prefix..] main.js serve --port 0 [args..]` and resolves once it listens; rejects if it exits first or after `startMs` (default 60 s). */
+export function startServe(args: string[], opts: { command?: string; prefix?: string[]; env?: NodeJS.ProcessEnv; startMs?: number } = {}): Promise<ServeProcess> {
+  const startMs = opts.startMs ?? 60_000;
   const child = spawn(opts.command ?? process.execPath, [...(opts.prefix ?? []), MAIN, 'serve', '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
   let stdout = '';
   let stderr = '';
@@ -23,8 +24,8 @@ export function startServe(args: string[], opts: { command?: string; prefix?: st
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`serve did not start within 60 s (stderr: ${stderr})`));
-    }, 60_000);
+      reject(new Error(`serve did not start within ${startMs / 1000} s (stderr: ${stderr})`));
+    }, startMs);
     void exited.then((code) => {
       clearTimeout(timer);
       reject(new Error(`serve exited (${code}) before listening (stderr: ${stderr})`));

@@ -74,22 +74,38 @@ export class ModelDraft implements Draft {
   }
 
   propose(tokens: readonly number[], _hidden: Float32Array | null, k: number): Proposal {
+    return ModelDraft.together([{ draft: this, tokens, k }])[0];
+  }
+
+  /** Rolls its sequence back to what it shares with `tokens` and returns the tokens to run first and how many drafts fit. */
+  private begin(tokens: readonly number[], k: number): { feed: readonly number[]; k: number } {
     let same = 0;
     // Keep the last token out, so that there is always something to run.
     while (same < this.held.length && same < tokens.length - 1 && this.held[same] === tokens[same]) same++;
     this.model.truncate(this.sequence, same);
     this.held.length = same;
-    const out: Proposal = { tokens: [], q: [] };
     // The draft's context must also hold the k - 1 drafts it runs.
-    if (tokens.length - 1 + k > this.model.contextLength) k = this.model.contextLength - tokens.length + 1;
-    let feed: readonly number[] = tokens.slice(same);
-    for (let j = 0; j < k; j++) {
-      const logits = this.model.forward([{ sequence: this.sequence, tokens: feed }])[0];
-      this.held.push(...feed);
-      const id = this.picker.pick(logits, out);
-      feed = [id];
+    return { feed: tokens.slice(same), k: Math.min(k, this.model.contextLength - tokens.length + 1) };
+  }
+
+  /**
+   * Proposals of several drafts of one draft model (one per generation) at once: each draft position is one
+   * forward() of every draft still proposing, so the draft model's weights are read once per position for all.
+   */
+  static together(requests: readonly { draft: ModelDraft; tokens: readonly number[]; k: number }[]): Proposal[] {
+    const model = requests[0]?.draft.model;
+    if (requests.some((r) => r.draft.model !== model)) fail('drafts proposed together must share their draft model');
+    const runs = requests.map((r) => ({ draft: r.draft, ...r.draft.begin(r.tokens, r.k), out: { tokens: [], q: [] } as Proposal }));
+    for (let j = 0; ; j++) {
+      const active = runs.filter((r) => j < r.k);
+      if (active.length === 0) break;
+      const rows = model.forward(active.map((r) => ({ sequence: r.draft.sequence, tokens: r.feed })));
+      active.forEach((r, i) => {
+        r.draft.held.push(...r.feed);
+        r.feed = [r.draft.picker.pick(rows[i], r.out)];
+      });
     }
-    return out;
+    return runs.map((r) => r.out);
   }
 
   free(): void {
@@ -134,4 +150,20 @@ export class MtpDraft implements Draft {
   }
 
   free(): void {}
+}
+
+/**
+ * Checks that `model` can draft with `draft` ('mtp': its MTP layer must be loaded), before any sequence is taken;
+ * errors say what to do.
+ */
+export function checkDraft(model: ModelBackend, draft: ModelBackend | 'mtp'): void {
+  if (draft !== 'mtp' || model.mtp) return;
+  if (model.backend !== 'cpu') fail(`draft 'mtp': the ${model.backend} backend does not run the MTP layer; draft with a model (--draft DIR)`);
+  fail(`draft 'mtp' needs the model's MTP layer: load the model with mtp: true (--draft mtp loads it${model.config.numNextnPredictLayers === 0 ? "; this model has none, num_nextn_predict_layers is 0" : ''})`);
+}
+
+/** The draft of a generation holding `sequence` of `model`: its MTP layer on that sequence, or a new sequence of the draft model. */
+export function makeDraft(model: ModelBackend, draft: ModelBackend | 'mtp', sequence: Sequence, settings: SamplingSettings): Draft {
+  if (draft === 'mtp') return new MtpDraft(model.mtp!, sequence, model.config.hiddenSize, model.config.vocabSize, settings);
+  return new ModelDraft(draft, model.config.vocabSize, settings);
 }

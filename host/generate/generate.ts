@@ -1,6 +1,6 @@
 import { fail } from '../errors.js';
 import type { ModelBackend, Sequence } from '../model/backend.js';
-import { ModelDraft, MtpDraft, type Draft } from './drafts.js';
+import { checkDraft, makeDraft } from './drafts.js';
 import { resolveGenerateOptions, type DraftChoice, type GenerateSettings, type SamplingOptions } from './options.js';
 import { Sampler } from './sampler.js';
 import { Speculation, type DraftStats } from './speculative.js';
@@ -65,10 +65,7 @@ export class TokenLoop {
   ) {
     if (promptIds.length === 0) fail('the prompt is empty: there is nothing to continue');
     this.sampler = new Sampler(model.config.vocabSize, settings.sampling, promptIds);
-    if (settings.draft?.model === 'mtp' && !model.mtp) {
-      if (model.backend !== 'cpu') fail(`draft 'mtp': the ${model.backend} backend does not run the MTP layer; draft with a model (--draft DIR)`);
-      fail(`draft 'mtp' needs the model's MTP layer: load the model with mtp: true (--draft mtp loads it${model.config.numNextnPredictLayers === 0 ? "; this model has none, num_nextn_predict_layers is 0" : ''})`);
-    }
+    if (settings.draft) checkDraft(model, settings.draft.model);
   }
 
   /** The next generated token, or undefined once generation has ended (finishReason says why). */
@@ -77,7 +74,8 @@ export class TokenLoop {
     const { model } = this;
     this.sequence ??= model.createSequence();
     const sequence = this.sequence;
-    if (this.settings.draft && !this.speculation) this.speculation = new Speculation(model, this.makeDraft(sequence), this.settings.draft.tokens, this.settings.sampling);
+    const { draft, sampling } = this.settings;
+    if (draft && !this.speculation) this.speculation = new Speculation(model, makeDraft(model, draft.model, sequence, sampling), draft.tokens, sampling);
     if (this.queued.length > 0) return this.emit(this.queued.shift()!);
     await yieldToEventLoop();
     // finish() may have run meanwhile (the model was closed).
@@ -115,13 +113,6 @@ export class TokenLoop {
   private emit(id: number): number | undefined {
     this.tokens.push(id);
     return this.eos.has(id) ? this.finish('stop') : id;
-  }
-
-  private makeDraft(sequence: Sequence): Draft {
-    const { model, settings } = this;
-    const draft = settings.draft!.model;
-    if (draft === 'mtp') return new MtpDraft(model.mtp!, sequence, model.config.hiddenSize, model.config.vocabSize, settings.sampling);
-    return new ModelDraft(draft, model.config.vocabSize, settings.sampling);
   }
 
   /** Ends generation (a no-op once ended) and gives the sequence back. */

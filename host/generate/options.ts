@@ -114,7 +114,8 @@ export function resolveGenerateOptions(o: GenerateOptions, name: OptionNamer = a
   return { sampling: resolveSampling(o, name), maxTokens, stop, signal: o.signal, onToken: o.onToken, draft: resolveDraft(o, name) };
 }
 
-function resolveDraft(o: GenerateOptions, name: OptionNamer): GenerateSettings['draft'] {
+/** The draft and its tokens per step of `draft` and `draftTokens`, checked, or null without a draft. */
+export function resolveDraft(o: Pick<GenerateOptions, 'draft' | 'draftTokens'>, name: OptionNamer = asIs): GenerateSettings['draft'] {
   if (o.draft === undefined) {
     if (o.draftTokens !== undefined) fail(`${name('draftTokens')} needs a draft (${name('draft')})`);
     return null;

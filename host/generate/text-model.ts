@@ -128,7 +128,7 @@ export class TextModel {
 }
 
 /** A draft must spell every id as the model does, or its guesses mean other tokens. */
-function checkSameVocabulary(model: Tokenizer, draft: Tokenizer): void {
+export function checkSameVocabulary(model: Tokenizer, draft: Tokenizer): void {
   const n = Math.max(model.vocabSize, draft.vocabSize);
   for (let id = 0; id < n; id++) {
     if (model.idToToken(id) !== draft.idToToken(id)) {

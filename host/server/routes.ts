@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { resolveSampling } from '../generate/options.js';
 import type { TextModel } from '../generate/text-model.js';
 import { ApiError, invalid, queueFull } from './errors.js';
+import type { ServerDraft } from './drafting.js';
 import { Generation, type FinishReason, type GenerationSink } from './generation.js';
 import { checkApiKey, readJson, sendError, sendJson } from './http.js';
 import type { JsonGrammar } from './json-mask.js';
@@ -26,6 +27,8 @@ export interface ServerContext {
   readonly metrics: Metrics;
   readonly apiKey: string | undefined;
   readonly maxBodyBytes: number;
+  /** What every request drafts with, or null without speculative decoding. */
+  readonly draft: ServerDraft | null;
   /** Shutting down: generation routes answer 503. */
   readonly draining: boolean;
   grammar(key: string, compile: () => JsonGrammar['schema']): JsonGrammar;
@@ -185,9 +188,11 @@ async function generate(ctx: ServerContext, req: IncomingMessage, res: ServerRes
       settle();
     },
   };
+  const sampling = resolveSampling(r.sampling);
+  const draft = ctx.draft?.applies(sampling, grammar !== null) ? ctx.draft : null;
   const generation = new Generation(
-    { prompt: ids, maxTokens, sampling: resolveSampling(r.sampling), stop: r.stop, topLogprobs: r.topLogprobs, grammar, ignoreEos: r.ignoreEos },
-    { tokenizer: model.tokenizer, eos: model.eos, vocabSize: model.config.vocabSize, contextLength: context },
+    { prompt: ids, maxTokens, sampling, stop: r.stop, topLogprobs: r.topLogprobs, grammar, ignoreEos: r.ignoreEos, draft },
+    { tokenizer: model.tokenizer, eos: model.eos, vocabSize: model.config.vocabSize, contextLength: context, onDraft: (p, a) => metrics.drafted(p, a) },
     sink,
   );
   let ticket: Ticket;

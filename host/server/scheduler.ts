@@ -4,12 +4,26 @@
 // through each weight at once) is the backend's business; this file only decides what goes in a step.
 import type { BatchEntry, ModelBackend, Sequence } from '../model/backend.js';
 
-/** What the scheduler runs: a prompt, then one token at a time for as long as `step` returns one. */
+/** What the scheduler runs: a prompt, then one token at a time (or a few, with a draft) for as long as `step` returns one. */
 export interface Work {
   readonly prompt: readonly number[];
+  /** Called once the work holds its sequence, before its first step; a throw fails the work. */
+  start?(sequence: Sequence): void;
+  /** A prompt chunk's entry, given the scheduler's: the work may add to it (room for the hidden states a draft needs). */
+  chunk?(entry: BatchEntry): BatchEntry;
   /**
-   * Takes the logits after the sequence's latest token (`position` tokens are cached) and returns the token
-   * to feed next, or undefined when the generation is over.
+   * Called in each step the work decodes in, before any work's entry(): where it asks for the drafts that
+   * SchedulerOptions.beforeEntries then proposes for every work at once.
+   */
+  plan?(sequence: Sequence): void;
+  /**
+   * The entry of a decode step in place of the scheduler's one-token entry (the token step() returned, its
+   * last row): the token and the drafts after it, every row's logits. Undefined keeps the scheduler's.
+   */
+  entry?(sequence: Sequence): BatchEntry | undefined;
+  /**
+   * Takes the logits rows of its entry (after the prompt's last chunk, and each decode step; `position` tokens
+   * are cached) and returns the token to feed next, or undefined when the generation is over.
    */
   step(logits: Float32Array, position: number): number | undefined;
   /**
@@ -28,6 +42,8 @@ export interface SchedulerOptions {
   queue: number;
   /** Prompt tokens per step: prompts are fed in chunks of this many, and a step takes chunks up to this many tokens. */
   prefillChunk: number;
+  /** Called in each step after the decoding works' plan() and before their entry(); must not throw. */
+  beforeEntries?: () => void;
   /** Called after each step with what it ran and how long forward() took. */
   onStep?: (s: StepStats) => void;
   /** Called with what a work's ended() threw: the loop goes on. */
@@ -35,9 +51,10 @@ export interface SchedulerOptions {
 }
 
 export interface StepStats {
-  /** Entries in the batch, and how many of them were decode tokens. */
+  /** Entries in the batch, how many of them were decode steps, and the draft tokens those verified besides. */
   entries: number;
   decodeTokens: number;
+  draftTokens: number;
   prefillTokens: number;
   ms: number;
 }
@@ -145,6 +162,7 @@ export class Scheduler {
       try {
         item.sequence = this.model.createSequence();
         this.sequencesHeld++;
+        item.work.start?.(item.sequence);
       } catch (e) {
         this.end(item, 'failed', e);
         continue;
@@ -158,21 +176,43 @@ export class Scheduler {
     const owners: Item[] = [];
     let budget = this.opts.prefillChunk;
     let decodeTokens = 0;
-    for (const item of this.running) {
-      const { prompt } = item.work;
-      if (item.fed < prompt.length) {
-        // Chunks start at multiples of prefillChunk whatever else runs, so a prompt is computed the same way alone
-        // or beside others; a step takes whole chunks, the first one always.
-        const n = Math.min(this.opts.prefillChunk, prompt.length - item.fed);
-        if (n > budget && budget < this.opts.prefillChunk) continue;
-        budget -= n;
-        batch.push({ sequence: item.sequence!, tokens: prompt.slice(item.fed, item.fed + n), logits: item.fed + n === prompt.length ? 'last' : 'none' });
-      } else {
-        batch.push({ sequence: item.sequence!, tokens: item.next, logits: 'last' });
-        decodeTokens++;
+    let draftTokens = 0;
+    // Copies: a work whose plan() or entry() throws leaves the running set at once.
+    for (const item of [...this.running]) {
+      if (item.fed < item.work.prompt.length || !item.work.plan) continue;
+      try {
+        item.work.plan(item.sequence!);
+      } catch (e) {
+        this.end(item, 'failed', e);
       }
+    }
+    this.opts.beforeEntries?.();
+    for (const item of [...this.running]) {
+      const { work } = item;
+      const sequence = item.sequence!;
+      let entry: BatchEntry;
+      try {
+        if (item.fed < work.prompt.length) {
+          // Chunks start at multiples of prefillChunk whatever else runs, so a prompt is computed the same way alone
+          // or beside others; a step takes whole chunks, the first one always.
+          const n = Math.min(this.opts.prefillChunk, work.prompt.length - item.fed);
+          if (n > budget && budget < this.opts.prefillChunk) continue;
+          budget -= n;
+          entry = { sequence, tokens: work.prompt.slice(item.fed, item.fed + n), logits: item.fed + n === work.prompt.length ? 'last' : 'none' };
+          if (work.chunk) entry = work.chunk(entry);
+        } else {
+          entry = work.entry?.(sequence) ?? { sequence, tokens: item.next, logits: 'last' };
+          decodeTokens++;
+          draftTokens += entry.tokens.length - 1;
+        }
+      } catch (e) {
+        this.end(item, 'failed', e);
+        continue;
+      }
+      batch.push(entry);
       owners.push(item);
     }
+    if (batch.length === 0) return;
     const start = performance.now();
     let rows: Float32Array[];
     this.stepping = true;
@@ -201,7 +241,7 @@ export class Scheduler {
     });
     this.stepping = false;
     for (const [item, how, error] of this.deferred.splice(0)) this.end(item, how, error);
-    this.opts.onStep?.({ entries: batch.length, decodeTokens, prefillTokens: batch.reduce((n, e) => n + e.tokens.length, 0) - decodeTokens, ms });
+    this.opts.onStep?.({ entries: batch.length, decodeTokens, draftTokens, prefillTokens: batch.reduce((n, e) => n + e.tokens.length, 0) - decodeTokens - draftTokens, ms });
   }
 
   /** Frees the item's sequence, takes it out of the queue or the running set, and tells its work: once. */

@@ -5,6 +5,7 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { DeepWasmError, fail } from '../errors.js';
 import type { TextModel } from '../generate/text-model.js';
+import { ServerDraft, type ServerDraftChoice } from './drafting.js';
 import { JsonGrammar, TokenTrie } from './json-mask.js';
 import type { SchemaNode } from './json-schema.js';
 import { Metrics } from './metrics.js';
@@ -30,6 +31,14 @@ export interface ServerOptions {
   modelId?: string;
   /** Where internal errors are reported (default: stderr). */
   log?: (line: string) => void;
+  /**
+   * Speculative decoding for every request (but sampled ones under response_format): 'mtp' drafts with the
+   * model's MTP layer (load it with mtp: true), or a draft model of the same tokenizer holding at least
+   * `parallel` sequences. Greedy output is the same tokens as without it, sampled output the same distribution.
+   */
+  draft?: ServerDraftChoice;
+  /** Draft tokens per step, 1 to 16 (default 1 with 'mtp', 3 with a draft model). */
+  draftTokens?: number;
 }
 
 /** Requests that may wait for a sequence, and prompt tokens per step, unless told otherwise. */
@@ -48,6 +57,7 @@ export class DeepWasmServer implements ServerContext {
   readonly modelId: string;
   readonly apiKey: string | undefined;
   readonly maxBodyBytes: number;
+  readonly draft: ServerDraft | null;
   draining = false;
   private readonly grammars = new Map<string, JsonGrammar>();
   /** Every open connection and the responses under way on it. */
@@ -73,14 +83,17 @@ export class DeepWasmServer implements ServerContext {
     this.modelId = opts.modelId ?? 'deepwasm';
     this.apiKey = opts.apiKey;
     this.maxBodyBytes = opts.maxBodyBytes ?? 1024 * 1024;
+    if (opts.draft === undefined && opts.draftTokens !== undefined) fail('draftTokens needs a draft (draft)');
+    this.draft = opts.draft === undefined ? null : new ServerDraft(model, opts.draft, opts.draftTokens, parallel);
     this.scheduler = new Scheduler(model.model, {
       parallel,
       queue,
       prefillChunk: opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+      beforeEntries: () => this.draft?.propose(),
       onStep: (s) => this.metrics.step(s),
       onError: (e) => log(`error: ${(e as Error)?.stack ?? String(e)}`),
     });
-    this.metrics = new Metrics(this.scheduler);
+    this.metrics = new Metrics(this.scheduler, this.draft);
     http.on('connection', (socket: Socket) => {
       this.responses.set(socket, 0);
       socket.once('close', () => this.responses.delete(socket));

@@ -95,12 +95,15 @@ export function beamOptions(flags: Flags): BeamOptions | undefined {
   return opts;
 }
 
-/** The model --draft names: 'mtp', a draft model loaded with the command's load flags, or undefined. Close it after use. */
-export async function loadDraft(flags: Flags): Promise<TextModel | 'mtp' | undefined> {
+/**
+ * The model --draft names: 'mtp', a draft model loaded with the command's load flags (and `extra`, such as the
+ * server's sequences), or undefined. Close it after use.
+ */
+export async function loadDraft(flags: Flags, extra: LoadOptions = {}): Promise<TextModel | 'mtp' | undefined> {
   const draft = flags['draft'] as string | undefined;
   if (draft === undefined || draft === 'mtp') return draft;
   const progress = loadProgress(`loading the draft ${draft}`);
-  const model = await loadModel(draft, { ...loadOptions(flags), onProgress: progress.onProgress });
+  const model = await loadModel(draft, { ...loadOptions(flags), ...extra, onProgress: progress.onProgress });
   progress.done();
   return model;
 }
