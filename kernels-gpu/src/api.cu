@@ -207,6 +207,46 @@ int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits) {
   });
 }
 
+int dw_decode_batch_max(void *m) {
+  return guarded([&]() -> int { return as_model(m).batch_max; });
+}
+
+int dw_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, float *logits,
+                    int32_t *next) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    if (n < 1 || n > M.batch_max)
+      dw_fail("a batched decode step of " + std::to_string(n) + " tokens: expected 1 to " + std::to_string(M.batch_max) +
+              " (dw_decode_batch_max)");
+    BState &h = *M.host_bstate;
+    for (int i = 0; i < n; i++) {
+      check_run(M, seqs[i], pos[i], 1);
+      check_token(M, tokens[i]);
+      for (int j = 0; j < i; j++)
+        if (seqs[j] == seqs[i]) dw_fail("sequence " + std::to_string(seqs[i]) + " appears twice in one batched decode step");
+      h.seq[i] = seqs[i];
+      h.pos[i] = pos[i];
+      h.token[i] = tokens[i];
+    }
+    h.experts = 0;
+    CK(cudaMemcpyAsync(M.bstate, &h, sizeof h, cudaMemcpyHostToDevice, M.st));
+    if (!M.bgraph[n]) {
+      ensure_captured(M, M.bgraph[n], [&] { decode_batch_step(M, n); });
+      CK(cudaMemcpyAsync(M.bstate, &h, sizeof h, cudaMemcpyHostToDevice, M.st));
+    }
+    CK(cudaGraphLaunch(M.bgraph[n], M.st));
+    const size_t bytes = sizeof(float) * n * M.c.vocab;
+    if (logits) CK(cudaMemcpyAsync(M.host_blogits, M.blogits, bytes, cudaMemcpyDeviceToHost, M.st));
+    CK(cudaMemcpyAsync(&h, M.bstate, sizeof h, cudaMemcpyDeviceToHost, M.st));
+    CK(cudaStreamSynchronize(M.st));
+    M.last_logits = M.blogits + (int64_t)(n - 1) * M.c.vocab;
+    for (int i = 0; i < n; i++) next[i] = h.next[i];
+    if (logits) memcpy(logits, M.host_blogits, bytes);
+    return h.experts;
+  });
+}
+
 int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, int32_t *out_ids) {
   return guarded([&]() -> int {
     Model &M = finalized(m);
@@ -287,6 +327,14 @@ int64_t dw_active_bytes(void *m) {
       else b += bytes_of(ly.m[s]);
     }
   return b;
+}
+
+int64_t dw_expert_bytes(void *m) {
+  if (!m) return -1;
+  Model &M = *static_cast<Model *>(m);
+  for (auto &ly : M.L)
+    if (ly.moe) return mat_bytes_one(ly.m[DW_ROLE_EXP_GATE_UP]) + mat_bytes_one(ly.m[DW_ROLE_EXP_DOWN]);
+  return 0;
 }
 
 void dw_free(void *m) {

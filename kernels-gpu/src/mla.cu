@@ -5,7 +5,8 @@
 //   s_t    = scale * qabs_h . cache_t,  p = softmax(s)   (attn: flash-decoding splits of positions)
 //   o_h    = W_UV (sum_t p_t c_t)                         (uv: merges the splits, then W_UV)
 // The same kernels serve decode (tokens = 1, positions split over nsplit blocks) and prefill
-// (tokens = T, nsplit = 1). The sequence and the position of token 0 are read from the device-side
+// (tokens = T, nsplit = 1) and the batched decode step (tokens = n, each with its own sequence and
+// position: tseq, tpos). The sequence and the position of token 0 are read from the device-side
 // state, so a captured decode graph replays for any sequence at any position; a sequence's cache
 // rows lie at cache + seq * seq_stride.
 #include "ops.cuh"
@@ -16,7 +17,10 @@ namespace {
 constexpr int MAXJ = 20;  // latent = rank + rope <= 640 (DeepSeek: 512 + 64)
 constexpr int ATT_WARPS = 4;
 
-__device__ __forceinline__ float *seq_cache(const MlaParams &p) { return p.cache + p.state->seq * p.seq_stride; }
+// Token t's sequence and position: its own in a batched step, else the state's sequence from its position.
+__device__ __forceinline__ int tok_seq(const MlaParams &p, int t) { return p.tseq ? p.tseq[t] : p.state->seq; }
+__device__ __forceinline__ int tok_pos(const MlaParams &p, int t) { return p.tpos ? p.tpos[t] : p.state->pos + t; }
+__device__ __forceinline__ float *seq_cache(const MlaParams &p, int t) { return p.cache + tok_seq(p, t) * p.seq_stride; }
 
 // The cache row of token t: the normalised latent, then the roped shared key. Any block size that
 // is a multiple of 32 (at most 1024).
@@ -27,7 +31,7 @@ __device__ void write_cache_row(const MlaParams &p, int t, int pos) {
   const float *cs = p.cos + (int64_t)pos * half;
   const float *sn = p.sin + (int64_t)pos * half;
   const float *kv = p.kv + (int64_t)t * p.kv_ld;
-  float *row = seq_cache(p) + (int64_t)pos * (p.rank + p.rope);
+  float *row = seq_cache(p, t) + (int64_t)pos * (p.rank + p.rope);
   float ss = 0.f;
   for (int i = threadIdx.x; i < p.rank; i += blockDim.x) ss += kv[i] * kv[i];
   ss = warp_sum(ss);
@@ -72,7 +76,7 @@ __global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ Mla
     for (int i = rg; i < p.nope; i += 8) prefetch_l2(p.kvb.w + (row0 + i) * p.kvb.ldb + (size_t)col * elem_bytes<F>);
   pdl_wait();
   pdl_trigger();
-  const int pos = p.state->pos + t;
+  const int pos = tok_pos(p, t);
   if (h == p.heads) {
     if (blockIdx.y == 0) write_cache_row(p, t, pos);
     return;
@@ -107,11 +111,11 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_const
   const int h = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int latent = p.rank + p.rope;
-  const int n = p.state->pos + t + 1;
+  const int n = tok_pos(p, t) + 1;
   const int chunk = ceil_div(n, p.nsplit);
   const int s0 = split * chunk, s1 = min(n, s0 + chunk);
   const float *qa = p.qabs + ((int64_t)t * p.heads + h) * latent;
-  const float *cache = seq_cache(p);
+  const float *cache = seq_cache(p, t);
   float q[MAXJ], acc[MAXJ];
 #pragma unroll
   for (int j = 0; j < MAXJ; j++) {

@@ -70,14 +70,15 @@ const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 
 /**
  * A DeepSeek-V2/V3 model on one GPU with maxSequences latent KV caches of contextLength tokens each.
- * Batches run their entries one after another; an entry of one token is a decode step (a graph
- * replay), longer ones are prefills.
+ * A batch's one-token entries run as batched decode steps (one graph replay for up to batchMax sequences, the
+ * weights read once for all of them); longer entries are prefills.
  */
 export class CudaModel implements ModelBackend {
   readonly backend = 'cuda' as const;
   private readonly pool: SequencePool;
-  /** forward()'s one-row results, one array per batch position. */
+  /** forward()'s one-row results, one array per batch position; the batched steps' rows, one array per step of a call. */
   private readonly rows: Float32Array[] = [];
+  private readonly batchRows: Float32Array[] = [];
   private closed = false;
 
   private constructor(
@@ -182,20 +183,59 @@ export class CudaModel implements ModelBackend {
   get activeBytes(): number {
     return this.lib.activeBytes(this.h);
   }
+  /** Bytes of one routed expert: a batched step reads this much more for each distinct expert beyond top-k per layer. */
+  get expertBytes(): number {
+    return this.lib.expertBytes(this.h);
+  }
 
   createSequence(): Sequence {
     return this.pool.create();
   }
 
-  /** The rows come back in arrays this model reuses: entry b's one-row result is overwritten by the next call. */
+  /**
+   * The rows come back in arrays this model reuses: entry b's result is overwritten by the next call. Entries of one
+   * token run together as batched decode steps (one graph replay for up to batchMax of them; a lone one is the
+   * single-sequence step), longer ones as prefills.
+   */
   forward(batch: readonly BatchEntry[]): Float32Array[] {
     const slots = this.pool.check(batch);
-    return batch.map((entry, b) => {
-      const s = slots[b];
-      const out = this.run(b, s.slot, s.position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
-      s.position += entry.tokens.length;
-      return out;
+    const out: Float32Array[] = new Array(batch.length);
+    const steps: number[] = [];
+    batch.forEach((entry, b) => {
+      if (entry.hidden) fail("the cuda backend does not return hidden states (forward's hidden): the MTP draft runs on the cpu backend");
+      if (entry.tokens.length === 1) steps.push(b);
+      else out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
     });
+    if (steps.length === 1) {
+      const b = steps[0];
+      out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(batch[b].tokens), batch[b].logits ?? 'last');
+    }
+    for (let c = 0; steps.length > 1 && c * this.batchMax < steps.length; c++) {
+      const chunk = steps.slice(c * this.batchMax, (c + 1) * this.batchMax);
+      const rows = this.decodeBatch(c, chunk.map((b) => slots[b]), chunk.map((b) => batch[b].tokens[0]), chunk.some((b) => batch[b].logits !== 'none'));
+      chunk.forEach((b, i) => (out[b] = batch[b].logits === 'none' || !rows ? new Float32Array(0) : rows.subarray(i * this.config.vocabSize, (i + 1) * this.config.vocabSize)));
+    }
+    batch.forEach((entry, b) => (slots[b].position += entry.tokens.length));
+    return out;
+  }
+
+  /** Most one-token entries one batched decode step takes (a longer batch runs as several steps). */
+  get batchMax(): number {
+    return this.lib.decodeBatchMax(this.h);
+  }
+
+  /** Distinct routed experts the last batched decode step read, summed over the MoE layers (the bytes model's count). */
+  lastStepExperts = 0;
+
+  /** One batched decode step of chunk c of a forward(): its sequences' next tokens, their logits rows when asked for. */
+  private decodeBatch(c: number, slots: readonly Sequence[], tokens: number[], logits: boolean): Float32Array | null {
+    const n = slots.length;
+    while (this.batchRows.length <= c) this.batchRows.push(new Float32Array(this.batchMax * this.config.vocabSize));
+    const rows = logits ? this.batchRows[c] : null;
+    const seqs = Int32Array.from(slots, (s) => s.slot);
+    const pos = Int32Array.from(slots, (s) => s.position);
+    this.lastStepExperts = this.check(this.lib.decodeBatch(this.h, seqs, pos, Int32Array.from(tokens), rows ? rows.subarray(0, n * this.config.vocabSize) : null, new Int32Array(n)), 'decode batch');
+    return rows;
   }
 
   /** One entry: a graph-replayed decode step for one token, a prefill for more. */
