@@ -136,6 +136,15 @@ for (const p of ttftPrompts) {
   while (loop.live.includes(s)) loop.step();
 }
 
+// Where a batched step's time goes, at 2 and 8 sequences (events between the stages of one uncaptured step).
+for (const n of [2, 8].filter((x) => x <= model.batchMax)) {
+  const ss = Array.from({ length: n }, () => loop.add(promptIds(promptTokens), 1 << 20));
+  while (ss.some((s) => s.out.length === 0)) loop.step();
+  const table = model.profileDecodeBatch(ss.map((s) => s.seq), ss.map((s) => s.out[s.out.length - 1]));
+  for (const l of table.split('\n')) if (l.trim()) console.log(`  profile ${n}: ${l}`);
+  for (const s of ss) loop.finish(s);
+}
+
 const rows: Record<string, number>[] = [];
 for (const n of streams) {
   const from = loop.steps.length;
@@ -158,7 +167,7 @@ for (const r of rows) {
 function ttft(p: number, busy: number): number {
   const bg = Array.from({ length: busy }, () => loop.add(promptIds(promptTokens), 1 << 20));
   while (bg.some((s) => s.out.length === 0)) loop.step();
-  loop.step();
+  if (busy > 0) loop.step();
   const s = loop.add(promptIds(p), 1);
   while (loop.live.includes(s)) loop.step();
   for (const b of bg) loop.finish(b);

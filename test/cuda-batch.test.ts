@@ -1,8 +1,9 @@
-// The CUDA backend's batched decode step (forward() with several one-token entries: one graph replay for
-// all of them, each weight row and each chosen expert read once): B sequences at different positions,
+// The CUDA backend's batched decode step (forward() with several short entries: one graph replay for all
+// their tokens, each weight row and each chosen expert read once): B sequences at different positions,
 // greedy, give each sequence's ids and logits as it decodes alone (the single-sequence step), for B from 1
-// to past the largest batch one step takes (which forward() splits). Where there is no GPU (or the library
-// is not built) it prints why and registers no test.
+// to past the largest batch one step takes (which forward() splits); consecutive tokens of one sequence in
+// one step give the prompt's reference rows. Where there is no GPU (or the library is not built) it prints
+// why and registers no test.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cudaStatus, loadCudaModel, type CudaModel } from '../host/backends/cuda/model.js';
@@ -35,7 +36,8 @@ function decode(model: CudaModel, ps: number[][], together: boolean): Run {
   const rows: Float32Array[][] = ps.map(() => []);
   for (let k = 0; k < STEPS; k++) {
     const entries = seqs.map((sequence, i) => ({ sequence, tokens: [ids[i][k]] }));
-    const out = together ? model.forward(entries) : entries.map((e) => model.forward([e])[0]);
+    // forward() reuses its result arrays: each alone run's row is copied before the next.
+    const out = together ? model.forward(entries) : entries.map((e) => model.forward([e])[0].slice());
     out.forEach((r, i) => {
       rows[i].push(r.slice());
       ids[i].push(argmax(r));
@@ -79,6 +81,22 @@ if (!status.ok) {
             const k = model.config.numExpertsPerTok;
             assert.ok(model.lastStepExperts >= moeLayers * k && model.lastStepExperts <= moeLayers * Math.min(B * k, model.config.nRoutedExperts), `distinct experts ${model.lastStepExperts}`);
           }
+        }
+        // Several consecutive tokens of one sequence in one batched step (a speculative verify, a short prompt
+        // chunk), beside another sequence's decode token: the prompt's reference rows, and the other as alone.
+        const V = exp.vocab, T = exp.inputIds.length;
+        for (const L of [2, Math.min(5, max), max]) {
+          const a = model.createSequence(), b = model.createSequence();
+          model.forward([{ sequence: a, tokens: exp.inputIds.subarray(0, T - L), logits: 'none' }]);
+          model.forward([{ sequence: b, tokens: ps[1], logits: 'none' }]);
+          const [rows, other] = model.forward([{ sequence: a, tokens: exp.inputIds.subarray(T - L), logits: 'all' }, { sequence: b, tokens: [alone.ids[1][0]] }]);
+          const d = maxAbsDiff(rows, exp.logits.subarray((T - L) * V));
+          const o = maxAbsDiff(other, alone.rows[1][0]);
+          console.log(`  ${name}: ${L} tokens of one sequence in one step: prompt rows within ${d.toExponential(2)}, the other sequence within ${o.toExponential(2)}`);
+          assert.ok(d <= TOL && o <= TOL, `${L} tokens of one sequence in one step: ${d}, ${o}`);
+          assert.is(a.position, T);
+          model.free(a);
+          model.free(b);
         }
         // A sequence twice in one batch is refused by the pool before anything runs.
         const s = model.createSequence();

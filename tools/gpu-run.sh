@@ -131,14 +131,18 @@ fi
 
 # --- benchmark --------------------------------------------------------------------------------------
 if [ $have_gpu = 1 ] && [ "${DW_SKIP_BENCH:-0}" != 1 ]; then
-  if [ -n "${DW_BASELINE:-}" ]; then
-    say "16B benchmark (bf16) of the baseline $DW_BASELINE"
-    (cd "$DW_BASELINE" && DEEPWASM_CUDA_LIB="$(pwd)/kernels-gpu/build/libdwcuda.so" timeout 300 $NODE dist/bench/cuda.bench.js \
-      --out "$OUT/bench-before.json") 2>&1 | tee -a "$OUT/bench-before.log"
-  fi
-  say "16B benchmark (bf16)"
-  timeout 300 $NODE dist/bench/cuda.bench.js --out "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"
-  brc=${PIPESTATUS[0]}
+  # With a baseline: two rounds of baseline then this checkout, so that run-to-run noise shows beside the change.
+  for round in $([ -n "${DW_BASELINE:-}" ] && echo 1 2 || echo 1); do
+    sfx=$([ "$round" = 1 ] && echo "" || echo "-$round")
+    if [ -n "${DW_BASELINE:-}" ]; then
+      say "16B benchmark (bf16) of the baseline $DW_BASELINE, round $round"
+      (cd "$DW_BASELINE" && DEEPWASM_CUDA_LIB="$(pwd)/kernels-gpu/build/libdwcuda.so" timeout 300 $NODE dist/bench/cuda.bench.js \
+        --out "$OUT/bench-before$sfx.json") 2>&1 | tee -a "$OUT/bench-before.log"
+    fi
+    say "16B benchmark (bf16), round $round"
+    timeout 300 $NODE dist/bench/cuda.bench.js --out "$OUT/bench$sfx.json" 2>&1 | tee -a "$OUT/bench.log"
+    brc=${PIPESTATUS[0]}
+  done
   say "bench exit code $brc"
   [ $rc = 0 ] && rc=$brc
   if [ "${DW_BENCH_Q8:-0}" = 1 ]; then

@@ -86,10 +86,12 @@ int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits);
 /* Most tokens one batched decode step takes (at most 8; fewer when the model's top-k or widths need it). */
 int dw_decode_batch_max(void *m);
 /* One batched decode step (a graph replay per n, captured at its first use): token tokens[i] at
- * position pos[i] of sequence seqs[i] for i < n, n distinct sequences, in one pass over the weights
- * (each routed expert chosen by any of the tokens read once). next[i] receives each argmax; logits
- * (may be NULL) receives [n, vocab]. Returns the distinct routed experts the step read, summed over
- * the MoE layers (the bytes model of a batched step). */
+ * position pos[i] of sequence seqs[i] for i < n, in one pass over the weights (each routed expert
+ * chosen by any of the tokens read once). Tokens of one sequence take consecutive positions (a
+ * speculative verify, a short prompt): each attends to the rows before it, the step's earlier tokens'
+ * included. next[i] receives each argmax; logits (may be NULL) receives [n, vocab]. Returns the
+ * distinct routed experts the step read, summed over the MoE layers (the bytes model of a batched
+ * step). */
 int dw_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, float *logits,
                     int32_t *next);
 /* Greedy: feeds token at pos, then each argmax at the next positions, n steps without leaving the
@@ -98,6 +100,9 @@ int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, int
 /* Runs one decode step of token at (seq, pos) with CUDA events between its stages and writes a
  * table (stage, count, ms, MB of weights, GB/s) to out. */
 int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, char *out, int32_t len);
+/* The same table for one batched decode step (dw_decode_batch's arguments); positions do not advance. */
+int dw_profile_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, char *out,
+                            int32_t len);
 /* Copies the first n_positions cache rows of sequence src to sequence dst, every layer (fork). */
 int dw_seq_copy(void *m, int32_t dst, int32_t src, int32_t n_positions);
 /* Top k (k <= 256) of the most recent logits row (of whichever run came last), largest first. */

@@ -72,6 +72,17 @@ __global__ void __launch_bounds__(THREADS) gemv_batch_kernel(const __grid_consta
   }
 }
 
+// Block t: token t's input normalised as the single-token step's kernels stage it (stage_rms), so the
+// routing and the experts' inputs are that step's to the bit.
+__global__ void __launch_bounds__(THREADS) norm_rows_kernel(float *out, const float *x, int xld, const float *norm, float eps,
+                                                            int cols) {
+  extern __shared__ __align__(16) float smem[];
+  pdl_wait();
+  pdl_trigger();
+  stage_rms<THREADS>(smem, x + (int64_t)blockIdx.x * xld, norm, eps, cols);
+  for (int i = threadIdx.x; i < round_up(cols, 8); i += THREADS) out[(int64_t)blockIdx.x * xld + i] = smem[i];
+}
+
 // One warp per token routes it (route.cuh, as the single-token step), then warp 0 groups the
 // n * k (token, expert) pairs into units, in the order of each expert's first pair.
 __global__ void route_batch_kernel(const float *logits, int n, RouteArgs ra, int inter8, int *chosen, float *weights,
@@ -248,6 +259,13 @@ void launch_gemv_batch(cudaStream_t st, int fmt, GemvParams &p) {
     launch_k(gemv_batch_kernel<F, NB>, blocks, THREADS, smem, st, p);
   }));
   LAUNCHED("gemv_batch", st);
+}
+
+void launch_norm_batch(cudaStream_t st, float *out, const float *x, int xld, const float *norm, float eps, int cols, int n) {
+  const size_t smem = (size_t)round_up(cols, 8) * 4;
+  dw_smem_limit(reinterpret_cast<const void *>(norm_rows_kernel), smem);
+  launch_k(norm_rows_kernel, n, THREADS, smem, st, out, x, xld, norm, eps, cols);
+  LAUNCHED("norm_batch", st);
 }
 
 void launch_route_batch(cudaStream_t st, const float *logits, int n, const RouteArgs &ra, int inter8, int *chosen,

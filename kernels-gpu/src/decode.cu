@@ -80,8 +80,6 @@ MoeParams moe_params(const Model &M, const Layer &ly) {
   return p;
 }
 
-namespace {
-
 // Profiling: the time from one mark to the next is charged to the first mark's name.
 void mark(Model &M, const char *name, int64_t bytes) {
   if (!M.prof) return;
@@ -90,6 +88,8 @@ void mark(Model &M, const char *name, int64_t bytes) {
   CK(cudaEventRecord(e, M.st));
   M.prof->push_back({name, bytes, e});
 }
+
+namespace {
 
 void moe_layer(Model &M, const Layer &ly) {
   const dw_config &c = M.c;
@@ -207,16 +207,20 @@ void ensure_graph(Model &M) {
 }
 
 std::string profile_decode(Model &M, int seq, int pos, int token) {
+  return profile_step(M, [&] { launch_set_state(M.st, M.state, seq, pos, token); }, [&] { decode_step(M); });
+}
+
+std::string profile_step(Model &M, const std::function<void()> &arm, const std::function<void()> &step) {
   std::vector<Model::Mark> marks;
-  launch_set_state(M.st, M.state, seq, pos, token);
-  decode_step(M);  // warm: kernel attributes, caches
-  launch_set_state(M.st, M.state, seq, pos, token);
+  arm();
+  step();  // warm: kernel attributes, caches
+  arm();
   // Hold the GPU for 20 ms so that the whole step is queued before it starts: the events then
   // time the kernels, not the host's launches.
   launch_spin(M.st, 20000000ull);
   M.prof = &marks;
   try {
-    decode_step(M);
+    step();
   } catch (...) {
     M.prof = nullptr;
     for (auto &mk : marks) cudaEventDestroy(mk.ev);

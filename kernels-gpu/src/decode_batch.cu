@@ -5,7 +5,8 @@
 // each token over its own sequence's cache (mla.cu with per-token sequences and positions), o_proj,
 // then the MoE: norm, router, routing and grouping into the step's distinct experts, gate/up of
 // each distinct expert for the tokens that chose it (and the shared experts for all), down; at the
-// end the lm_head and one argmax per token.
+// end the lm_head and one argmax per token. Every token's values equal the single-token step's to
+// the bit up to the down projection, whose sums run over the step's experts in another order.
 #include <algorithm>
 #include <cstddef>
 #include "model.cuh"
@@ -65,10 +66,13 @@ void decode_batch_step(Model &M, int n) {
   const dw_config &c = M.c;
   const Strides s = strides(M);
   PdlScope scope;
+  mark(M, "embed", 0);
   launch_embed(M.st, M.embed, bstate_field(M, offsetof(BState, token)), nullptr, M.bx, n, c.hidden, s.x);
-  launch_flags().pdl = M.pdl;
+  launch_flags().pdl = M.pdl && !M.prof;
   for (int l = 0; l < c.layers; l++) {
     const Layer &ly = M.L[l];
+    mark(M, "q/kv_a gemv", bytes_of(ly.m[DW_ROLE_Q_PROJ]) + bytes_of(ly.m[DW_ROLE_Q_A]) + bytes_of(ly.m[DW_ROLE_Q_B]) +
+                               bytes_of(ly.m[DW_ROLE_KV_A]));
     if (c.q_lora_rank > 0) {
       gemv_multi(M, M.bx, ly.v[DW_ROLE_ATTN_NORM], c.hidden,
                  {{&ly.m[DW_ROLE_Q_A], M.bqa, false, s.qa}, {&ly.m[DW_ROLE_KV_A], M.bkv, false, s.kv}}, n, s.x);
@@ -77,6 +81,7 @@ void decode_batch_step(Model &M, int n) {
       gemv_multi(M, M.bx, ly.v[DW_ROLE_ATTN_NORM], c.hidden,
                  {{&ly.m[DW_ROLE_Q_PROJ], M.bq, false, s.q}, {&ly.m[DW_ROLE_KV_A], M.bkv, false, s.kv}}, n, s.x);
     }
+    mark(M, "mla (absorb, attend, W_UV)", bytes_of(ly.m[DW_ROLE_KV_B]));
     MlaParams mp = mla_params(M, ly, n, true);
     mp.q = M.bq;
     mp.q_ld = s.q;
@@ -88,19 +93,28 @@ void decode_batch_step(Model &M, int n) {
     mp.tseq = bstate_field(M, offsetof(BState, seq));
     mp.tpos = bstate_field(M, offsetof(BState, pos));
     launch_mla(M.st, mp);
+    mark(M, "o_proj gemv", bytes_of(ly.m[DW_ROLE_O_PROJ]));
     gemv_multi(M, M.battn, nullptr, c.heads * c.v_dim, {{&ly.m[DW_ROLE_O_PROJ], M.bx, true, s.x}}, n, s.attn);
-    launch_rmsnorm_rows(M.st, M.bh, s.x, M.bx, s.x, ly.v[DW_ROLE_FFN_NORM], c.hidden, n, c.rms_eps);
+    mark(M, "ffn norm", 0);
+    launch_norm_batch(M.st, M.bh, M.bx, s.x, ly.v[DW_ROLE_FFN_NORM], c.rms_eps, c.hidden, n);
     MoeParams p = batch_moe_params(M, ly, n, s);
     const int fmt = ly.m[ly.moe ? DW_ROLE_EXP_GATE_UP : DW_ROLE_GATE_UP].fmt;
     if (ly.moe) {
+      mark(M, "router + routing", bytes_of(ly.m[DW_ROLE_ROUTER]));
       gemv_multi(M, M.bh, nullptr, c.hidden, {{&ly.m[DW_ROLE_ROUTER], M.brlog, false, c.n_routed}}, n, s.x);
       launch_route_batch(M.st, M.brlog, n, route_args(M, ly), round_up(c.moe_inter, 8), M.bchosen, M.bw, M.units,
                          M.bstate);
     }
+    // The routed experts' bytes depend on the step's routing: the table counts only the fixed MLP's.
+    mark(M, "gate/up (distinct + fixed)", bytes_of(ly.m[ly.moe ? DW_ROLE_SH_GATE_UP : DW_ROLE_GATE_UP]));
     launch_moe_gateup_batch(M.st, fmt, p);
+    mark(M, "down (distinct + fixed)", bytes_of(ly.m[ly.moe ? DW_ROLE_SH_DOWN : DW_ROLE_DOWN]));
     launch_moe_down_batch(M.st, fmt, p);
   }
+  mark(M, "lm_head gemv", bytes_of(M.head));
   gemv_multi(M, M.bx, M.final_norm, c.hidden, {{&M.head, M.blogits, false, c.vocab}}, n, s.x);
+  mark(M, "argmax", 0);
   launch_argmax_rows(M.st, M.blogits, c.vocab, n, c.vocab,
                      const_cast<int *>(bstate_field(M, offsetof(BState, next))));
+  mark(M, "end", 0);
 }

@@ -270,35 +270,48 @@ __device__ __forceinline__ float down_rows_nb(const P &p, int j0, int nu, const 
   for (int r = 0; r < R; r++)
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
-  for (int c = c_lo + lane; c < c_hi; c += 32) {
-    const int g = c * 8;
-    const int s = g < routed ? g / p.inter8 : nu;
-    const int col = g - s * p.inter8;
-    const bool fx = s == nu;
-    const int64_t ldb = fx ? p.fdn.ldb : p.dn.ldb;
-    const int sld = fx ? p.fdn.sld : p.dn.sld;
-    const int sblk = fx ? p.fdn.sblk : p.dn.sblk;
-    const char *bs = base[s];
-    const float *sb = sbase[s];
-    Raw<F> w[R];
+  constexpr int U = F == F_F32 ? 1 : 2;  // U chunks x R rows of 16-byte loads in flight, as down_rows
+  for (int c0 = c_lo + lane; c0 < c_hi; c0 += 32 * U) {
+    Raw<F> w[U][R];
+    int s[U], col[U];
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-      const int j = min(j0 + r, p.hidden - 1);  // rows past the end: read a real row, drop the sum
-      w[r] = load_raw<F>(bs + j * ldb, sb ? sb + (int64_t)j * sld : nullptr, col, sblk);
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + 32 * u;
+      if (c < c_hi) {
+        const int g = c * 8;
+        s[u] = g < routed ? g / p.inter8 : nu;
+        col[u] = g - s[u] * p.inter8;
+        const bool fx = s[u] == nu;
+        const int64_t ldb = fx ? p.fdn.ldb : p.dn.ldb;
+        const int sld = fx ? p.fdn.sld : p.dn.sld;
+        const int sblk = fx ? p.fdn.sblk : p.dn.sblk;
+        const char *bs = base[s[u]];
+        const float *sb = sbase[s[u]];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          const int j = min(j0 + r, p.hidden - 1);  // rows past the end: read a real row, drop the sum
+          w[u][r] = load_raw<F>(bs + j * ldb, sb ? sb + (int64_t)j * sld : nullptr, col[u], sblk);
+        }
+      }
     }
-    float wf[R][8];
 #pragma unroll
-    for (int r = 0; r < R; r++) raw_unscaled<F>(w[r], wf[r]);
-    const unsigned m = mask[s];
+    for (int u = 0; u < U; u++) {
+      if (c0 + 32 * u < c_hi) {
+        float wf[R][8];
 #pragma unroll
-    for (int b = 0; b < NB; b++) {
-      if (m >> b & 1u) {
-        const float *a = p.act + (int64_t)b * p.act_ld + aoff[s][b] + col;
-        const float4 xa = __ldcg(reinterpret_cast<const float4 *>(a));
-        const float4 xb = __ldcg(reinterpret_cast<const float4 *>(a + 4));
-        const float ws = wt[s][b];
+        for (int r = 0; r < R; r++) raw_unscaled<F>(w[u][r], wf[r]);
+        const unsigned m = mask[s[u]];
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r][b] = fmaf(ws, scaled<F>(w[r], dot8(wf[r], xa, xb)), acc[r][b]);
+        for (int b = 0; b < NB; b++) {
+          if (m >> b & 1u) {
+            const float *a = p.act + (int64_t)b * p.act_ld + aoff[s[u]][b] + col[u];
+            const float4 xa = __ldcg(reinterpret_cast<const float4 *>(a));
+            const float4 xb = __ldcg(reinterpret_cast<const float4 *>(a + 4));
+            const float ws = wt[s[u]][b];
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r][b] = fmaf(ws, scaled<F>(w[u][r], dot8(wf[r], xa, xb)), acc[r][b]);
+          }
+        }
       }
     }
   }

@@ -157,6 +157,10 @@ struct PdlScope {
 int batch_max(const Model &M);
 void decode_batch_step(Model &M, int n);
 std::string profile_decode(Model &M, int seq, int pos, int token);
+// Runs arm(), step() (warm), arm(), then step() with events between its marks: the table of stages.
+std::string profile_step(Model &M, const std::function<void()> &arm, const std::function<void()> &step);
+// Profiling: the time from this mark to the next is charged to its name (a no-op unless profiling).
+void mark(Model &M, const char *name, int64_t bytes);
 
 // The argmax the last run left in the state.
 int read_token(Model &M);

@@ -112,6 +112,8 @@ struct Units {
 };
 // y[b] (=|+=) W x[b] for the p.n tokens, each row of W read once for all of them.
 void launch_gemv_batch(cudaStream_t st, int fmt, GemvParams &p);
+// out[t] = RMSNorm(x[t]) * norm for t < n (rows xld apart, padded with zeros to a multiple of 8).
+void launch_norm_batch(cudaStream_t st, float *out, const float *x, int xld, const float *norm, float eps, int cols, int n);
 // Routes the n tokens (logits [n][E]), groups their (token, expert) pairs into units (activation
 // column of slot j: j * inter8) and adds the distinct count to state->experts.
 void launch_route_batch(cudaStream_t st, const float *logits, int n, const RouteArgs &ra, int inter8, int *chosen,

@@ -45,6 +45,8 @@ export interface DwLib {
   generate(m: Handle, seq: number, pos: number, token: number, out: Int32Array): number;
   /** One decode step timed stage by stage (a table), or null on failure. */
   profileDecode(m: Handle, seq: number, pos: number, token: number): string | null;
+  /** One batched decode step timed stage by stage (a table), or null on failure. */
+  profileDecodeBatch(m: Handle, seqs: Int32Array, pos: Int32Array, tokens: Int32Array): string | null;
   seqCopy(m: Handle, dst: number, src: number, positions: number): number;
   topk(m: Handle, values: Float32Array, ids: Int32Array): number;
   weightBytes(m: Handle): number;
@@ -117,6 +119,7 @@ function bindKoffi(path: string): DwLib {
     batch: lib.func('int dw_decode_batch(void *m, int32_t n, const void *seqs, const void *pos, const void *tokens, void *logits, void *next)'),
     generate: lib.func('int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, void *out_ids)'),
     profile: lib.func('int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, void *out, int32_t len)'),
+    profileBatch: lib.func('int dw_profile_decode_batch(void *m, int32_t n, const void *seqs, const void *pos, const void *tokens, void *out, int32_t len)'),
     seqCopy: lib.func('int dw_seq_copy(void *m, int32_t dst, int32_t src, int32_t n_positions)'),
     topk: lib.func('int dw_topk(void *m, int32_t k, void *values, void *ids)'),
     wbytes: lib.func('int64_t dw_weight_bytes(void *m)'),
@@ -158,6 +161,10 @@ function bindKoffi(path: string): DwLib {
       const buf = new Uint8Array(PROFILE_BYTES);
       return (f.profile(m, seq, pos, token, buf, buf.length) as number) < 0 ? null : cString(buf);
     },
+    profileDecodeBatch(m, seqs, pos, tokens) {
+      const buf = new Uint8Array(PROFILE_BYTES);
+      return (f.profileBatch(m, seqs.length, seqs, pos, tokens, buf, buf.length) as number) < 0 ? null : cString(buf);
+    },
     seqCopy: (m, dst, src, n) => f.seqCopy(m, dst, src, n) as number,
     topk: (m, values, ids) => f.topk(m, values.length, values, ids) as number,
     weightBytes: (m) => Number(f.wbytes(m)),
@@ -195,6 +202,7 @@ function bindDeno(deno: DenoFfi, path: string): DwLib {
     dw_decode_batch: { parameters: [p, i32, b, b, b, b, b], result: i32 },
     dw_generate: { parameters: [p, i32, i32, i32, i32, b], result: i32 },
     dw_profile_decode: { parameters: [p, i32, i32, i32, b, i32], result: i32 },
+    dw_profile_decode_batch: { parameters: [p, i32, b, b, b, b, i32], result: i32 },
     dw_seq_copy: { parameters: [p, i32, i32, i32], result: i32 },
     dw_topk: { parameters: [p, i32, b, b], result: i32 },
     dw_weight_bytes: { parameters: [p], result: i64 },
@@ -240,6 +248,10 @@ function bindDeno(deno: DenoFfi, path: string): DwLib {
     profileDecode(m, seq, pos, token) {
       const buf = new Uint8Array(PROFILE_BYTES);
       return (s.dw_profile_decode(m, seq, pos, token, buf, buf.length) as number) < 0 ? null : cString(buf);
+    },
+    profileDecodeBatch(m, seqs, pos, tokens) {
+      const buf = new Uint8Array(PROFILE_BYTES);
+      return (s.dw_profile_decode_batch(m, seqs.length, seqs, pos, tokens, buf, buf.length) as number) < 0 ? null : cString(buf);
     },
     seqCopy: (m, dst, src, n) => s.dw_seq_copy(m, dst, src, n) as number,
     topk: (m, values, ids) => s.dw_topk(m, values.length, values, ids) as number,
