@@ -12,7 +12,9 @@ namespace {
 
 constexpr int WARPS = 8;
 constexpr int THREADS = WARPS * 32;
-constexpr int GEMV_ROWS = 4;   // rows a warp takes at once (each x load serves them all)
+// Rows a warp takes at once (each x load serves them all): 4, or 2 where 4 would leave too few blocks
+// for the SMs (o_proj, q|kv_a).
+constexpr int GEMV_ROWS = 4;
 constexpr int GATEUP_RPW = 2;  // gate/up rows per warp
 constexpr int DOWN_ROWS = 4;   // output rows per block of the down kernel
 
@@ -31,7 +33,7 @@ __device__ __forceinline__ void stage_tokens(float *xs, const float *x, int xld,
     if (use >> t & 1u) stage_rms<THREADS>(xs + t * round_up(cols, 8), x + (int64_t)t * xld, norm, eps, cols);
 }
 
-template <int F, int NB>
+template <int F, int NB, int GR>
 __global__ void __launch_bounds__(THREADS) gemv_batch_kernel(const __grid_constant__ GemvParams p) {
   extern __shared__ __align__(16) float smem[];
   const int b = blockIdx.x;
@@ -46,20 +48,20 @@ __global__ void __launch_bounds__(THREADS) gemv_batch_kernel(const __grid_consta
   pdl_trigger();
   const unsigned use = (1u << p.n) - 1;
   stage_tokens(smem, p.x, p.xld, p.n, use, p.norm, p.eps, p.cols);
-  for (int r = r0; r < r1; r += GEMV_ROWS) {
-    const char *rp[GEMV_ROWS];
-    const float *sp[GEMV_ROWS];
+  for (int r = r0; r < r1; r += GR) {
+    const char *rp[GR];
+    const float *sp[GR];
 #pragma unroll
-    for (int g = 0; g < GEMV_ROWS; g++) {
+    for (int g = 0; g < GR; g++) {
       const int row = min(r + g, r1 - 1);  // rows past the warp's last: read a real row, drop the sum
       rp[g] = sg.w.w + row * sg.w.ldb;
       sp[g] = srow_of(sg.w, row);
     }
-    float d[GEMV_ROWS][NB];
-    rows_dot_nb<F, GEMV_ROWS, NB>(rp, sp, sg.w.sblk, smem, round_up(p.cols, 8), p.cols, use, d);
+    float d[GR][NB];
+    rows_dot_nb<F, GR, NB>(rp, sp, sg.w.sblk, smem, round_up(p.cols, 8), p.cols, use, d);
     if (lane == 0) {
 #pragma unroll
-      for (int g = 0; g < GEMV_ROWS; g++) {
+      for (int g = 0; g < GR; g++) {
 #pragma unroll
         for (int t = 0; t < NB; t++) {
           if (r + g < r1 && t < p.n) {
@@ -245,18 +247,25 @@ __global__ void __launch_bounds__(THREADS, 2) moe_down_batch_kernel(const __grid
 
 }  // namespace
 
-void launch_gemv_batch(cudaStream_t st, int fmt, GemvParams &p) {
+void launch_gemv_batch(cudaStream_t st, int fmt, GemvParams &p, int nsm) {
   if (p.n < 1 || p.n > BATCH_MAX) dw_fail("internal: batched gemv of " + std::to_string(p.n) + " tokens");
-  p.rpw = round_up(p.rpw, GEMV_ROWS);
+  int64_t rows = 0;
+  for (int i = 0; i < p.nseg; i++) rows += p.seg[i].rows;
+  const bool wide = rows / (WARPS * GEMV_ROWS) >= 2 * nsm;
+  p.rpw = round_up(p.rpw, wide ? GEMV_ROWS : 2);
   int blocks = 0;
   for (int i = 0; i < p.nseg; i++) {
     p.seg[i].block0 = blocks;
     blocks += ceil_div(p.seg[i].rows, WARPS * p.rpw);
   }
   const size_t smem = (size_t)p.n * round_up(p.cols, 8) * 4;
+  auto go = [&](auto kernel) {
+    dw_smem_limit(reinterpret_cast<const void *>(kernel), smem);
+    launch_k(kernel, blocks, THREADS, smem, st, p);
+  };
   FMT_DISPATCH(fmt, F, NB_DISPATCH(p.n, NB, {
-    dw_smem_limit(reinterpret_cast<const void *>(gemv_batch_kernel<F, NB>), smem);
-    launch_k(gemv_batch_kernel<F, NB>, blocks, THREADS, smem, st, p);
+    if (wide) go(gemv_batch_kernel<F, NB, GEMV_ROWS>);
+    else go(gemv_batch_kernel<F, NB, 2>);
   }));
   LAUNCHED("gemv_batch", st);
 }

@@ -35,7 +35,7 @@ void gemv_multi(Model &M, const float *x, const float *norm, int cols, std::init
       rows += o.W->rows;
     }
     p.rpw = gemv_rows_per_warp(rows, M.nsm);
-    if (n > 0) launch_gemv_batch(M.st, fmt, p);
+    if (n > 0) launch_gemv_batch(M.st, fmt, p, M.nsm);
     else launch_gemv(M.st, fmt, p);
     todo.swap(rest);
   }

@@ -59,7 +59,7 @@ int batch_max(const Model &M) {
   const int64_t route = (int64_t)(2 * c.n_routed + c.n_group + 8) * 4;
   int64_t b = std::min<int64_t>(BATCH_MAX, STAGE_SMEM / widest);
   if (c.n_routed > 0) b = std::min<int64_t>({b, UNITS_MAX / c.topk, STAGE_SMEM / route});
-  return (int)std::max<int64_t>(1, std::min<int64_t>(b, c.max_sequences));
+  return (int)std::max<int64_t>(1, b);  // not capped by the pool: one sequence may run several tokens a step
 }
 
 void decode_batch_step(Model &M, int n) {

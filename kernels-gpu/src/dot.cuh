@@ -273,7 +273,10 @@ __device__ __forceinline__ float down_rows_nb(const P &p, int j0, int nu, const 
   constexpr int U = F == F_F32 ? 1 : 2;  // U chunks x R rows of 16-byte loads in flight, as down_rows
   for (int c0 = c_lo + lane; c0 < c_hi; c0 += 32 * U) {
     Raw<F> w[U][R];
-    int s[U], col[U];
+    int s[U], col[U], first[U];
+    // The activations of each chunk's first token are loaded with the weights (most experts of a step
+    // serve one token): only the others wait for a second round trip.
+    float4 fa[U], fb[U];
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int c = c0 + 32 * u;
@@ -292,6 +295,10 @@ __device__ __forceinline__ float down_rows_nb(const P &p, int j0, int nu, const 
           const int j = min(j0 + r, p.hidden - 1);  // rows past the end: read a real row, drop the sum
           w[u][r] = load_raw<F>(bs + j * ldb, sb ? sb + (int64_t)j * sld : nullptr, col[u], sblk);
         }
+        first[u] = __ffs(mask[s[u]]) - 1;
+        const float *a = p.act + (int64_t)first[u] * p.act_ld + aoff[s[u]][first[u]] + col[u];
+        fa[u] = __ldcg(reinterpret_cast<const float4 *>(a));
+        fb[u] = __ldcg(reinterpret_cast<const float4 *>(a + 4));
       }
     }
 #pragma unroll
@@ -304,9 +311,12 @@ __device__ __forceinline__ float down_rows_nb(const P &p, int j0, int nu, const 
 #pragma unroll
         for (int b = 0; b < NB; b++) {
           if (m >> b & 1u) {
-            const float *a = p.act + (int64_t)b * p.act_ld + aoff[s[u]][b] + col[u];
-            const float4 xa = __ldcg(reinterpret_cast<const float4 *>(a));
-            const float4 xb = __ldcg(reinterpret_cast<const float4 *>(a + 4));
+            float4 xa = fa[u], xb = fb[u];
+            if (b != first[u]) {
+              const float *a = p.act + (int64_t)b * p.act_ld + aoff[s[u]][b] + col[u];
+              xa = __ldcg(reinterpret_cast<const float4 *>(a));
+              xb = __ldcg(reinterpret_cast<const float4 *>(a + 4));
+            }
             const float ws = wt[s[u]][b];
 #pragma unroll
             for (int r = 0; r < R; r++) acc[r][b] = fmaf(ws, scaled<F>(w[u][r], dot8(wf[r], xa, xb)), acc[r][b]);

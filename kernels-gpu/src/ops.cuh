@@ -111,7 +111,7 @@ struct Units {
   int off[UNITS_MAX][BATCH_MAX];
 };
 // y[b] (=|+=) W x[b] for the p.n tokens, each row of W read once for all of them.
-void launch_gemv_batch(cudaStream_t st, int fmt, GemvParams &p);
+void launch_gemv_batch(cudaStream_t st, int fmt, GemvParams &p, int nsm);
 // out[t] = RMSNorm(x[t]) * norm for t < n (rows xld apart, padded with zeros to a multiple of 8).
 void launch_norm_batch(cudaStream_t st, float *out, const float *x, int xld, const float *norm, float eps, int cols, int n);
 // Routes the n tokens (logits [n][E]), groups their (token, expert) pairs into units (activation
