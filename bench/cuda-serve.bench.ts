@@ -3,7 +3,7 @@
 // of a new request while 8 streams decode. Random weights made on the device (bf16, or q8 with --quant q8).
 //
 //   node dist/bench/cuda-serve.bench.js [--streams 1,2,4,8] [--gen 48] [--prompt 32] [--ttft-prompts 32,128]
-//       [--prefill-chunk 128] [--quant q8] [--out results.json]
+//       [--prefill-chunk 128] [--quant q8] [--batch-pdl 0] [--out results.json]
 //
 // It steps forward(batch) as the server's scheduler does (host/server/scheduler.ts): every step holds one
 // token of each decoding stream and the chunks of new prompts (at most prefill-chunk tokens a step), the
@@ -36,6 +36,7 @@ const ttftPrompts = flag('ttft-prompts', '32,128').split(',').map(Number);
 const chunk = Number(flag('prefill-chunk', '128'));
 const quant = flag('quant', 'bf16') as 'bf16' | 'q8';
 const outPath = flag('out', '');
+const batchPdl = flag('batch-pdl', '1') !== '0';
 
 const cfg = parseConfig(presetConfig('16B')!, 'preset 16B');
 const most = Math.max(...streams, 8);
@@ -118,12 +119,12 @@ class Loop {
 }
 
 const t0 = performance.now();
-const model = await randomCudaModel(cfg, 1234, { contextLength: 1024, maxSequences: most + 1, passTokens: 512, quant });
+const model = await randomCudaModel(cfg, 1234, { contextLength: 1024, maxSequences: most + 1, passTokens: 512, quant, decode: { batchPdl } });
 const moeLayers = Array.from({ length: cfg.numHiddenLayers }, (_, l) => l).filter((l) => isMoeLayer(cfg, l)).length;
 const k = cfg.numExpertsPerTok;
 const bytesOf = (distinct: number) => model.activeBytes - moeLayers * k * model.expertBytes + distinct * model.expertBytes;
 console.log(`  ${model.device}`);
-console.log(`  16B ${quant}: ready in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${(model.activeBytes / 1e9).toFixed(3)} GB read per decode step at batch 1, expert ${(model.expertBytes / 1e6).toFixed(2)} MB, ${moeLayers} MoE layers x top-${k}; batched steps of up to ${model.batchMax}`);
+console.log(`  16B ${quant}${batchPdl ? '' : ' (batched graphs without PDL)'}: ready in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${(model.activeBytes / 1e9).toFixed(3)} GB read per decode step at batch 1, expert ${(model.expertBytes / 1e6).toFixed(2)} MB, ${moeLayers} MoE layers x top-${k}; batched steps of up to ${model.batchMax}`);
 
 const loop = new Loop(model, moeLayers);
 // Warm-up: every batch size's graph captured, cuBLAS heuristics for the chunk sizes.
@@ -185,6 +186,6 @@ console.log('');
 console.log('| prompt tokens | TTFT alone (s) | TTFT with 8 streams decoding (s) |');
 console.log('|---:|---:|---:|');
 for (const t of ttfts) console.log(`| ${t.prompt_tokens} | ${t.alone_s.toFixed(4)} | ${t.busy_s.toFixed(4)} |`);
-const result = { preset: `16B random ${quant}`, device: model.device, gen, prompt_tokens: promptTokens, prefill_chunk: chunk, batch_max: model.batchMax, rows, ttfts };
+const result = { preset: `16B random ${quant}${batchPdl ? '' : ', batched graphs without PDL'}`, device: model.device, gen, prompt_tokens: promptTokens, prefill_chunk: chunk, batch_max: model.batchMax, rows, ttfts };
 if (outPath) writeFileSync(outPath, JSON.stringify(result, null, 2) + '\n');
 await model.close();

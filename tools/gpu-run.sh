@@ -152,6 +152,7 @@ if [ $have_gpu = 1 ] && [ "${DW_SKIP_BENCH:-0}" != 1 ]; then
   if [ "${DW_SKIP_SERVE:-0}" != 1 ]; then
     say "16B serving throughput: batched decode at 1, 2, 4, 8 streams (bf16)"
     timeout 300 $NODE dist/bench/cuda-serve.bench.js --out "$OUT/serve.json" 2>&1 | tee -a "$OUT/bench.log"
+    timeout 300 $NODE dist/bench/cuda-serve.bench.js --batch-pdl 0 --out "$OUT/serve-no-pdl.json" 2>&1 | tee -a "$OUT/bench.log"
     [ "${DW_BENCH_Q8:-0}" = 1 ] && timeout 300 $NODE dist/bench/cuda-serve.bench.js --quant q8 --out "$OUT/serve-q8.json" 2>&1 | tee -a "$OUT/bench.log"
   fi
   if [ "${DW_SKIP_SPEC:-0}" != 1 ]; then

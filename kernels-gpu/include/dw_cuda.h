@@ -43,7 +43,7 @@ typedef struct dw_config {
   int32_t pdl /* 1: programmatic dependent launch in the decode graph */,
       attn_splits /* splits of a decode step's attention, 1..32 (0: 2 x SMs / heads, at most 32) */,
       sync_launches /* 1: synchronise and check after every kernel (debug: names a faulting kernel) */,
-      reserved;
+      batch_no_pdl /* 1: the batched decode graphs without programmatic dependent launch */;
   float routed_scale, rms_eps, softmax_scale, reserved_f;
 } dw_config;
 

@@ -26,11 +26,65 @@ constexpr int DOWN_ROWS = 4;   // output rows per block of the down kernel
 
 __device__ __forceinline__ const float *srow_of(const WRef &w, int64_t row) { return w.s ? w.s + row * w.sld : nullptr; }
 
-// The n tokens' inputs (x + t * xld) in shared memory (round8(cols) apart), normalised with norm when given.
+// The inputs of the tokens in use (x + t * xld) in shared memory (round8(cols) apart, zero-padded),
+// normalised with norm when given, each token's values exactly those stage_rms gives. When cols % 4 == 0
+// every token's loads are in flight at once (one round trip for all of them, not one per token): each
+// thread loads a float4 of the tokens' rows in turn, then warp t sums token t's squares in stage_rms's
+// order (thread k of stage_rms summed float4s k, k + THREADS, ...; its warps' sums were added in order).
 __device__ __forceinline__ void stage_tokens(float *xs, const float *x, int xld, int n, unsigned use, const float *norm,
                                              float eps, int cols) {
-  for (int t = 0; t < n; t++)
-    if (use >> t & 1u) stage_rms<THREADS>(xs + t * round_up(cols, 8), x + (int64_t)t * xld, norm, eps, cols);
+  const int c8 = round_up(cols, 8);
+  if (cols & 3) {
+    for (int t = 0; t < n; t++)
+      if (use >> t & 1u) stage_rms<THREADS>(xs + t * c8, x + (int64_t)t * xld, norm, eps, cols);
+    return;
+  }
+  __shared__ float inv[BATCH_MAX];
+  const int n4 = c8 >> 2, c4 = cols >> 2, total = n * n4;
+  constexpr int B = 8;
+  for (int k0 = threadIdx.x; k0 < total; k0 += THREADS * B) {
+    float4 v[B];
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+      const int k = k0 + b * THREADS, t = k / n4, i = k - t * n4;
+      v[b] = k < total && (use >> t & 1u) && i < c4 ? __ldcg(reinterpret_cast<const float4 *>(x + (int64_t)t * xld) + i)
+                                                    : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+      const int k = k0 + b * THREADS, t = k / n4, i = k - t * n4;
+      if (k < total) reinterpret_cast<float4 *>(xs + t * c8)[i] = v[b];
+    }
+  }
+  __syncthreads();
+  if (!norm) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < n && (use >> warp & 1u)) {
+    const float4 *r4 = reinterpret_cast<const float4 *>(xs + warp * c8);
+    float tot = 0.f;
+#pragma unroll 1
+    for (int w = 0; w < THREADS / 32; w++) {
+      float ss = 0.f;
+      for (int i = w * 32 + lane; i < n4; i += THREADS) ss += sq4(r4[i]);
+      tot += warp_sum(ss);
+    }
+    if (lane == 0) inv[warp] = 1.0f / sqrtf(tot / (float)cols + eps);
+  }
+  __syncthreads();
+  for (int k = threadIdx.x; k < n * c4; k += THREADS) {
+    const int t = k / c4, i = k - t * c4;
+    if (!(use >> t & 1u)) continue;
+    const float4 w = __ldg(reinterpret_cast<const float4 *>(norm) + i);
+    float4 *p = reinterpret_cast<float4 *>(xs + t * c8) + i;
+    float4 v = *p;
+    const float f = inv[t];
+    v.x = v.x * f * w.x;
+    v.y = v.y * f * w.y;
+    v.z = v.z * f * w.z;
+    v.w = v.w * f * w.w;
+    *p = v;
+  }
+  __syncthreads();
 }
 
 template <int F, int NB, int GR>

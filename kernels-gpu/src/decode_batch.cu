@@ -68,7 +68,7 @@ void decode_batch_step(Model &M, int n) {
   PdlScope scope;
   mark(M, "embed", 0);
   launch_embed(M.st, M.embed, bstate_field(M, offsetof(BState, token)), nullptr, M.bx, n, c.hidden, s.x);
-  launch_flags().pdl = M.pdl && !M.prof;
+  launch_flags().pdl = M.pdl && !M.prof && !M.c.batch_no_pdl;
   for (int l = 0; l < c.layers; l++) {
     const Layer &ly = M.L[l];
     mark(M, "q/kv_a gemv", bytes_of(ly.m[DW_ROLE_Q_PROJ]) + bytes_of(ly.m[DW_ROLE_Q_A]) + bytes_of(ly.m[DW_ROLE_Q_B]) +

@@ -2,6 +2,9 @@
 #pragma once
 #include "common.cuh"
 
+// x.x^2 + y^2 + z^2 + w^2, as every staging sums its squares.
+__device__ __forceinline__ float sq4(const float4 v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+
 // Stages x (cols floats) in shared memory, zero-padded to a multiple of 8 and RMS-normalised with
 // norm when given: xs = x * (1 / rms) * norm. Nothing past cols is read (a batched step's rows lie
 // back to back). Every load of a thread is issued before the first use (16-byte loads through L2
@@ -28,7 +31,7 @@ __device__ void stage_rms(float *xs, const float *x, const float *norm, float ep
         const int i = i0 + b * NT;
         if (i < n4) {
           xs4[i] = v[b];
-          ss += v[b].x * v[b].x + v[b].y * v[b].y + v[b].z * v[b].z + v[b].w * v[b].w;
+          ss += sq4(v[b]);
         }
       }
     }
