@@ -34,7 +34,7 @@ __device__ __forceinline__ const float *srow_of(const WRef &w, int64_t row) { re
 __device__ __forceinline__ void stage_tokens(float *xs, const float *x, int xld, int n, unsigned use, const float *norm,
                                              float eps, int cols) {
   const int c8 = round_up(cols, 8);
-  if (cols & 3) {
+  if (cols & 3) {  // stage_rms's scalar path, which reads nothing past cols
     for (int t = 0; t < n; t++)
       if (use >> t & 1u) stage_rms<THREADS>(xs + t * c8, x + (int64_t)t * xld, norm, eps, cols);
     return;

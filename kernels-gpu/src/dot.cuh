@@ -32,12 +32,33 @@ __device__ __forceinline__ float scaled(const Raw<F> &r, float s) {
   else return s * r.s;
 }
 
-// sum_k w[k] * x[k] for the 8 weights of r and x = (a, b).
+// sum_k w[k] * x[k] for the 8 weights of r and x = (a, b): dot8 of raw_unscaled, scaled (f32 and bf16
+// written out, as the one-token kernels were tuned with).
 template <int F>
 __device__ __forceinline__ float dot_raw4(const Raw<F> &r, const float4 a, const float4 b) {
-  float w[8];
-  raw_unscaled<F>(r, w);
-  return scaled<F>(r, dot8(w, a, b));
+  if constexpr (F == F_F32) {
+    float s = r.a.x * a.x;
+    s = fmaf(r.a.y, a.y, s);
+    s = fmaf(r.a.z, a.z, s);
+    s = fmaf(r.a.w, a.w, s);
+    s = fmaf(r.b.x, b.x, s);
+    s = fmaf(r.b.y, b.y, s);
+    s = fmaf(r.b.z, b.z, s);
+    return fmaf(r.b.w, b.w, s);
+  } else if constexpr (F == F_BF16) {
+    float s = bf16_lo(r.u.x) * a.x;
+    s = fmaf(bf16_hi(r.u.x), a.y, s);
+    s = fmaf(bf16_lo(r.u.y), a.z, s);
+    s = fmaf(bf16_hi(r.u.y), a.w, s);
+    s = fmaf(bf16_lo(r.u.z), b.x, s);
+    s = fmaf(bf16_hi(r.u.z), b.y, s);
+    s = fmaf(bf16_lo(r.u.w), b.z, s);
+    return fmaf(bf16_hi(r.u.w), b.w, s);
+  } else {
+    float w[8];
+    raw_unscaled<F>(r, w);
+    return scaled<F>(r, dot8(w, a, b));
+  }
 }
 
 // sum_k w[k] * xs[k] for the 8 weights of r.

@@ -5,17 +5,17 @@
 // x.x^2 + y^2 + z^2 + w^2, as every staging sums its squares.
 __device__ __forceinline__ float sq4(const float4 v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
 
-// Stages x (cols floats) in shared memory, zero-padded to a multiple of 8 and RMS-normalised with
-// norm when given: xs = x * (1 / rms) * norm. Nothing past cols is read (a batched step's rows lie
-// back to back). Every load of a thread is issued before the first use (16-byte loads through L2
-// when cols % 4 == 0). NT threads; ends with a barrier.
+// Stages x (cols floats; the buffer is zero-padded to a multiple of 8) in shared memory, RMS-
+// normalised with norm when given: xs = x * (1 / rms) * norm. Every load of a thread is issued
+// before the first use (16-byte loads through L2 when cols % 4 == 0). NT threads; ends with a
+// barrier. (The batched step stages its tokens with batch.cu's stage_tokens, in the same order.)
 template <int NT>
 __device__ void stage_rms(float *xs, const float *x, const float *norm, float eps, int cols) {
   __shared__ float red[NT / 32];
   const int n8 = round_up(cols, 8);
   float ss = 0.f;
   if ((cols & 3) == 0) {
-    const int n4 = n8 >> 2, c4 = cols >> 2;
+    const int n4 = n8 >> 2;
     const float4 *x4 = reinterpret_cast<const float4 *>(x);
     float4 *xs4 = reinterpret_cast<float4 *>(xs);
     constexpr int B = 4;
@@ -24,7 +24,7 @@ __device__ void stage_rms(float *xs, const float *x, const float *norm, float ep
 #pragma unroll
       for (int b = 0; b < B; b++) {
         const int i = i0 + b * NT;
-        v[b] = i < c4 ? __ldcg(x4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        v[b] = i < n4 ? __ldcg(x4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
       for (int b = 0; b < B; b++) {

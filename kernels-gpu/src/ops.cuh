@@ -84,10 +84,10 @@ struct MlaParams {
   float *part;             // [T, heads, nsplit, rank + 2]
   float *out;              // [T, heads * v]
   const DState *state;     // the sequence and the position of token 0
-  const int *tseq, *tpos;  // batched step: token t's own sequence and position (null: the state's)
   int heads, nope, rope, v, rank, nsplit;
   float eps, scale;
   int tokens;
+  const int *tseq, *tpos;  // batched step: token t's own sequence and position (null: the state's)
 };
 void launch_mla(cudaStream_t st, const MlaParams &p);
 
