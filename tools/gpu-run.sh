@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The CUDA bridge's one command: build libdwcuda.so, run the GPU tests, run the 16B benchmark, and
-# leave logs and results under $OUT (default ./gpu-results).
+# The CUDA bridge's one command: build libdwcuda.so, run the GPU tests, run the 16B benchmarks (one
+# sequence; serving throughput of batched decode at 1-8 streams; speculative decoding's verify cost),
+# and leave logs and results under $OUT (default ./gpu-results).
 #
 #   npm run test:gpu          here: builds TypeScript, then runs this script
 #   bash tools/gpu-run.sh     on the GPU machine (no Node there: a carried one is unpacked)

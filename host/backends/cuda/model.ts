@@ -240,8 +240,9 @@ export class CudaModel implements ModelBackend {
 
   /** Most tokens one batched decode step takes (forward() runs more as several steps). */
   get batchMax(): number {
-    return this.lib.decodeBatchMax(this.h);
+    return (this.maxBatch ??= this.lib.decodeBatchMax(this.h));
   }
+  private maxBatch: number | undefined;
 
   /** Distinct routed experts the last batched decode step read, summed over the MoE layers (the bytes model's count). */
   lastStepExperts = 0;
