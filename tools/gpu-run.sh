@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The CUDA bridge's one command: build libdwcuda.so, run the GPU tests, run the 16B benchmark, and
-# leave logs and results under $OUT (default ./gpu-results).
+# The CUDA bridge's one command: build libdwcuda.so, run the GPU tests, run the 16B benchmarks (one
+# sequence; serving throughput of batched decode at 1-8 streams; speculative decoding's verify cost),
+# and leave logs and results under $OUT (default ./gpu-results).
 #
 #   npm run test:gpu          here: builds TypeScript, then runs this script
 #   bash tools/gpu-run.sh     on the GPU machine (no Node there: a carried one is unpacked)
@@ -10,8 +11,11 @@
 # ignored folder .gpu-carry/ (filled by --prepare below): node.xz, node_modules/, dist/, build/.
 #
 # Environment: OUT (results folder), DW_SKIP_BENCH=1 (tests only), DW_SKIP_TESTS=1 (bench only),
-# DW_BENCH_Q8=1 (the benchmark once more with q8 weights, to bench-q8.json),
+# DW_BENCH_Q8=1 (the benchmarks once more with q8 weights, to bench-q8.json and serve-q8.json),
+# DW_SKIP_SERVE=1 / DW_SKIP_SPEC=1 (leave out the serving-throughput / speculative-decoding benchmarks),
 # DW_PREBUILT=1 (use kernels-gpu/build/libdwcuda.so as carried instead of rebuilding),
+# DW_BASELINE=DIR (an earlier checkout's dist/ and kernels-gpu/build/libdwcuda.so: its 16B benchmark runs
+# just before this one's, to bench-before.json, so that a change is timed before and after in one call),
 # DW_SYNC (default 1 for the tests: synchronize and check after every kernel, so a fault names its
 # kernel; the fixtures are tiny), DW_TEST_TIMEOUT (seconds for the test run, default 240).
 set -uo pipefail
@@ -117,18 +121,44 @@ if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
   say "CLI tests exit codes $trc $brc"
   [ $rc = 0 ] && rc=$trc
   [ $rc = 0 ] && rc=$brc
+  say "batched decode and speculative decoding"
+  for t in cuda-batch cuda-speculative; do
+    DW_SYNC="${DW_SYNC:-1}" timeout "${DW_TEST_TIMEOUT:-240}" $NODE "dist/test/$t.test.js" 2>&1 | tee -a "$OUT/test.log"
+    xrc=${PIPESTATUS[0]}
+    say "$t exit code $xrc"
+    [ $rc = 0 ] && rc=$xrc
+  done
 fi
 
 # --- benchmark --------------------------------------------------------------------------------------
 if [ $have_gpu = 1 ] && [ "${DW_SKIP_BENCH:-0}" != 1 ]; then
-  say "16B benchmark (bf16)"
-  timeout 300 $NODE dist/bench/cuda.bench.js --out "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"
-  brc=${PIPESTATUS[0]}
+  # With a baseline: two rounds of baseline then this checkout, so that run-to-run noise shows beside the change.
+  for round in $([ -n "${DW_BASELINE:-}" ] && echo 1 2 || echo 1); do
+    sfx=$([ "$round" = 1 ] && echo "" || echo "-$round")
+    if [ -n "${DW_BASELINE:-}" ]; then
+      say "16B benchmark (bf16) of the baseline $DW_BASELINE, round $round"
+      (cd "$DW_BASELINE" && DEEPWASM_CUDA_LIB="$(pwd)/kernels-gpu/build/libdwcuda.so" timeout 300 $NODE dist/bench/cuda.bench.js \
+        --out "$OUT/bench-before$sfx.json") 2>&1 | tee -a "$OUT/bench-before.log"
+    fi
+    say "16B benchmark (bf16), round $round"
+    timeout 300 $NODE dist/bench/cuda.bench.js --out "$OUT/bench$sfx.json" 2>&1 | tee -a "$OUT/bench.log"
+    brc=${PIPESTATUS[0]}
+  done
   say "bench exit code $brc"
   [ $rc = 0 ] && rc=$brc
   if [ "${DW_BENCH_Q8:-0}" = 1 ]; then
     say "16B benchmark (q8)"
     timeout 300 $NODE dist/bench/cuda.bench.js --quant q8 --out "$OUT/bench-q8.json" 2>&1 | tee -a "$OUT/bench.log"
+  fi
+  if [ "${DW_SKIP_SERVE:-0}" != 1 ]; then
+    say "16B serving throughput: batched decode at 1, 2, 4, 8 streams (bf16)"
+    timeout 300 $NODE dist/bench/cuda-serve.bench.js --out "$OUT/serve.json" 2>&1 | tee -a "$OUT/bench.log"
+    timeout 300 $NODE dist/bench/cuda-serve.bench.js --batch-pdl 0 --out "$OUT/serve-no-pdl.json" 2>&1 | tee -a "$OUT/bench.log"
+    [ "${DW_BENCH_Q8:-0}" = 1 ] && timeout 300 $NODE dist/bench/cuda-serve.bench.js --quant q8 --out "$OUT/serve-q8.json" 2>&1 | tee -a "$OUT/bench.log"
+  fi
+  if [ "${DW_SKIP_SPEC:-0}" != 1 ]; then
+    say "16B speculative decoding: verify cost, self-draft speed-up"
+    timeout 300 $NODE dist/bench/cuda-speculative.bench.js --out "$OUT/speculative.json" 2>&1 | tee -a "$OUT/bench.log"
   fi
 elif [ $have_gpu = 0 ]; then
   say "no GPU: benchmark skipped"

@@ -8,7 +8,8 @@
  * names the sequence's slot in the pool and the position of its first token. Prefill runs cuBLAS
  * GEMMs and the attention kernels; a decode step is one CUDA graph replay (sequence, position and
  * token are read from device memory, so one captured graph serves them all) that ends with the
- * argmax on the device, so only the next token id (and the logits, when asked for) come back.
+ * argmax on the device, so only the next token id (and the logits, when asked for) come back. A
+ * batched decode step runs one token of each of n sequences the same way, one graph per n.
  *
  * Numbers shared with the wasm core and the host (formats DW_FMT_*, element types DW_DTYPE_*,
  * routing DW_ROUTE_* / DW_SCORE_*, tensor roles DW_ROLE_*) come from dw_constants.h, which is
@@ -27,7 +28,7 @@
 extern "C" {
 #endif
 
-#define DW_ABI_VERSION 2
+#define DW_ABI_VERSION 3
 
 /* The model's shape as config.json gives it, the pool's size and how the decode step runs. All
  * fields 4 bytes, no padding: 28 int32 then 4 float (128 bytes). */
@@ -42,7 +43,7 @@ typedef struct dw_config {
   int32_t pdl /* 1: programmatic dependent launch in the decode graph */,
       attn_splits /* splits of a decode step's attention, 1..32 (0: 2 x SMs / heads, at most 32) */,
       sync_launches /* 1: synchronise and check after every kernel (debug: names a faulting kernel) */,
-      reserved;
+      batch_no_pdl /* 1: the batched decode graphs without programmatic dependent launch */;
   float routed_scale, rms_eps, softmax_scale, reserved_f;
 } dw_config;
 
@@ -82,12 +83,26 @@ int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n,
 /* One decode step (graph replay) of token at position pos of sequence seq; logits (may be NULL)
  * receives [vocab]. Returns the argmax. */
 int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits);
+/* Most tokens one batched decode step takes (at most 8; fewer when the model's top-k or widths need it). */
+int dw_decode_batch_max(void *m);
+/* One batched decode step (a graph replay per n, captured at its first use): token tokens[i] at
+ * position pos[i] of sequence seqs[i] for i < n, in one pass over the weights (each routed expert
+ * chosen by any of the tokens read once). Tokens of one sequence take consecutive positions (a
+ * speculative verify, a short prompt): each attends to the rows before it, the step's earlier tokens'
+ * included. next[i] receives each argmax; logits (may be NULL) receives [n, vocab]. Returns the
+ * distinct routed experts the step read, summed over the MoE layers (the bytes model of a batched
+ * step). */
+int dw_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, float *logits,
+                    int32_t *next);
 /* Greedy: feeds token at pos, then each argmax at the next positions, n steps without leaving the
  * device; out_ids gets the n ids. */
 int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, int32_t *out_ids);
 /* Runs one decode step of token at (seq, pos) with CUDA events between its stages and writes a
  * table (stage, count, ms, MB of weights, GB/s) to out. */
 int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, char *out, int32_t len);
+/* The same table for one batched decode step (dw_decode_batch's arguments); positions do not advance. */
+int dw_profile_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, char *out,
+                            int32_t len);
 /* Copies the first n_positions cache rows of sequence src to sequence dst, every layer (fork). */
 int dw_seq_copy(void *m, int32_t dst, int32_t src, int32_t n_positions);
 /* Top k (k <= 256) of the most recent logits row (of whichever run came last), largest first. */
@@ -96,6 +111,8 @@ int dw_topk(void *m, int32_t k, float *values, int32_t *ids);
 int64_t dw_weight_bytes(void *m);
 /* Bytes read per decode step at batch 1 (active weights), for rooflines. */
 int64_t dw_active_bytes(void *m);
+/* Bytes of one routed expert (gate/up and down, scales included): what a step reads per distinct expert. */
+int64_t dw_expert_bytes(void *m);
 void dw_free(void *m);
 
 /* Device-to-device copy bandwidth in GB/s (bytes read + written), median of iters copies. */

@@ -55,6 +55,28 @@ void check_run(const Model &M, int seq, int pos, int64_t n) {
             std::to_string(M.c.max_context));
 }
 
+// Checks a batched step's inputs and copies them to the device (through the pinned M.host_bstate).
+void arm_batch(Model &M, int n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens) {
+  if (n < 1 || n > M.batch_max)
+    dw_fail("a batched decode step of " + std::to_string(n) + " tokens: expected 1 to " + std::to_string(M.batch_max) +
+            " (dw_decode_batch_max)");
+  BState &h = *M.host_bstate;
+  CK(cudaStreamSynchronize(M.st));  // the pinned inputs of the last step are no longer read
+  for (int i = 0; i < n; i++) {
+    check_run(M, seqs[i], pos[i], 1);
+    check_token(M, tokens[i]);
+    for (int j = 0; j < i; j++)
+      if (seqs[j] == seqs[i] && pos[j] == pos[i])
+        dw_fail("position " + std::to_string(pos[i]) + " of sequence " + std::to_string(seqs[i]) +
+                " appears twice in one batched decode step");
+    h.seq[i] = seqs[i];
+    h.pos[i] = pos[i];
+    h.token[i] = tokens[i];
+  }
+  h.experts = 0;
+  CK(cudaMemcpyAsync(M.bstate, &h, sizeof h, cudaMemcpyHostToDevice, M.st));
+}
+
 // Puts (seq, pos, token) in the state the decode graph reads, capturing the graph at the first step.
 void arm_decode(Model &M, int seq, int pos, int token) {
   launch_set_state(M.st, M.state, seq, pos, token);
@@ -207,6 +229,33 @@ int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits) {
   });
 }
 
+int dw_decode_batch_max(void *m) {
+  return guarded([&]() -> int { return as_model(m).batch_max; });
+}
+
+int dw_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, float *logits,
+                    int32_t *next) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    BState &h = *M.host_bstate;
+    arm_batch(M, n, seqs, pos, tokens);
+    if (!M.bgraph[n]) {
+      ensure_captured(M, M.bgraph[n], [&] { decode_batch_step(M, n); });
+      CK(cudaMemcpyAsync(M.bstate, &h, sizeof h, cudaMemcpyHostToDevice, M.st));
+    }
+    CK(cudaGraphLaunch(M.bgraph[n], M.st));
+    const size_t bytes = sizeof(float) * n * M.c.vocab;
+    if (logits) CK(cudaMemcpyAsync(M.host_blogits, M.blogits, bytes, cudaMemcpyDeviceToHost, M.st));
+    CK(cudaMemcpyAsync(&h, M.bstate, sizeof h, cudaMemcpyDeviceToHost, M.st));
+    CK(cudaStreamSynchronize(M.st));
+    M.last_logits = M.blogits + (int64_t)(n - 1) * M.c.vocab;
+    for (int i = 0; i < n; i++) next[i] = h.next[i];
+    if (logits) memcpy(logits, M.host_blogits, bytes);
+    return h.experts;
+  });
+}
+
 int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, int32_t *out_ids) {
   return guarded([&]() -> int {
     Model &M = finalized(m);
@@ -230,6 +279,17 @@ int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, char *ou
     check_token(M, token);
     const std::string s = profile_decode(M, seq, pos, token);
     M.last_logits = M.dlogits;
+    if (out && len > 0) snprintf(out, len, "%s", s.c_str());
+    return 0;
+  });
+}
+
+int dw_profile_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, char *out,
+                            int32_t len) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    const std::string s = profile_step(M, [&] { arm_batch(M, n, seqs, pos, tokens); }, [&] { decode_batch_step(M, n); });
     if (out && len > 0) snprintf(out, len, "%s", s.c_str());
     return 0;
   });
@@ -287,6 +347,14 @@ int64_t dw_active_bytes(void *m) {
       else b += bytes_of(ly.m[s]);
     }
   return b;
+}
+
+int64_t dw_expert_bytes(void *m) {
+  if (!m) return -1;
+  Model &M = *static_cast<Model *>(m);
+  for (auto &ly : M.L)
+    if (ly.moe) return mat_bytes_one(ly.m[DW_ROLE_EXP_GATE_UP]) + mat_bytes_one(ly.m[DW_ROLE_EXP_DOWN]);
+  return 0;
 }
 
 void dw_free(void *m) {

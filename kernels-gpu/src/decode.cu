@@ -6,21 +6,14 @@
 // next token and position into the state.
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <initializer_list>
 #include <vector>
 #include "model.cuh"
 
-namespace {
-
-struct Out {
-  const DMat *W;
-  float *y;
-  bool add;
-};
-
-// Several matrices over one input: one launch per weight format present.
-void gemv_multi(Model &M, const float *x, const float *norm, int cols, std::initializer_list<Out> outs) {
-  std::vector<Out> todo(outs);
+void gemv_multi(Model &M, const float *x, const float *norm, int cols, std::initializer_list<GemvOut> outs, int n,
+                int xld) {
+  std::vector<GemvOut> todo(outs);
   while (!todo.empty()) {
     const int fmt = todo[0].W->fmt;
     GemvParams p{};
@@ -28,24 +21,26 @@ void gemv_multi(Model &M, const float *x, const float *norm, int cols, std::init
     p.norm = norm;
     p.eps = M.c.rms_eps;
     p.cols = cols;
+    p.n = n;
+    p.xld = xld;
     int64_t rows = 0;
-    std::vector<Out> rest;
-    for (const Out &o : todo) {
+    std::vector<GemvOut> rest;
+    for (const GemvOut &o : todo) {
       if (o.W->fmt != fmt || p.nseg == GEMV_MAXSEG) {
         rest.push_back(o);
         continue;
       }
       if (o.W->cols != cols) dw_fail("internal: gemv input size mismatch");
-      p.seg[p.nseg++] = GemvSeg{wref(*o.W), o.W->rows, o.add ? 1 : 0, o.y, 0};
+      p.seg[p.nseg++] = GemvSeg{wref(*o.W), o.W->rows, o.add ? 1 : 0, o.y, 0, o.yld};
       rows += o.W->rows;
     }
     p.rpw = gemv_rows_per_warp(rows, M.nsm);
-    launch_gemv(M.st, fmt, p);
+    if (n > 0) launch_gemv_batch(M.st, fmt, p, M.nsm);
+    else launch_gemv(M.st, fmt, p);
     todo.swap(rest);
   }
 }
 
-// The feed-forward of a layer: the chosen experts (moe) and the fixed MLP, shared or dense.
 MoeParams moe_params(const Model &M, const Layer &ly) {
   const dw_config &c = M.c;
   MoeParams p{};
@@ -94,11 +89,7 @@ void mark(Model &M, const char *name, int64_t bytes) {
   M.prof->push_back({name, bytes, e});
 }
 
-// Launches inside use programmatic dependent launch while launch_flags().pdl is on; off on exit.
-struct PdlScope {
-  PdlScope() { launch_flags().pdl = false; }
-  ~PdlScope() { launch_flags().pdl = false; }
-};
+namespace {
 
 void moe_layer(Model &M, const Layer &ly) {
   const dw_config &c = M.c;
@@ -135,7 +126,7 @@ void decode_step(Model &M) {
   const dw_config &c = M.c;
   PdlScope scope;
   mark(M, "embed", 0);
-  launch_embed(M.st, M.embed, nullptr, M.state, M.dx, 1, c.hidden);
+  launch_embed(M.st, M.embed, nullptr, M.state, M.dx, 1, c.hidden, c.hidden);
   launch_flags().pdl = M.pdl && !M.prof;
   for (int l = 0; l < c.layers; l++) {
     const Layer &ly = M.L[l];
@@ -143,16 +134,16 @@ void decode_step(Model &M) {
                                bytes_of(ly.m[DW_ROLE_KV_A]));
     if (c.q_lora_rank > 0) {
       gemv_multi(M, M.dx, ly.v[DW_ROLE_ATTN_NORM], c.hidden,
-                 {{&ly.m[DW_ROLE_Q_A], M.dqa, false}, {&ly.m[DW_ROLE_KV_A], M.dkv, false}});
-      gemv_multi(M, M.dqa, ly.v[DW_ROLE_Q_A_NORM], c.q_lora_rank, {{&ly.m[DW_ROLE_Q_B], M.dq, false}});
+                 {{&ly.m[DW_ROLE_Q_A], M.dqa, false, 0}, {&ly.m[DW_ROLE_KV_A], M.dkv, false, 0}});
+      gemv_multi(M, M.dqa, ly.v[DW_ROLE_Q_A_NORM], c.q_lora_rank, {{&ly.m[DW_ROLE_Q_B], M.dq, false, 0}});
     } else {
       gemv_multi(M, M.dx, ly.v[DW_ROLE_ATTN_NORM], c.hidden,
-                 {{&ly.m[DW_ROLE_Q_PROJ], M.dq, false}, {&ly.m[DW_ROLE_KV_A], M.dkv, false}});
+                 {{&ly.m[DW_ROLE_Q_PROJ], M.dq, false, 0}, {&ly.m[DW_ROLE_KV_A], M.dkv, false, 0}});
     }
     mark(M, "mla (absorb, attend, W_UV)", bytes_of(ly.m[DW_ROLE_KV_B]));
     launch_mla(M.st, mla_params(M, ly, 1, true));
     mark(M, "o_proj gemv", bytes_of(ly.m[DW_ROLE_O_PROJ]));
-    gemv_multi(M, M.dattn, nullptr, c.heads * c.v_dim, {{&ly.m[DW_ROLE_O_PROJ], M.dx, true}});
+    gemv_multi(M, M.dattn, nullptr, c.heads * c.v_dim, {{&ly.m[DW_ROLE_O_PROJ], M.dx, true, 0}});
     if (ly.moe) {
       moe_layer(M, ly);
     } else {
@@ -164,7 +155,7 @@ void decode_step(Model &M) {
     }
   }
   mark(M, "lm_head gemv", bytes_of(M.head));
-  gemv_multi(M, M.dx, M.final_norm, c.hidden, {{&M.head, M.dlogits, false}});
+  gemv_multi(M, M.dx, M.final_norm, c.hidden, {{&M.head, M.dlogits, false, 0}});
   mark(M, "argmax", 0);
   launch_argmax(M.st, M.dlogits, c.vocab, M.state, 1, M.amax);
   mark(M, "end", 0);
@@ -172,14 +163,11 @@ void decode_step(Model &M) {
 
 namespace {
 
-// Captures the decode step once. The state must already hold the step's token and position: the
-// step runs once uncaptured first (kernel attributes set, launch errors named; with sync_launches
-// each kernel checked), which computes exactly what the replay that follows recomputes.
-void capture(Model &M) {
+void capture(Model &M, cudaGraphExec_t &graph, const std::function<void()> &step) {
   cudaGraph_t g = nullptr;
   CK(cudaStreamBeginCapture(M.st, cudaStreamCaptureModeThreadLocal));
   try {
-    decode_step(M);
+    step();
   } catch (...) {
     cudaGraph_t dummy = nullptr;
     cudaStreamEndCapture(M.st, &dummy);
@@ -187,42 +175,52 @@ void capture(Model &M) {
     throw;
   }
   CK(cudaStreamEndCapture(M.st, &g));
-  cudaError_t e = cudaGraphInstantiate(&M.graph, g, 0);
+  cudaError_t e = cudaGraphInstantiate(&graph, g, 0);
   cudaGraphDestroy(g);
   CK(e);
 }
 
 }  // namespace
 
-void ensure_graph(Model &M) {
-  if (M.graph) return;
-  M.pdl = M.c.pdl != 0;
-  decode_step(M);
+// Captures a step once. The device-side inputs must already hold the step's tokens and positions:
+// the step runs once uncaptured first (kernel attributes set, launch errors named; with
+// sync_launches each kernel checked), which computes exactly what the replay that follows recomputes.
+void ensure_captured(Model &M, cudaGraphExec_t &graph, const std::function<void()> &step) {
+  if (graph) return;
+  step();
   CK(cudaStreamSynchronize(M.st));
-  if (!M.pdl) return capture(M);
+  if (!M.pdl) return capture(M, graph, step);
   try {
-    capture(M);
+    capture(M, graph, step);
   } catch (const std::exception &e) {
-    // A driver that cannot capture programmatic launches: clear the error, capture without them.
+    // A driver that cannot capture programmatic launches: clear the error, capture without them (every graph).
     cudaGetLastError();
-    M.graph = nullptr;
+    graph = nullptr;
     M.pdl = false;
     fprintf(stderr, "deepwasm cuda: decode graph without programmatic dependent launch (%s)\n", e.what());
-    capture(M);
+    capture(M, graph, step);
   }
 }
 
+void ensure_graph(Model &M) {
+  ensure_captured(M, M.graph, [&] { decode_step(M); });
+}
+
 std::string profile_decode(Model &M, int seq, int pos, int token) {
+  return profile_step(M, [&] { launch_set_state(M.st, M.state, seq, pos, token); }, [&] { decode_step(M); });
+}
+
+std::string profile_step(Model &M, const std::function<void()> &arm, const std::function<void()> &step) {
   std::vector<Model::Mark> marks;
-  launch_set_state(M.st, M.state, seq, pos, token);
-  decode_step(M);  // warm: kernel attributes, caches
-  launch_set_state(M.st, M.state, seq, pos, token);
+  arm();
+  step();  // warm: kernel attributes, caches
+  arm();
   // Hold the GPU for 20 ms so that the whole step is queued before it starts: the events then
   // time the kernels, not the host's launches.
   launch_spin(M.st, 20000000ull);
   M.prof = &marks;
   try {
-    decode_step(M);
+    step();
   } catch (...) {
     M.prof = nullptr;
     for (auto &mk : marks) cudaEventDestroy(mk.ev);

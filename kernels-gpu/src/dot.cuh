@@ -6,7 +6,34 @@
 
 constexpr int DOT_U = 8;  // 16-byte loads in flight per lane (bf16: 32 registers)
 
-// sum_k w[k] * x[k] for the 8 weights of r and x = (a, b).
+// sum_k w[k] * x[k] for x = (a, b), in the order every dot product of the library sums.
+__device__ __forceinline__ float dot8(const float *w, const float4 a, const float4 b) {
+  float s = w[0] * a.x;
+  s = fmaf(w[1], a.y, s);
+  s = fmaf(w[2], a.z, s);
+  s = fmaf(w[3], a.w, s);
+  s = fmaf(w[4], b.x, s);
+  s = fmaf(w[5], b.y, s);
+  s = fmaf(w[6], b.z, s);
+  return fmaf(w[7], b.w, s);
+}
+
+// The 8 weights of r as f32 before a quantized format's scale r.s (f32 and bf16 have none).
+template <int F>
+__device__ __forceinline__ void raw_unscaled(const Raw<F> &r, float *w) {
+  if constexpr (F == F_F32 || F == F_BF16) raw_to_f32<F>(r, w);
+  else quant_to_f32(r, w);
+}
+
+// A dot8 of r's unscaled weights, scaled.
+template <int F>
+__device__ __forceinline__ float scaled(const Raw<F> &r, float s) {
+  if constexpr (F == F_F32 || F == F_BF16) return s;
+  else return s * r.s;
+}
+
+// sum_k w[k] * x[k] for the 8 weights of r and x = (a, b): dot8 of raw_unscaled, scaled (f32 and bf16
+// written out, as the one-token kernels were tuned with).
 template <int F>
 __device__ __forceinline__ float dot_raw4(const Raw<F> &r, const float4 a, const float4 b) {
   if constexpr (F == F_F32) {
@@ -29,16 +56,8 @@ __device__ __forceinline__ float dot_raw4(const Raw<F> &r, const float4 a, const
     return fmaf(bf16_hi(r.u.w), b.w, s);
   } else {
     float w[8];
-    quant_to_f32(r, w);
-    float s = w[0] * a.x;
-    s = fmaf(w[1], a.y, s);
-    s = fmaf(w[2], a.z, s);
-    s = fmaf(w[3], a.w, s);
-    s = fmaf(w[4], b.x, s);
-    s = fmaf(w[5], b.y, s);
-    s = fmaf(w[6], b.z, s);
-    s = fmaf(w[7], b.w, s);
-    return s * r.s;
+    raw_unscaled<F>(r, w);
+    return scaled<F>(r, dot8(w, a, b));
   }
 }
 
@@ -195,6 +214,150 @@ __device__ __forceinline__ float down_rows(const P &p, int j0, const char *const
   if (threadIdx.x < R) {
 #pragma unroll
     for (int w = 0; w < 8; w++) sum += red[w * R + threadIdx.x];
+  }
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The batched decode step's dot products: each weight row is loaded once for all NB tokens of
+// the step. Token b takes part when bit b of its mask is set.
+// ---------------------------------------------------------------------------------------------
+
+// R rows of one matrix (rowp[r], srow[r]) against NB vectors xs + b * xld (shared memory). The
+// lanes' columns and the order of the sums are row_dot's, so token b's sum equals row_dot's of
+// its vector bit for bit. Every lane gets every sum.
+template <int F, int R, int NB>
+__device__ __forceinline__ void rows_dot_nb(const char *const *rowp, const float *const *srow, int sblk,
+                                            const float *xs, int xld, int cols, unsigned use, float (&out)[R][NB]) {
+  const int lane = threadIdx.x & 31;
+  constexpr int U = DOT_U / R > 0 ? DOT_U / R : 1;
+  float acc[R][NB];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+  for (int c0 = lane * 8; c0 < cols; c0 += 256 * U) {
+    Raw<F> w[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + u * 256;
+      if (c < cols) {
+#pragma unroll
+        for (int r = 0; r < R; r++) w[u][r] = load_raw<F>(rowp[r], srow[r], c, sblk);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + u * 256;
+      if (c < cols) {
+        float wf[R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++) raw_unscaled<F>(w[u][r], wf[r]);
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          if (use >> b & 1u) {
+            const float4 xa = *reinterpret_cast<const float4 *>(xs + b * xld + c);
+            const float4 xb = *reinterpret_cast<const float4 *>(xs + b * xld + c + 4);
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r][b] += scaled<F>(w[u][r], dot8(wf[r], xa, xb));
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int b = 0; b < NB; b++) out[r][b] = warp_sum(acc[r][b]);
+}
+
+// The batched expert down projection for R output rows [j0, j0 + R), as down_rows but over the
+// step's units: the distinct routed experts (unit u < nu, u.inter8 columns each) and then the fixed
+// MLP (finter columns). Unit u's rows are base[u], sbase[u]; token b uses it when bit b of mask[u]
+// is set, with router weight wt[u][b] and its activations at act + b * act_ld + aoff[u][b]. The 8
+// warps split the units' concatenated columns; the partial sums meet in red[8][R * NB] and thread
+// r * NB + b < R * NB returns row r's sum for token b (others return 0).
+template <int F, int R, int NB, typename P>
+__device__ __forceinline__ float down_rows_nb(const P &p, int j0, int nu, const char *const *base,
+                                              const float *const *sbase, const float (*wt)[NB], const int (*aoff)[NB],
+                                              const unsigned *mask, float *red) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int routed = nu * p.inter8;
+  const int total = routed + (p.has_fixed ? round_up(p.finter, 8) : 0);
+  const int nch = total >> 3;
+  const int c_lo = warp * nch / 8, c_hi = (warp + 1) * nch / 8;
+  float acc[R][NB];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+  constexpr int U = F == F_F32 ? 1 : 2;  // U chunks x R rows of 16-byte loads in flight, as down_rows
+  for (int c0 = c_lo + lane; c0 < c_hi; c0 += 32 * U) {
+    Raw<F> w[U][R];
+    int s[U], col[U], first[U];
+    // The activations of each chunk's first token are loaded with the weights (most experts of a step
+    // serve one token): only the others wait for a second round trip.
+    float4 fa[U], fb[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + 32 * u;
+      if (c < c_hi) {
+        const int g = c * 8;
+        s[u] = g < routed ? g / p.inter8 : nu;
+        col[u] = g - s[u] * p.inter8;
+        const bool fx = s[u] == nu;
+        const int64_t ldb = fx ? p.fdn.ldb : p.dn.ldb;
+        const int sld = fx ? p.fdn.sld : p.dn.sld;
+        const int sblk = fx ? p.fdn.sblk : p.dn.sblk;
+        const char *bs = base[s[u]];
+        const float *sb = sbase[s[u]];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          const int j = min(j0 + r, p.hidden - 1);  // rows past the end: read a real row, drop the sum
+          w[u][r] = load_raw<F>(bs + j * ldb, sb ? sb + (int64_t)j * sld : nullptr, col[u], sblk);
+        }
+        first[u] = __ffs(mask[s[u]]) - 1;
+        const float *a = p.act + (int64_t)first[u] * p.act_ld + aoff[s[u]][first[u]] + col[u];
+        fa[u] = __ldcg(reinterpret_cast<const float4 *>(a));
+        fb[u] = __ldcg(reinterpret_cast<const float4 *>(a + 4));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      if (c0 + 32 * u < c_hi) {
+        float wf[R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++) raw_unscaled<F>(w[u][r], wf[r]);
+        const unsigned m = mask[s[u]];
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          if (m >> b & 1u) {
+            float4 xa = fa[u], xb = fb[u];
+            if (b != first[u]) {
+              const float *a = p.act + (int64_t)b * p.act_ld + aoff[s[u]][b] + col[u];
+              xa = __ldcg(reinterpret_cast<const float4 *>(a));
+              xb = __ldcg(reinterpret_cast<const float4 *>(a + 4));
+            }
+            const float ws = wt[s[u]][b];
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r][b] = fmaf(ws, scaled<F>(w[u][r], dot8(wf[r], xa, xb)), acc[r][b]);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      const float v = warp_sum(acc[r][b]);
+      if (lane == 0) red[warp * R * NB + r * NB + b] = v;
+    }
+  __syncthreads();
+  float sum = 0.f;
+  if (threadIdx.x < R * NB) {
+#pragma unroll
+    for (int w = 0; w < 8; w++) sum += red[w * R * NB + threadIdx.x];
   }
   return sum;
 }

@@ -5,7 +5,8 @@
 //   s_t    = scale * qabs_h . cache_t,  p = softmax(s)   (attn: flash-decoding splits of positions)
 //   o_h    = W_UV (sum_t p_t c_t)                         (uv: merges the splits, then W_UV)
 // The same kernels serve decode (tokens = 1, positions split over nsplit blocks) and prefill
-// (tokens = T, nsplit = 1). The sequence and the position of token 0 are read from the device-side
+// (tokens = T, nsplit = 1) and the batched decode step (tokens = n, each with its own sequence and
+// position: tseq, tpos). The sequence and the position of token 0 are read from the device-side
 // state, so a captured decode graph replays for any sequence at any position; a sequence's cache
 // rows lie at cache + seq * seq_stride.
 #include "ops.cuh"
@@ -16,10 +17,24 @@ namespace {
 constexpr int MAXJ = 20;  // latent = rank + rope <= 640 (DeepSeek: 512 + 64)
 constexpr int ATT_WARPS = 4;
 
-__device__ __forceinline__ float *seq_cache(const MlaParams &p) { return p.cache + p.state->seq * p.seq_stride; }
+// Token t's sequence and position: its own in a batched step (PT, per token), else the state's sequence
+// from the state's position. A template parameter, so that the one-sequence kernels stay as they were.
+template <bool PT>
+__device__ __forceinline__ int tok_seq(const MlaParams &p, int t) {
+  if constexpr (PT) return p.tseq[t];
+  else return p.state->seq;
+}
+template <bool PT>
+__device__ __forceinline__ int tok_pos(const MlaParams &p, int t) {
+  if constexpr (PT) return p.tpos[t];
+  else return p.state->pos + t;
+}
+template <bool PT>
+__device__ __forceinline__ float *seq_cache(const MlaParams &p, int t) { return p.cache + tok_seq<PT>(p, t) * p.seq_stride; }
 
 // The cache row of token t: the normalised latent, then the roped shared key. Any block size that
 // is a multiple of 32 (at most 1024).
+template <bool PT>
 __device__ void write_cache_row(const MlaParams &p, int t, int pos) {
   __shared__ float red[32];
   __shared__ float inv_s;
@@ -27,7 +42,7 @@ __device__ void write_cache_row(const MlaParams &p, int t, int pos) {
   const float *cs = p.cos + (int64_t)pos * half;
   const float *sn = p.sin + (int64_t)pos * half;
   const float *kv = p.kv + (int64_t)t * p.kv_ld;
-  float *row = seq_cache(p) + (int64_t)pos * (p.rank + p.rope);
+  float *row = seq_cache<PT>(p, t) + (int64_t)pos * (p.rank + p.rope);
   float ss = 0.f;
   for (int i = threadIdx.x; i < p.rank; i += blockDim.x) ss += kv[i] * kv[i];
   ss = warp_sum(ss);
@@ -60,7 +75,7 @@ __device__ __forceinline__ float rope_q(const MlaParams &p, const float *qh, int
 // head: 32 threads x 8 columns (one 16-byte load per row for bf16) x 8 groups of rows, summed in
 // shared memory; q_nope (nope floats of dynamic shared memory) is staged first. Block (heads, 0)
 // writes the token's cache row instead.
-template <int F>
+template <int F, bool PT>
 __global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ MlaParams p) {
   __shared__ __align__(16) float red[8][256];
   extern __shared__ float qn[];
@@ -72,9 +87,9 @@ __global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ Mla
     for (int i = rg; i < p.nope; i += 8) prefetch_l2(p.kvb.w + (row0 + i) * p.kvb.ldb + (size_t)col * elem_bytes<F>);
   pdl_wait();
   pdl_trigger();
-  const int pos = p.state->pos + t;
+  const int pos = tok_pos<PT>(p, t);
   if (h == p.heads) {
-    if (blockIdx.y == 0) write_cache_row(p, t, pos);
+    if (blockIdx.y == 0) write_cache_row<PT>(p, t, pos);
     return;
   }
   const int latent = p.rank + p.rope;
@@ -99,6 +114,7 @@ __global__ void __launch_bounds__(256) absorb_kernel(const __grid_constant__ Mla
     for (int j = threadIdx.x; j < p.rope; j += blockDim.x) out[p.rank + j] = rope_q(p, qh, j, pos);
 }
 
+template <bool PT>
 __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_constant__ MlaParams p) {
   extern __shared__ __align__(16) float sacc[];  // [ATT_WARPS][rank]
   __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
@@ -107,11 +123,11 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(const __grid_const
   const int h = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int latent = p.rank + p.rope;
-  const int n = p.state->pos + t + 1;
+  const int n = tok_pos<PT>(p, t) + 1;
   const int chunk = ceil_div(n, p.nsplit);
   const int s0 = split * chunk, s1 = min(n, s0 + chunk);
   const float *qa = p.qabs + ((int64_t)t * p.heads + h) * latent;
-  const float *cache = seq_cache(p);
+  const float *cache = seq_cache<PT>(p, t);
   float q[MAXJ], acc[MAXJ];
 #pragma unroll
   for (int j = 0; j < MAXJ; j++) {
@@ -223,14 +239,18 @@ void launch_mla(cudaStream_t st, const MlaParams &p) {
   if (latent > 32 * MAXJ) dw_fail("kv_lora_rank + qk_rope_head_dim > 640 is not supported by the attention kernel");
   if (p.nsplit > 32) dw_fail("internal: more than 32 attention splits");
   const size_t smem0 = (size_t)p.nope * 4;
+  const bool pt = p.tseq != nullptr;
+  const dim3 ga(p.heads + 1, ceil_div(p.rank, 256), p.tokens);
   FMT_DISPATCH(p.kvb_fmt, F, {
-    dw_smem_limit(reinterpret_cast<const void *>(absorb_kernel<F>), smem0);
-    launch_k(absorb_kernel<F>, dim3(p.heads + 1, ceil_div(p.rank, 256), p.tokens), 256, smem0, st, p);
+    auto k = pt ? absorb_kernel<F, true> : absorb_kernel<F, false>;
+    dw_smem_limit(reinterpret_cast<const void *>(k), smem0);
+    launch_k(k, ga, 256, smem0, st, p);
   });
   LAUNCHED("absorb", st);
   const size_t smem = (size_t)ATT_WARPS * p.rank * 4;
-  dw_smem_limit(reinterpret_cast<const void *>(attn_kernel), smem);
-  launch_k(attn_kernel, dim3(p.heads, p.nsplit, p.tokens), ATT_WARPS * 32, smem, st, p);
+  auto ka = pt ? attn_kernel<true> : attn_kernel<false>;
+  dw_smem_limit(reinterpret_cast<const void *>(ka), smem);
+  launch_k(ka, dim3(p.heads, p.nsplit, p.tokens), ATT_WARPS * 32, smem, st, p);
   LAUNCHED("attn", st);
   const size_t smem2 = (size_t)round_up(p.rank, 8) * 4;
   FMT_DISPATCH(p.kvb_fmt, F, {

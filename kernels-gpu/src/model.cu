@@ -36,6 +36,8 @@ Model *new_model(const dw_config &c) {
     M->L.resize(c.layers);
     for (int l = 0; l < c.layers; l++) M->L[l].moe = is_moe(c, l);
     M->nsplit = c.attn_splits > 0 ? c.attn_splits : std::max(1, std::min(32, 2 * M->nsm / c.heads));
+    M->pdl = c.pdl != 0;
+    M->batch_max = batch_max(*M);
   } catch (...) {
     free_model(M);
     throw;
@@ -46,6 +48,10 @@ Model *new_model(const dw_config &c) {
 void free_model(Model *M) {
   if (M->st) cudaStreamSynchronize(M->st);
   if (M->graph) cudaGraphExecDestroy(M->graph);
+  for (cudaGraphExec_t g : M->bgraph)
+    if (g) cudaGraphExecDestroy(g);
+  if (M->host_bstate) cudaFreeHost(M->host_bstate);
+  if (M->host_blogits) cudaFreeHost(M->host_blogits);
   blas_close(M->blas);
   for (void *p : M->allocs) cudaFree(p);
   if (M->stage) cudaFree(M->stage);
@@ -269,6 +275,22 @@ static void each_buffer(Model &M, A &&a) {
   a(M.amax.counter, 1);
   a(M.log, c.max_context + 1);
   a(M.state, 1);
+  const int B = M.batch_max, H8 = round_up(H, 8);
+  a(M.bx, (int64_t)B * H8);
+  a(M.bh, (int64_t)B * H8);
+  a(M.bq, (int64_t)B * round_up(c.heads * M.qdim, 8));
+  a(M.bqa, (int64_t)B * round_up(std::max(c.q_lora_rank, 1), 8));
+  a(M.bkv, (int64_t)B * round_up(M.latent, 8));
+  a(M.bqabs, (int64_t)B * c.heads * M.latent);
+  a(M.bpart, (int64_t)B * c.heads * M.nsplit * (c.kv_lora_rank + 2));
+  a(M.battn, (int64_t)B * c.heads * c.v_dim + 8);
+  a(M.bact, (int64_t)B * (k * round_up(I, 8) + round_up(maxI, 8)));
+  a(M.brlog, (int64_t)B * E);
+  a(M.bw, (int64_t)B * k);
+  a(M.bchosen, (int64_t)B * k);
+  a(M.blogits, (int64_t)B * c.vocab);
+  a(M.units, 1);
+  a(M.bstate, 1);
 }
 
 // cuBLAS's workspace, the decode graph and the runtime's own allocations.
@@ -323,6 +345,8 @@ void finalize_model(Model &M) {
   CK(cudaMemcpyAsync(M.state, &s0, sizeof s0, cudaMemcpyHostToDevice, M.st));
   CK(cudaStreamSynchronize(M.st));
   CK(cudaMallocHost(&M.host_logits, sizeof(float) * c.vocab));
+  CK(cudaMallocHost(&M.host_bstate, sizeof(BState)));
+  CK(cudaMallocHost(&M.host_blogits, sizeof(float) * M.batch_max * c.vocab));
   M.blas = blas_open(M.st);
   M.finalized = true;
 }

@@ -2,6 +2,8 @@
 // and the decode graph. model.cu makes and frees it, load.cu fills its weights, prefill.cu and
 // decode.cu run it, api.cu is the C ABI over all of them.
 #pragma once
+#include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 #include "ops.cuh"
@@ -37,7 +39,7 @@ struct Model {
   bool finalized = false;
   Blas *blas = nullptr;
   cudaGraphExec_t graph = nullptr;
-  bool pdl = false;  // the captured decode graph uses programmatic dependent launch
+  bool pdl = false;  // the captured decode graphs use programmatic dependent launch (dw_config.pdl, off if the driver refuses)
 
   // prefill buffers (P rows)
   float *x = nullptr, *h = nullptr, *q = nullptr, *qa = nullptr, *kv = nullptr, *qabs = nullptr, *part = nullptr,
@@ -54,6 +56,16 @@ struct Model {
   ArgmaxScratch amax{};
   DState *state = nullptr;
   float *host_logits = nullptr;  // pinned: a decode step's logits come back by DMA, then to the caller
+  // batched decode (decode_batch.cu): batch_max tokens, each row zero-padded to a multiple of 8
+  int batch_max = 0;
+  float *bx = nullptr, *bh = nullptr, *bq = nullptr, *bqa = nullptr, *bkv = nullptr, *bqabs = nullptr, *bpart = nullptr,
+        *battn = nullptr, *bact = nullptr, *brlog = nullptr, *bw = nullptr, *blogits = nullptr;
+  int *bchosen = nullptr;
+  Units *units = nullptr;
+  BState *bstate = nullptr;
+  BState *host_bstate = nullptr;  // pinned: the step's inputs go up and its argmaxes come back through it
+  float *host_blogits = nullptr;  // pinned: [batch_max][vocab]
+  cudaGraphExec_t bgraph[BATCH_MAX + 1] = {};  // one per batch size used
   // top-k of the most recent logits row
   float *topk_scratch = nullptr, *tk_vals = nullptr;
   int *tk_ids = nullptr;
@@ -120,7 +132,35 @@ void prefill_chunk(Model &M, int seq, const int32_t *ids_host, int T, int pos0, 
 // decode.cu: the step as kernels (captured once into M.graph), its replay, and its profile.
 void decode_step(Model &M);
 void ensure_graph(Model &M);
+// Captures step() into graph unless it is already there (runs it once uncaptured first).
+void ensure_captured(Model &M, cudaGraphExec_t &graph, const std::function<void()> &step);
+// Several matrices over one input x, one launch per format: n = 0 one token, else n tokens xld apart
+// (y rows yld apart) through the batched gemv.
+struct GemvOut {
+  const DMat *W;
+  float *y;
+  bool add;
+  int yld;
+};
+void gemv_multi(Model &M, const float *x, const float *norm, int cols, std::initializer_list<GemvOut> outs, int n = 0,
+                int xld = 0);
+// The feed-forward of a layer for one token: the chosen experts (moe) and the fixed MLP, shared or dense.
+MoeParams moe_params(const Model &M, const Layer &ly);
+
+// Launches inside use programmatic dependent launch while launch_flags().pdl is on; off on exit.
+struct PdlScope {
+  PdlScope() { launch_flags().pdl = false; }
+  ~PdlScope() { launch_flags().pdl = false; }
+};
+
+// decode_batch.cu: n tokens of n sequences (the inputs in M.bstate), captured per n into M.bgraph[n].
+int batch_max(const Model &M);
+void decode_batch_step(Model &M, int n);
 std::string profile_decode(Model &M, int seq, int pos, int token);
+// Runs arm(), step() (warm), arm(), then step() with events between its marks: the table of stages.
+std::string profile_step(Model &M, const std::function<void()> &arm, const std::function<void()> &step);
+// Profiling: the time from this mark to the next is charged to its name (a no-op unless profiling).
+void mark(Model &M, const char *name, int64_t bytes);
 
 // The argmax the last run left in the state.
 int read_token(Model &M);

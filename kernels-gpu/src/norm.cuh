@@ -2,10 +2,13 @@
 #pragma once
 #include "common.cuh"
 
+// x.x^2 + y^2 + z^2 + w^2, as every staging sums its squares.
+__device__ __forceinline__ float sq4(const float4 v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+
 // Stages x (cols floats; the buffer is zero-padded to a multiple of 8) in shared memory, RMS-
 // normalised with norm when given: xs = x * (1 / rms) * norm. Every load of a thread is issued
 // before the first use (16-byte loads through L2 when cols % 4 == 0). NT threads; ends with a
-// barrier.
+// barrier. (The batched step stages its tokens with batch.cu's stage_tokens, in the same order.)
 template <int NT>
 __device__ void stage_rms(float *xs, const float *x, const float *norm, float eps, int cols) {
   __shared__ float red[NT / 32];
@@ -28,7 +31,7 @@ __device__ void stage_rms(float *xs, const float *x, const float *norm, float ep
         const int i = i0 + b * NT;
         if (i < n4) {
           xs4[i] = v[b];
-          ss += v[b].x * v[b].x + v[b].y * v[b].y + v[b].z * v[b].z + v[b].w * v[b].w;
+          ss += sq4(v[b]);
         }
       }
     }

@@ -13,6 +13,7 @@ struct GemvSeg {
   int add;  // y += W x instead of y = W x
   float *y;
   int block0;
+  int yld;  // batched: floats between tokens' outputs
 };
 struct GemvParams {
   GemvSeg seg[GEMV_MAXSEG];  // matrices of one format over the same input, one launch
@@ -22,9 +23,13 @@ struct GemvParams {
   float eps;
   int cols;
   int rpw;  // rows per warp
+  int n;    // batched: tokens, their inputs xld floats apart
+  int xld;
 };
 int gemv_rows_per_warp(int64_t rows, int nsm);
 void launch_gemv(cudaStream_t st, int fmt, GemvParams &p);
+
+struct Units;  // batch.cu
 
 // ---- moe.cu: decode feed-forward (routed experts, shared experts, dense MLP) -------------------------
 struct MoeParams {
@@ -53,6 +58,10 @@ struct MoeParams {
   float *route_w;
   unsigned *counter;  // zero between launches
   float *h_out;       // block 0 writes the normalised input here (the routed gate/up's input)
+  // The batched step (batch.cu): n tokens, x and xout xld floats apart, act act_ld apart; the
+  // routed experts are the step's distinct ones (units, at most max_units of them).
+  int n, xld, act_ld, max_units;
+  const Units *units;
 };
 // gate/up (+ silu) of the chosen experts and the fixed MLP; with router_blocks > 0 also the router.
 void launch_moe_gateup(cudaStream_t st, int fmt, MoeParams &p);
@@ -78,12 +87,45 @@ struct MlaParams {
   int heads, nope, rope, v, rank, nsplit;
   float eps, scale;
   int tokens;
+  const int *tseq, *tpos;  // batched step: token t's own sequence and position (null: the state's)
 };
 void launch_mla(cudaStream_t st, const MlaParams &p);
 
+// ---- batch.cu: the batched decode step (B sequences at their own positions, one token each) ------------
+constexpr int BATCH_MAX = 8;   // tokens of one batched step
+constexpr int UNITS_MAX = 64;  // distinct routed experts of one MoE layer in a step (tokens x top-k at most)
+
+// The step's inputs in device memory, copied from the host before each replay of its graph.
+struct BState {
+  int seq[BATCH_MAX], pos[BATCH_MAX], token[BATCH_MAX];
+  int next[BATCH_MAX];  // each token's argmax
+  int experts;          // distinct routed experts, summed over the MoE layers (zero before the step)
+};
+// One MoE layer's routed experts grouped: unit u is expert exp[u]; token b uses it when bit b of
+// mask[u] is set, with router weight w[u][b] and its activations at column off[u][b] of its row.
+struct Units {
+  int n;
+  int exp[UNITS_MAX];
+  unsigned mask[UNITS_MAX];
+  float w[UNITS_MAX][BATCH_MAX];
+  int off[UNITS_MAX][BATCH_MAX];
+};
+// y[b] (=|+=) W x[b] for the p.n tokens, each row of W read once for all of them.
+void launch_gemv_batch(cudaStream_t st, int fmt, GemvParams &p, int nsm);
+// out[t] = RMSNorm(x[t]) * norm for t < n (rows xld apart, padded with zeros to a multiple of 8).
+void launch_norm_batch(cudaStream_t st, float *out, const float *x, int xld, const float *norm, float eps, int cols, int n);
+// Routes the n tokens (logits [n][E]), groups their (token, expert) pairs into units (activation
+// column of slot j: j * inter8) and adds the distinct count to state->experts.
+void launch_route_batch(cudaStream_t st, const float *logits, int n, const RouteArgs &ra, int inter8, int *chosen,
+                        float *weights, Units *units, BState *state);
+// gate/up (+ silu) of every unit and the fixed MLP for the p.n tokens; then the weighted down.
+void launch_moe_gateup_batch(cudaStream_t st, int fmt, MoeParams &p);
+void launch_moe_down_batch(cudaStream_t st, int fmt, const MoeParams &p);
+
 // ---- embed.cu, norm.cu, act.cu ---------------------------------------------------------------------
-// x[t] = emb[ids[t]] for t < tokens; with ids null, the one token of the state.
-void launch_embed(cudaStream_t st, const DMat &emb, const int *ids, const DState *state, float *x, int tokens, int hidden);
+// x[t * ld] = emb[ids[t]] for t < tokens; with ids null, the one token of the state.
+void launch_embed(cudaStream_t st, const DMat &emb, const int *ids, const DState *state, float *x, int tokens, int hidden,
+                  int ld);
 void launch_rmsnorm_rows(cudaStream_t st, float *out, int out_ld, const float *x, int x_ld, const float *w, int n,
                          int rows, float eps);
 void launch_silu_mul(cudaStream_t st, float *out, int out_ld, const float *gu, int gu_ld, int inter, int rows);
@@ -97,6 +139,8 @@ struct ArgmaxScratch {
 };
 // state->token = argmax (ties to the lowest index), state->pos += advance, the id logged.
 void launch_argmax(cudaStream_t st, const float *logits, int n, DState *state, int advance, ArgmaxScratch s);
+// out[t] = argmax of row t of logits (ld floats apart), t < n.
+void launch_argmax_rows(cudaStream_t st, const float *logits, int64_t ld, int n, int vocab, int *out);
 void launch_topk(cudaStream_t st, const float *logits, int n, int k, float *scratch, float *vals, int *ids);
 
 // ---- route.cu: prefill routing and expert dispatch ----------------------------------------------------

@@ -39,7 +39,7 @@ void prefill_chunk(Model &M, int seq, const int32_t *ids_host, int T, int pos0, 
   const int H = c.hidden;
   CK(cudaMemcpyAsync(M.ids, ids_host, sizeof(int32_t) * T, cudaMemcpyHostToDevice, M.st));
   launch_set_state(M.st, M.state, seq, pos0, 0);
-  launch_embed(M.st, M.embed, M.ids, nullptr, M.x, T, H);
+  launch_embed(M.st, M.embed, M.ids, nullptr, M.x, T, H, H);
   for (int l = 0; l < c.layers; l++) {
     Layer &ly = M.L[l];
     const int qld = c.heads * M.qdim;

@@ -103,6 +103,17 @@ __global__ void __launch_bounds__(256) argmax_blocks_kernel(const float *logits,
   }
 }
 
+// The batched step's argmax: block t takes row t.
+__global__ void __launch_bounds__(1024) argmax_rows_kernel(const float *logits, int64_t ld, int vocab, int *out) {
+  pdl_wait();
+  pdl_trigger();
+  float v;
+  int i;
+  thread_argmax(logits + blockIdx.x * ld, 0, vocab, v, i);
+  block_argmax(v, i);
+  if (threadIdx.x == 0) out[blockIdx.x] = i;
+}
+
 __global__ void __launch_bounds__(1024) topk_kernel(const float *logits, int n, int k, float *scratch, float *vals, int *ids) {
   for (int j = threadIdx.x; j < n; j += blockDim.x) scratch[j] = logits[j];
   __syncthreads();
@@ -129,6 +140,11 @@ void launch_argmax(cudaStream_t st, const float *logits, int n, DState *state, i
     launch_k(argmax_kernel, 1, 1024, 0, st, logits, n, state, advance);
   }
   LAUNCHED("argmax", st);
+}
+
+void launch_argmax_rows(cudaStream_t st, const float *logits, int64_t ld, int n, int vocab, int *out) {
+  launch_k(argmax_rows_kernel, n, 1024, 0, st, logits, ld, vocab, out);
+  LAUNCHED("argmax_rows", st);
 }
 
 void launch_topk(cudaStream_t st, const float *logits, int n, int k, float *scratch, float *vals, int *ids) {

@@ -16,6 +16,8 @@ export interface DecodeTuning {
   pdl?: boolean;
   /** Splits of a decode step's attention over positions, 1 to 32 (default: 2 x SMs / heads, at most 32). */
   attnSplits?: number;
+  /** Programmatic dependent launch in the batched decode step's graphs too (default true; off: only the one-sequence graph has it). */
+  batchPdl?: boolean;
   /** Synchronise and check after every kernel, so a fault names its kernel (slow; default: DW_SYNC=1 in the environment). */
   syncLaunches?: boolean;
 }
@@ -32,7 +34,7 @@ export function packConfig(cfg: DeepSeekConfig, pool: PoolShape, tuning: DecodeT
     cfg.nSharedExperts, cfg.numExpertsPerTok, cfg.firstKDenseReplace, cfg.moeLayerFreq,
     cfg.nGroup, cfg.topkGroup, TOPK_METHOD[cfg.topkMethod], cfg.scoringFunc === 'sigmoid' ? SCORE_SIGMOID : SCORE_SOFTMAX,
     cfg.normTopkProb ? 1 : 0, pool.contextLength, pool.maxSequences, pool.passTokens,
-    tuning.pdl === false ? 0 : 1, tuning.attnSplits ?? 0, sync ? 1 : 0, 0,
+    tuning.pdl === false ? 0 : 1, tuning.attnSplits ?? 0, sync ? 1 : 0, tuning.batchPdl === false ? 1 : 0,
   ]);
   floats.set([cfg.routedScalingFactor, cfg.rmsNormEps, softmaxScale(cfg), 0]);
   return buf;

@@ -9,7 +9,7 @@ import { fail } from '../../errors.js';
 export type Handle = unknown;
 
 /** DW_ABI_VERSION of dw_cuda.h. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 /** dw_config: 28 int32 then 4 float32. */
 export const CONFIG_INTS = 28;
 export const CONFIG_BYTES = (CONFIG_INTS + 4) * 4;
@@ -38,13 +38,20 @@ export interface DwLib {
   finalize(m: Handle): number;
   prefill(m: Handle, seq: number, pos: number, ids: Int32Array, logits: Float32Array | null, allRows: boolean): number;
   decode(m: Handle, seq: number, pos: number, token: number, logits: Float32Array | null): number;
+  /** Most tokens one batched decode step takes. */
+  decodeBatchMax(m: Handle): number;
+  /** One batched decode step: tokens[i] at pos[i] of seqs[i]; next gets the argmaxes; returns the distinct routed experts read (or < 0). */
+  decodeBatch(m: Handle, seqs: Int32Array, pos: Int32Array, tokens: Int32Array, logits: Float32Array | null, next: Int32Array): number;
   generate(m: Handle, seq: number, pos: number, token: number, out: Int32Array): number;
   /** One decode step timed stage by stage (a table), or null on failure. */
   profileDecode(m: Handle, seq: number, pos: number, token: number): string | null;
+  /** One batched decode step timed stage by stage (a table), or null on failure. */
+  profileDecodeBatch(m: Handle, seqs: Int32Array, pos: Int32Array, tokens: Int32Array): string | null;
   seqCopy(m: Handle, dst: number, src: number, positions: number): number;
   topk(m: Handle, values: Float32Array, ids: Int32Array): number;
   weightBytes(m: Handle): number;
   activeBytes(m: Handle): number;
+  expertBytes(m: Handle): number;
   free(m: Handle): void;
   bandwidthProbe(bytes: number, iters: number): number;
 }
@@ -108,12 +115,16 @@ function bindKoffi(path: string): DwLib {
     finalize: lib.func('int dw_finalize(void *m)'),
     prefill: lib.func('int dw_prefill(void *m, int32_t seq, int32_t pos, const void *ids, int32_t n, void *logits, int32_t all_rows)'),
     decode: lib.func('int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, void *logits)'),
+    batchMax: lib.func('int dw_decode_batch_max(void *m)'),
+    batch: lib.func('int dw_decode_batch(void *m, int32_t n, const void *seqs, const void *pos, const void *tokens, void *logits, void *next)'),
     generate: lib.func('int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, void *out_ids)'),
     profile: lib.func('int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, void *out, int32_t len)'),
+    profileBatch: lib.func('int dw_profile_decode_batch(void *m, int32_t n, const void *seqs, const void *pos, const void *tokens, void *out, int32_t len)'),
     seqCopy: lib.func('int dw_seq_copy(void *m, int32_t dst, int32_t src, int32_t n_positions)'),
     topk: lib.func('int dw_topk(void *m, int32_t k, void *values, void *ids)'),
     wbytes: lib.func('int64_t dw_weight_bytes(void *m)'),
     abytes: lib.func('int64_t dw_active_bytes(void *m)'),
+    ebytes: lib.func('int64_t dw_expert_bytes(void *m)'),
     free: lib.func('void dw_free(void *m)'),
     bw: lib.func('double dw_bandwidth_probe(int64_t bytes, int32_t iters)'),
   };
@@ -143,15 +154,22 @@ function bindKoffi(path: string): DwLib {
     finalize: (m) => f.finalize(m) as number,
     prefill: (m, seq, pos, ids, logits, all) => f.prefill(m, seq, pos, ids, ids.length, logits, all ? 1 : 0) as number,
     decode: (m, seq, pos, token, logits) => f.decode(m, seq, pos, token, logits) as number,
+    decodeBatchMax: (m) => f.batchMax(m) as number,
+    decodeBatch: (m, seqs, pos, tokens, logits, next) => f.batch(m, seqs.length, seqs, pos, tokens, logits, next) as number,
     generate: (m, seq, pos, token, out) => f.generate(m, seq, pos, token, out.length, out) as number,
     profileDecode(m, seq, pos, token) {
       const buf = new Uint8Array(PROFILE_BYTES);
       return (f.profile(m, seq, pos, token, buf, buf.length) as number) < 0 ? null : cString(buf);
     },
+    profileDecodeBatch(m, seqs, pos, tokens) {
+      const buf = new Uint8Array(PROFILE_BYTES);
+      return (f.profileBatch(m, seqs.length, seqs, pos, tokens, buf, buf.length) as number) < 0 ? null : cString(buf);
+    },
     seqCopy: (m, dst, src, n) => f.seqCopy(m, dst, src, n) as number,
     topk: (m, values, ids) => f.topk(m, values.length, values, ids) as number,
     weightBytes: (m) => Number(f.wbytes(m)),
     activeBytes: (m) => Number(f.abytes(m)),
+    expertBytes: (m) => Number(f.ebytes(m)),
     free: (m) => void f.free(m),
     bandwidthProbe: (bytes, iters) => f.bw(bytes, iters) as number,
   };
@@ -180,12 +198,16 @@ function bindDeno(deno: DenoFfi, path: string): DwLib {
     dw_finalize: { parameters: [p], result: i32 },
     dw_prefill: { parameters: [p, i32, i32, b, i32, b, i32], result: i32 },
     dw_decode: { parameters: [p, i32, i32, i32, b], result: i32 },
+    dw_decode_batch_max: { parameters: [p], result: i32 },
+    dw_decode_batch: { parameters: [p, i32, b, b, b, b, b], result: i32 },
     dw_generate: { parameters: [p, i32, i32, i32, i32, b], result: i32 },
     dw_profile_decode: { parameters: [p, i32, i32, i32, b, i32], result: i32 },
+    dw_profile_decode_batch: { parameters: [p, i32, b, b, b, b, i32], result: i32 },
     dw_seq_copy: { parameters: [p, i32, i32, i32], result: i32 },
     dw_topk: { parameters: [p, i32, b, b], result: i32 },
     dw_weight_bytes: { parameters: [p], result: i64 },
     dw_active_bytes: { parameters: [p], result: i64 },
+    dw_expert_bytes: { parameters: [p], result: i64 },
     dw_free: { parameters: [p], result: 'void' },
     dw_bandwidth_probe: { parameters: [i64, i32], result: 'f64' },
   });
@@ -220,15 +242,22 @@ function bindDeno(deno: DenoFfi, path: string): DwLib {
     finalize: (m) => s.dw_finalize(m) as number,
     prefill: (m, seq, pos, ids, logits, all) => s.dw_prefill(m, seq, pos, ids, ids.length, logits, all ? 1 : 0) as number,
     decode: (m, seq, pos, token, logits) => s.dw_decode(m, seq, pos, token, logits) as number,
+    decodeBatchMax: (m) => s.dw_decode_batch_max(m) as number,
+    decodeBatch: (m, seqs, pos, tokens, logits, next) => s.dw_decode_batch(m, seqs.length, seqs, pos, tokens, logits, next) as number,
     generate: (m, seq, pos, token, out) => s.dw_generate(m, seq, pos, token, out.length, out) as number,
     profileDecode(m, seq, pos, token) {
       const buf = new Uint8Array(PROFILE_BYTES);
       return (s.dw_profile_decode(m, seq, pos, token, buf, buf.length) as number) < 0 ? null : cString(buf);
     },
+    profileDecodeBatch(m, seqs, pos, tokens) {
+      const buf = new Uint8Array(PROFILE_BYTES);
+      return (s.dw_profile_decode_batch(m, seqs.length, seqs, pos, tokens, buf, buf.length) as number) < 0 ? null : cString(buf);
+    },
     seqCopy: (m, dst, src, n) => s.dw_seq_copy(m, dst, src, n) as number,
     topk: (m, values, ids) => s.dw_topk(m, values.length, values, ids) as number,
     weightBytes: (m) => Number(s.dw_weight_bytes(m)),
     activeBytes: (m) => Number(s.dw_active_bytes(m)),
+    expertBytes: (m) => Number(s.dw_expert_bytes(m)),
     free: (m) => void s.dw_free(m),
     bandwidthProbe: (bytes, iters) => s.dw_bandwidth_probe(big(bytes), iters) as number,
   };

@@ -70,14 +70,15 @@ const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 
 /**
  * A DeepSeek-V2/V3 model on one GPU with maxSequences latent KV caches of contextLength tokens each.
- * Batches run their entries one after another; an entry of one token is a decode step (a graph
- * replay), longer ones are prefills.
+ * A batch's entries of up to batchMax tokens run as batched decode steps (one graph replay for up to batchMax tokens
+ * of one or several sequences, the weights read once for all of them); longer entries are prefills.
  */
 export class CudaModel implements ModelBackend {
   readonly backend = 'cuda' as const;
   private readonly pool: SequencePool;
-  /** forward()'s one-row results, one array per batch position. */
+  /** forward()'s one-row results, one array per batch position; the batched steps' rows, one array per step of a call. */
   private readonly rows: Float32Array[] = [];
+  private readonly batchRows: Float32Array[] = [];
   private closed = false;
 
   private constructor(
@@ -182,20 +183,77 @@ export class CudaModel implements ModelBackend {
   get activeBytes(): number {
     return this.lib.activeBytes(this.h);
   }
+  /** Bytes of one routed expert: a batched step reads this much more for each distinct expert beyond top-k per layer. */
+  get expertBytes(): number {
+    return this.lib.expertBytes(this.h);
+  }
 
   createSequence(): Sequence {
     return this.pool.create();
   }
 
-  /** The rows come back in arrays this model reuses: entry b's one-row result is overwritten by the next call. */
+  /**
+   * The rows come back in arrays this model reuses: entry b's result is overwritten by the next call. Entries of up
+   * to batchMax tokens run as batched decode steps of batchMax tokens at most (one graph replay each: one token of
+   * each of several sequences, or several consecutive tokens of one, such as a speculative verify); a lone token is
+   * the single-sequence step; longer entries are prefills.
+   */
   forward(batch: readonly BatchEntry[]): Float32Array[] {
     const slots = this.pool.check(batch);
-    return batch.map((entry, b) => {
-      const s = slots[b];
-      const out = this.run(b, s.slot, s.position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
-      s.position += entry.tokens.length;
-      return out;
+    const V = this.config.vocabSize;
+    const max = this.batchMax;
+    const out: Float32Array[] = new Array(batch.length);
+    const toks: { b: number; i: number }[] = [];
+    batch.forEach((entry, b) => {
+      if (entry.hidden) fail("the cuda backend does not return hidden states (forward's hidden): the MTP draft runs on the cpu backend");
+      if (entry.tokens.length > max) out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
+      else for (let i = 0; i < entry.tokens.length; i++) toks.push({ b, i });
     });
+    if (toks.length === 1) {
+      const { b } = toks[0];
+      out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(batch[b].tokens), batch[b].logits ?? 'last');
+    }
+    for (let c = 0; toks.length > 1 && c * max < toks.length; c++) {
+      const chunk = toks.slice(c * max, (c + 1) * max);
+      const wants = ({ b, i }: { b: number; i: number }) => {
+        const rows = batch[b].logits ?? 'last';
+        return rows === 'all' || (rows === 'last' && i === batch[b].tokens.length - 1);
+      };
+      const rows = this.decodeBatch(
+        c,
+        Int32Array.from(chunk, ({ b }) => slots[b].slot),
+        Int32Array.from(chunk, ({ b, i }) => slots[b].position + i),
+        Int32Array.from(chunk, ({ b, i }) => batch[b].tokens[i]),
+        chunk.some(wants),
+      );
+      chunk.forEach(({ b, i }, j) => {
+        const rows1 = batch[b].logits ?? 'last';
+        const row = rows ? rows.subarray(j * V, (j + 1) * V) : null;
+        if (rows1 === 'none') out[b] = new Float32Array(0);
+        else if (rows1 === 'all') (out[b] ??= new Float32Array(batch[b].tokens.length * V)).set(row!, i * V);
+        else if (i === batch[b].tokens.length - 1) out[b] = row!;
+      });
+    }
+    batch.forEach((entry, b) => (slots[b].position += entry.tokens.length));
+    return out;
+  }
+
+  /** Most tokens one batched decode step takes (forward() runs more as several steps). */
+  get batchMax(): number {
+    return (this.maxBatch ??= this.lib.decodeBatchMax(this.h));
+  }
+  private maxBatch: number | undefined;
+
+  /** Distinct routed experts the last batched decode step read, summed over the MoE layers (the bytes model's count). */
+  lastStepExperts = 0;
+
+  /** One batched decode step of chunk c of a forward(): tokens[j] at pos[j] of seqs[j]; their logits rows when asked for. */
+  private decodeBatch(c: number, seqs: Int32Array, pos: Int32Array, tokens: Int32Array, logits: boolean): Float32Array | null {
+    const n = seqs.length;
+    while (this.batchRows.length <= c) this.batchRows.push(new Float32Array(this.batchMax * this.config.vocabSize));
+    const rows = logits ? this.batchRows[c] : null;
+    this.lastStepExperts = this.check(this.lib.decodeBatch(this.h, seqs, pos, tokens, rows ? rows.subarray(0, n * this.config.vocabSize) : null, new Int32Array(n)), 'decode batch');
+    return rows;
   }
 
   /** One entry: a graph-replayed decode step for one token, a prefill for more. */
@@ -254,6 +312,14 @@ export class CudaModel implements ModelBackend {
     const [s] = this.pool.check([{ sequence, tokens: [token] }]);
     const table = this.lib.profileDecode(this.h, s.slot, s.position, token);
     if (table === null) fail(`CUDA backend (profile decode): ${this.lib.lastError()}`);
+    return table;
+  }
+
+  /** One batched decode step of tokens[i] at sequences[i]'s position, timed stage by stage (a text table); positions do not advance. */
+  profileDecodeBatch(sequences: readonly Sequence[], tokens: readonly number[]): string {
+    const slots = this.pool.check(sequences.map((sequence, i) => ({ sequence, tokens: [tokens[i]] })));
+    const table = this.lib.profileDecodeBatch(this.h, Int32Array.from(slots, (s) => s.slot), Int32Array.from(slots, (s) => s.position), Int32Array.from(tokens));
+    if (table === null) fail(`CUDA backend (profile batched decode): ${this.lib.lastError()}`);
     return table;
   }
 
