@@ -5,37 +5,14 @@
 // is not built) it prints why and registers no test.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { cudaStatus, loadCudaModel, type CudaModel } from '../host/backends/cuda/model.js';
+import { cudaStatus, loadCudaModel } from '../host/backends/cuda/model.js';
 import { ModelDraft } from '../host/generate/drafts.js';
 import { generateIds } from '../host/generate/generate.js';
-import { resolveSampling } from '../host/generate/options.js';
-import { Sampler } from '../host/generate/sampler.js';
-import { Speculation } from '../host/generate/speculative.js';
 import { FIXTURES, MODEL_FIXTURES, maxAbsDiff, readExpected } from './helpers.js';
+import { GREEDY, speculate } from './speculate.js';
 
 const TOL = 2e-3;
-const GREEDY = resolveSampling({ temperature: 0, seed: 1 });
 const status = cudaStatus();
-
-/** Greedy speculative decoding of n tokens after the prompt, with every chosen token's logits row. */
-function speculate(model: CudaModel, draft: CudaModel, k: number, prompt: number[], n: number) {
-  const seq = model.createSequence();
-  const spec = new Speculation(model, new ModelDraft(draft, model.config.vocabSize, GREEDY), k, GREEDY);
-  const sampler = new Sampler(model.config.vocabSize, GREEDY, prompt);
-  const rows: Float32Array[] = [];
-  try {
-    const first = spec.prefill(seq, prompt);
-    rows.push(first.slice());
-    const ids = [sampler.sample(first)];
-    sampler.accept(ids[0]);
-    spec.first(ids[0]);
-    while (ids.length < n) ids.push(...spec.step(seq, sampler, n - ids.length, (row) => rows.push(row.slice())));
-    return { ids, rows, stats: spec.stats };
-  } finally {
-    spec.free();
-    model.free(seq);
-  }
-}
 
 if (!status.ok) {
   console.log(`skipped: no CUDA device (${status.reason})`);
@@ -52,7 +29,7 @@ if (!status.ok) {
         const plain = await generateIds(model, prompt, { temperature: 0, maxTokens: n, eosTokenIds: [] });
         assert.equal(plain.tokens, Array.from(ref.genIds), 'plain greedy on cuda');
         for (const [what, draft, k] of [['itself', model, 4], ['itself at q8', q8, 3]] as const) {
-          const run = speculate(model, draft, k, prompt, n);
+          const run = speculate(model, () => new ModelDraft(draft, model.config.vocabSize, GREEDY), k, prompt, n);
           const diff = maxAbsDiff(new Float32Array(run.rows.flatMap((r) => Array.from(r))), ref.genLogits);
           const kept = run.stats.accepted.reduce((a, b) => a + b, 0), tried = run.stats.proposed.reduce((a, b) => a + b, 0);
           console.log(`  ${name}, draft ${what}, K = ${k}: ${kept} of ${tried} drafts kept, logits within ${diff.toExponential(2)}`);

@@ -6,32 +6,10 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DEFAULT_MODEL_DIR, DeepWasmError, Model, generateIds } from '../host/index.js';
 import { ModelDraft, MtpDraft, type Draft } from '../host/generate/drafts.js';
-import { resolveSampling } from '../host/generate/options.js';
-import { Sampler } from '../host/generate/sampler.js';
-import { Speculation, type DraftStats } from '../host/generate/speculative.js';
+import type { DraftStats } from '../host/generate/speculative.js';
+import type { Sequence } from '../host/model/backend.js';
 import { FIXTURES, MODEL_FIXTURES, maxAbsDiff, readExpected } from './helpers.js';
-
-const GREEDY = resolveSampling({ temperature: 0, seed: 1 });
-
-/** Greedy speculative decoding of `n` tokens after the prompt, with every chosen token's logits row. */
-function speculate(model: Model, draft: (seq: ReturnType<Model['createSequence']>) => Draft, k: number, prompt: readonly number[], n: number) {
-  const seq = model.createSequence();
-  const spec = new Speculation(model, draft(seq), k, GREEDY);
-  const sampler = new Sampler(model.config.vocabSize, GREEDY, prompt);
-  const rows: Float32Array[] = [];
-  try {
-    const first = spec.prefill(seq, prompt);
-    rows.push(first.slice());
-    const ids = [sampler.sample(first)];
-    sampler.accept(ids[0]);
-    spec.first(ids[0]);
-    while (ids.length < n) ids.push(...spec.step(seq, sampler, n - ids.length, (row) => rows.push(row.slice())));
-    return { ids, rows, stats: spec.stats };
-  } finally {
-    spec.free();
-    model.free(seq);
-  }
-}
+import { GREEDY, speculate } from './speculate.js';
 
 const flat = (rows: Float32Array[]): Float32Array => {
   const out = new Float32Array(rows.reduce((n, r) => n + r.length, 0));
@@ -50,12 +28,12 @@ for (const name of [...MODEL_FIXTURES, 'v3-tiny-mtp']) {
     try {
       const prompt = Array.from(ref.inputIds);
       const n = ref.genIds.length;
-      const drafts: [string, (s: unknown) => Draft, number][] = [
+      const drafts: [string, (s: Sequence) => Draft, number][] = [
         ['itself', () => new ModelDraft(model, model.config.vocabSize, GREEDY), 4],
         ['itself at q4', () => new ModelDraft(q4, model.config.vocabSize, GREEDY), 3],
       ];
       if (model.mtp) {
-        for (const k of [1, 3]) drafts.push([`its random MTP layer, ${k} a step`, (s) => new MtpDraft(model.mtp!, s as never, model.config.hiddenSize, model.config.vocabSize, GREEDY), k]);
+        for (const k of [1, 3]) drafts.push([`its random MTP layer, ${k} a step`, (s) => new MtpDraft(model.mtp!, s, model.config.hiddenSize, model.config.vocabSize, GREEDY), k]);
       }
       for (const [what, draft, k] of drafts) {
         const r = speculate(model, draft, k, prompt, n);
