@@ -52,6 +52,26 @@ const checks: Record<string, () => Promise<void>> = {
       report(`quant-${quant}`, { maxDiff: r.maxDiff, meanDiff: r.meanDiff, top1: r.top1 });
     }
   },
+  // The device thread ends mid-session (as when the device's native code takes it down): the call that was
+  // waiting fails with the reason, later calls fail at once, close() returns.
+  async exit() {
+    const m = await loadWebGpuModel(fixture('v2-lite-tiny'));
+    const seq = m.createSequence();
+    const before = m.forward([{ sequence: seq, tokens: [3] }])[0].length;
+    const message = (f: () => unknown) => {
+      try {
+        f();
+        return 'no error';
+      } catch (e) {
+        return (e as Error).message;
+      }
+    };
+    const t = performance.now();
+    const crashed = message(() => m.crashForTest(7));
+    const after = message(() => m.forward([{ sequence: seq, tokens: [4] }]));
+    await m.close();
+    report('exit', { before, crashed, after, ms: performance.now() - t });
+  },
   // Greedy on the device (four bytes back), two sequences in one batch, fork and truncate, against one alone.
   async sequences() {
     const exp = readExpected(`${fixture('v2-lite-tiny')}/expected.safetensors`);

@@ -96,6 +96,14 @@ if (!adapter) {
     for (const k of ['batchDiff', 'halfDiff', 'resumedDiff', 'forkDiff', 'truncatedDiff']) assert.ok((r[k] as number) <= TOL, `${k}: ${r[k]}`);
   });
 
+  test('webgpu: a device thread that exits fails the waiting call and later ones with the reason, instead of hanging', () => {
+    const r = library('exit').exit;
+    assert.ok((r.before as number) > 0, 'the forward before the exit returned its row');
+    assert.match(r.crashed as string, /device thread exited with code 7/);
+    assert.match(r.after as string, /device thread exited with code 7/);
+    assert.ok((r.ms as number) < 30_000, `took ${r.ms} ms`);
+  });
+
   test('webgpu: deepwasm logits --backend webgpu under deno run matches the reference (v2-lite-tiny)', () => {
     const exp = readExpected(`${fixture('v2-lite-tiny')}/expected.safetensors`);
     const out = join(work, 'deno.safetensors');
