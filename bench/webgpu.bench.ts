@@ -34,6 +34,8 @@ interface PromptResult {
   prefillTokPerS: number;
   decodeTokPerS: number;
   decodeStepMs: number;
+  /** Decode with the whole step in one command buffer, timed right after. */
+  oneBufferTokPerS: number;
   profile: ProfileRow[];
 }
 
@@ -45,6 +47,7 @@ async function benchRandom(gen: number, prompts: number[], configFile?: string):
   const say = (l: string) => console.log(`  ${l}`);
   say(`${engine.info.device}: random bf16 weights made in ${setupS.toFixed(1)} s, ${(engine.info.weightBytes / 1e9).toFixed(2)} GB, ${(engine.info.activeBytes / 1e9).toFixed(3)} GB read per decode step`);
   const step = (position: number, tokens: number[]) => engine.greedy({ slot: 0, position, tokens, rows: 'last' });
+  const flush = engine.flushLayers;
   // Warm-up: every pipeline and bind group once.
   let next = await step(0, promptIds(128, cfg.vocabSize, 7));
   for (let i = 0; i < 4; i++) next = await step(128 + i, [next]);
@@ -60,6 +63,12 @@ async function benchRandom(gen: number, prompts: number[], configFile?: string):
     const t = performance.now();
     for (let i = 0; i < gen; i++) next = await step(prompt + i, [next]);
     const decodeMs = performance.now() - t;
+    // The same decode with the whole step in one command buffer (no mid-step flushes), beside it.
+    engine.flushLayers = 0;
+    const t1 = performance.now();
+    for (let i = 0; i < gen; i++) next = await step(prompt + i, [next]);
+    const oneBufferTokPerS = (gen / (performance.now() - t1)) * 1000;
+    engine.flushLayers = flush;
     const profile = await engine.profile({ slot: 0, position: prompt, tokens: [next], rows: 'last' });
     const r: PromptResult = {
       prompt,
@@ -67,11 +76,12 @@ async function benchRandom(gen: number, prompts: number[], configFile?: string):
       prefillTokPerS: (prompt / median(pre)) * 1000,
       decodeTokPerS: (gen / decodeMs) * 1000,
       decodeStepMs: decodeMs / gen,
+      oneBufferTokPerS,
       profile,
     };
     out.push(r);
-    say(`prompt ${prompt}: prefill ${r.prefillMs.toFixed(1)} ms = ${r.prefillTokPerS.toFixed(1)} tok/s; decode ${gen} tokens ${r.decodeTokPerS.toFixed(1)} tok/s (${r.decodeStepMs.toFixed(3)} ms/step)`);
-    say(`  profile after ${prompt} tokens (each family alone, submit to done, median of 5):`);
+    say(`prompt ${prompt}: prefill ${r.prefillMs.toFixed(1)} ms = ${r.prefillTokPerS.toFixed(1)} tok/s; decode ${gen} tokens ${r.decodeTokPerS.toFixed(1)} tok/s (${r.decodeStepMs.toFixed(3)} ms/step, a command buffer per ${flush} layers); one command buffer per step ${oneBufferTokPerS.toFixed(1)} tok/s`);
+    say(`  profile after ${prompt} tokens (each family alone, submit to done, median of 5; less "(no dispatch)" is its share):`);
     for (const p of profile) say(`    ${p.tag.padEnd(20)} ${String(p.dispatches).padStart(4)} dispatches ${p.ms.toFixed(3).padStart(8)} ms`);
   }
   engine.close();

@@ -8,19 +8,18 @@ import type { DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
 import type { LogitsRows } from '../../model/backend.js';
 import { ropeTables, softmaxScale } from '../../model/rope.js';
-import { activeShare, modelSchema, schemaWeights, type MlpSchema, type ModelSchema } from '../../model/schema.js';
+import { activeShare, modelSchema, schemaWeights, type MlpSchema, type ModelSchema, type Weight } from '../../model/schema.js';
 import type { QuantName } from '../../model/weights.js';
 import { ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX } from '../../runtime/constants.js';
 import { Kernels, Recorder, rowsGrid, threadsGrid, type Compiled } from './dispatch.js';
 import { vec4Rows, type GpuFormat } from './formats.js';
 import { MAP_READ, USAGE, requestGpu, type Gpu } from './gpu.js';
-import { argmax } from './kernels/argmax.js';
+import { ARGMAX_PARTS, argmax, argmaxParts } from './kernels/argmax.js';
 import type { KernelDef } from './kernels/kernel.js';
+import { cacheRows } from './kernels/cache.js';
 import { absorbKernel, attendKernel, MAX_LATENT, merge, SPLIT } from './kernels/attention.js';
 import { embed } from './kernels/embed.js';
 import { MATVEC_ROWS, matmulKernel, type MatvecInput } from './kernels/matmul.js';
-import { rmsnorm } from './kernels/rmsnorm.js';
-import { rope } from './kernels/rope.js';
 import { routeKernel } from './kernels/route.js';
 import { RandomWeights } from './random.js';
 import { Uploader, type GpuMatrix, type GpuQuant, type WeightSink } from './upload.js';
@@ -60,8 +59,12 @@ interface Mlp {
 
 interface Layer {
   attnNorm: GPUBuffer;
-  q: { proj: GpuMatrix } | { a: GpuMatrix; aNorm: GPUBuffer; b: GpuMatrix };
-  kvA: GpuMatrix;
+  /** q_proj (or q_a) and kv_a stacked by rows: both read the normed x, so one product makes both. */
+  qkvA: GpuMatrix;
+  /** Rows of qkvA before kv_a's. */
+  qRows: number;
+  /** q_lora's second half, when there is one. */
+  qB: { aNorm: GPUBuffer; b: GpuMatrix } | null;
   kvANorm: GPUBuffer;
   kvB: GpuMatrix;
   o: GpuMatrix;
@@ -74,7 +77,12 @@ interface Layer {
 /** Most floats of attention partials one dispatch keeps (tokens x heads x blocks x (rank + 2)): longer passes attend in chunks. */
 const PARTIAL_FLOATS = 1 << 24;
 
-/** Layers recorded per command buffer of a step. */
+/** Two matrices of one width as one, by rows (the parts of a weight are its tensors' rows, in order). */
+function stackRows(a: Weight, b: Weight): Weight {
+  return { ...a, parts: [...a.parts, ...b.parts], shape: [a.shape[0] + b.shape[0], a.shape[1]] };
+}
+
+/** Layers recorded per command buffer of a step (GpuEngine.flushLayers' default). */
 const FLUSH_LAYERS = 6;
 
 /** One matrix-vector product's options: its input (as is, normed by `g`, or SwiGLU'd), where rows lie, routing. */
@@ -108,6 +116,8 @@ function gpuQuant(dir: string, converted: string | undefined, requested?: QuantN
 }
 
 export class GpuEngine {
+  /** Layers per command buffer of a step; 0: the whole step in one (benchmarks compare the two). */
+  flushLayers = FLUSH_LAYERS;
   private readonly scratch: Record<string, GPUBuffer> = {};
   private readonly empty: GPUBuffer;
   private readback: GPUBuffer | null = null;
@@ -146,9 +156,8 @@ export class GpuEngine {
     const inter = Math.max(c.intermediateSize, c.moeIntermediateSize * Math.max(1, c.nSharedExperts));
     const sizes: Record<string, number> = {
       x: P * c.hiddenSize,
-      ql: P * (c.qLoraRank ?? 1),
+      qkv: P * ((c.qLoraRank ?? c.numAttentionHeads * (c.qkNopeHeadDim + c.qkRopeHeadDim)) + c.kvLoraRank + c.qkRopeHeadDim),
       q: P * c.numAttentionHeads * (c.qkNopeHeadDim + c.qkRopeHeadDim),
-      kv: P * (c.kvLoraRank + c.qkRopeHeadDim),
       qa: P * c.numAttentionHeads * c.kvLoraRank,
       ol: P * c.numAttentionHeads * c.kvLoraRank,
       o: P * c.numAttentionHeads * c.vHeadDim,
@@ -160,6 +169,7 @@ export class GpuEngine {
       ids: this.maxPairs,
       rw: this.maxPairs,
       logits: P * c.vocabSize,
+      parts: 2 * ARGMAX_PARTS,
       arg: 4,
     };
     for (const [name, n] of Object.entries(sizes)) {
@@ -220,13 +230,16 @@ export class GpuEngine {
     };
     const layers: Layer[] = schema.blocks.map((b) => {
       const a = b.attn;
-      const q = 'proj' in a.q ? { proj: count(up.matrix(a.q.proj)) } : { a: count(up.matrix(a.q.a)), aNorm: up.vector(a.q.aNorm), b: count(up.matrix(a.q.b)) };
+      const qa = 'proj' in a.q ? a.q.proj : a.q.a;
+      const qkvA = count(up.matrix(stackRows(qa, a.kvA)));
+      const qB = 'proj' in a.q ? null : { aNorm: up.vector(a.q.aNorm), b: count(up.matrix(a.q.b)) };
       const kvB = count(up.matrix(a.kvB));
       if (kvB.pieces.length > 1) fail(`WebGPU backend: ${a.kvB.parts[0].name} is larger than this device binds at once`);
       const layer = {
         attnNorm: up.vector(b.attnNorm),
-        q,
-        kvA: count(up.matrix(a.kvA)),
+        qkvA,
+        qRows: qa.shape[0],
+        qB,
         kvANorm: up.vector(a.kvANorm),
         kvB,
         o: count(up.matrix(a.o)),
@@ -277,7 +290,7 @@ export class GpuEngine {
   /** Compiles every pipeline before the first step, so a kernel that does not compile fails the load. */
   private async compile(schema: ModelSchema): Promise<void> {
     for (const [W, input, rows] of this.matvecs()) await this.kernels.compile(this.mv(W, input, rows), W.fmt, true);
-    for (const def of [rmsnorm, rope, this.attendDef(), merge, argmax]) await this.kernels.compile(def);
+    for (const def of [cacheRows, this.attendDef(), merge, argmaxParts, argmax]) await this.kernels.compile(def);
     await this.kernels.compile(embed, this.embedding.fmt);
     for (const l of this.layers) await this.kernels.compile(this.absorbDef(), l.kvB.fmt);
     if (schema.config.nRoutedExperts > 0) await this.kernels.compile(this.routeDef());
@@ -288,9 +301,8 @@ export class GpuEngine {
     const out: [GpuMatrix, MatvecInput, number?][] = [[this.head, 'norm']];
     const mlp = (m: Mlp) => out.push([m.gateUp, 'norm'], [m.down, 'silu']);
     for (const l of this.layers) {
-      if ('proj' in l.q) out.push([l.q.proj, 'norm']);
-      else out.push([l.q.a, 'norm'], [l.q.b, 'norm']);
-      out.push([l.kvA, 'norm'], [l.kvB, 'plain', this.valueRows()], [l.o, 'plain']);
+      out.push([l.qkvA, 'norm'], [l.kvB, 'plain', this.valueRows()], [l.o, 'plain']);
+      if (l.qB) out.push([l.qB.b, 'norm']);
       if ('mlp' in l.ffn) mlp(l.ffn.mlp);
       else {
         out.push([l.ffn.router, 'norm']);
@@ -339,20 +351,21 @@ export class GpuEngine {
   /** One entry, its last row's argmax taken on the device: four bytes come back. */
   async greedy(entry: StepEntry): Promise<number> {
     await this.record([{ ...entry, rows: 'last' }], () => {
-      this.rec.dispatch(this.k(argmax), [this.cfg.vocabSize, 0, 0], [this.scratch.logits, this.scratch.arg], [1, 1, 1], 'argmax');
+      this.argmax();
       this.rec.copy(this.scratch.arg, 0, this.readbackFor(4), 0, 4);
     });
     return new Uint32Array(await this.read(4))[0];
   }
 
   /**
-   * Where a greedy step's device time goes: the step timed whole (submit to done, no readback), then each
+   * Where a greedy step's device time goes: the step timed whole (submit to done, no readback), the same
+   * command buffers with no dispatch in them (what every row below pays besides its family), then each
    * dispatch family (tag) alone, `reps` times each after one warm-up, medians. A family alone still pays
-   * its own dispatches' overhead, so the rows add up to about the whole.
+   * its dispatches' own overhead; its time less the empty step's is its share of the whole.
    */
   async profile(entry: StepEntry, reps = 5): Promise<ProfileRow[]> {
     const step = { ...entry, rows: 'last' as const };
-    const argmaxOf = () => this.rec.dispatch(this.k(argmax), [this.cfg.vocabSize, 0, 0], [this.scratch.logits, this.scratch.arg], [1, 1, 1], 'argmax');
+    const argmaxOf = () => this.argmax();
     const tags = new Map<string, number>();
     this.rec.tags = tags;
     await this.record([step], argmaxOf);
@@ -372,8 +385,15 @@ export class GpuEngine {
       return ms.sort((a, b) => a - b)[Math.floor(ms.length / 2)];
     };
     const rows: ProfileRow[] = [{ tag: 'step', dispatches: [...tags.values()].reduce((a, b) => a + b, 0), ms: await time(null) }];
+    rows.push({ tag: '(no dispatch)', dispatches: 0, ms: await time('(no dispatch)') });
     for (const [tag, n] of tags) rows.push({ tag, dispatches: n, ms: await time(tag) });
     return rows;
+  }
+
+  /** The argmax of the pass's logits row into scratch.arg, in two stages. */
+  private argmax(): void {
+    this.rec.dispatch(this.k(argmaxParts), [this.cfg.vocabSize, 0], [this.scratch.logits, this.scratch.parts], [ARGMAX_PARTS, 1, 1], 'argmax');
+    this.rec.dispatch(this.k(argmax), [0], [this.scratch.parts, this.scratch.arg], [1, 1, 1], 'argmax');
   }
 
   /** Copies a sequence's first `positions` cache rows to another slot, through a staging buffer (a copy within one buffer is not allowed). */
@@ -511,27 +531,25 @@ export class GpuEngine {
     }
     this.layers.forEach((l, li) => {
       // Handing the device each few layers as recorded overlaps its work with the host's recording of the rest.
-      if (li > 0 && li % FLUSH_LAYERS === 0) this.rec.flush();
+      if (li > 0 && this.flushLayers > 0 && li % this.flushLayers === 0) this.rec.flush();
       const norm = { input: 'norm' as const, g: l.attnNorm, xStride: hidden };
-      if ('proj' in l.q) this.linear('attn.q', l.q.proj, s.x, s.q, T, norm);
-      else {
-        this.linear('attn.q_a', l.q.a, s.x, s.ql, T, norm);
-        this.linear('attn.q_b', l.q.b, s.ql, s.q, T, { input: 'norm', g: l.q.aNorm });
-      }
+      const qkv = l.qkvA.rows;
+      this.linear('attn.q_kv_a', l.qkvA, s.x, s.qkv, T, norm);
+      // The queries: in qkv's first rows, or q_b of them (q_lora).
+      const q = l.qB ? { buf: s.q, stride: heads * (nope + ropeDim) } : { buf: s.qkv, stride: qkv };
+      if (l.qB) this.linear('attn.q_b', l.qB.b, s.qkv, s.q, T, { input: 'norm', g: l.qB.aNorm, xStride: qkv });
       // The new positions' [c | k_rope] go straight into the cache: c normed, k_rope roped.
-      this.linear('attn.kv_a', l.kvA, s.x, s.kv, T, norm);
       const at = (slot * this.opts.contextLength + pos0) * row;
-      this.rec.dispatch(this.k(rmsnorm), [rank, 0, row, at, row, c.rmsNormEps], [s.kv, l.kvANorm, l.cache], [T, 1, 1], 'attn.kv_norm');
-      this.rec.dispatch(this.k(rope), [rank, row, at + rank, row, pos0, half], [this.cos, this.sin, s.kv, l.cache], [T, 1, 1], 'attn.rope');
-      this.rec.dispatch(this.k(this.absorbDef(), l.kvB.fmt), [heads, ropeDim, v, rank, l.kvB.rowWords, T * heads * rank], [l.kvB.pieces[0].buffer, s.q, s.qa], threadsGrid(T * heads * rank), 'attn.absorb');
+      this.rec.dispatch(this.k(cacheRows), [rank, l.qRows, qkv, at, row, pos0, half, c.rmsNormEps], [s.qkv, l.kvANorm, this.cos, this.sin, l.cache], [T, 1, 1], 'attn.cache');
+      this.rec.dispatch(this.k(this.absorbDef(), l.kvB.fmt), [heads, ropeDim, v, rank, l.kvB.rowWords, q.stride, T * heads * rank], [l.kvB.pieces[0].buffer, q.buf, s.qa], threadsGrid(T * heads * rank), 'attn.absorb');
       const cacheOff = slot * this.opts.contextLength * row;
       for (let t0 = 0; t0 < T; t0 += this.scoreTokens) {
         const n = Math.min(this.scoreTokens, T - t0);
         const blocks = Math.ceil((pos0 + t0 + n) / SPLIT);
         this.rec.dispatch(
           this.k(this.attendDef()),
-          [heads, nope, cacheOff, pos0, t0, blocks, softmaxScale(c)],
-          [s.qa, s.q, l.cache, this.cos, this.sin, s.op, s.ml],
+          [heads, nope, q.stride, cacheOff, pos0, t0, blocks, softmaxScale(c)],
+          [s.qa, q.buf, l.cache, this.cos, this.sin, s.op, s.ml],
           [heads, n, blocks],
           'attn.scores',
         );
@@ -548,9 +566,9 @@ export class GpuEngine {
       this.linear('moe.router', l.ffn.router, s.x, s.rl, T, { input: 'norm', g: l.ffnNorm, xStride: hidden });
       this.rec.dispatch(
         this.k(this.routeDef()),
-        [T, k, c.topkGroup, ROUTE_METHOD[c.topkMethod], c.scoringFunc === 'sigmoid' ? SCORE_SIGMOID : SCORE_SOFTMAX, c.normTopkProb ? 1 : 0, l.ffn.bias ? 1 : 0, c.routedScalingFactor],
+        [k, c.topkGroup, ROUTE_METHOD[c.topkMethod], c.scoringFunc === 'sigmoid' ? SCORE_SIGMOID : SCORE_SOFTMAX, c.normTopkProb ? 1 : 0, l.ffn.bias ? 1 : 0, c.routedScalingFactor],
         [s.rl, l.ffn.bias ?? this.empty, s.ids, s.rw],
-        threadsGrid(T),
+        [T, 1, 1],
         'moe.route',
       );
       // Both gate_ups read x before either down adds into it.

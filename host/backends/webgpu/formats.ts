@@ -1,6 +1,6 @@
 // The weight formats on the GPU, each defined once: how a row lies in u32 words, how the host packs f32
-// rows into it, and the WGSL that reads it (w_at: one weight; w_block: the dot product of one group of
-// QUANT_GROUP weights with the activations X). Rows are whole words, so a matrix splits at any row and
+// rows into it, and the WGSL that reads it (w_at: one weight; w_chunk: a chunk of a row dotted with the
+// input, for the matrix-vector kernel). Rows are whole words, so a matrix splits at any row and
 // experts stack end to end. q8 and q4 keep each group's f32 scale before its weights, rounded and
 // clamped as docs/quantized-format.md says, so they hold the CPU's values.
 import { fail } from '../../errors.js';

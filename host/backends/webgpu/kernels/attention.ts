@@ -12,13 +12,13 @@ import { WORKGROUP, type KernelDef } from './kernel.js';
 export const MAX_LATENT = 1024;
 
 /**
- * QA[t, h, r] = sum_d kv_b[h (nope + v) + d, r] Q[t, h (nope + rope) + d], a thread per (t, h, r); nope is
+ * QA[t, h, r] = sum_d kv_b[h (nope + v) + d, r] Q[t q_stride + h (nope + rope) + d], a thread per (t, h, r); nope is
  * compiled in so that the loop over d unrolls and its loads are in flight together.
  */
 export function absorbKernel(nope: number): KernelDef {
   return {
     name: `mla_absorb_${nope}`,
-    params: ['heads', 'rope', 'v', 'rank', 'row_words', 'count'],
+    params: ['heads', 'rope', 'v', 'rank', 'row_words', 'q_stride', 'count'],
     bindings: [
       { name: 'W', type: 'u32' },
       { name: 'Q', type: 'f32' },
@@ -32,7 +32,7 @@ fn run(wid: vec3u, lid: u32, gid: vec3u, nwg: vec3u) {
   let r = i % p.rank;
   let h = (i / p.rank) % p.heads;
   let t = i / (p.rank * p.heads);
-  let q = t * p.heads * (NOPE + p.rope) + h * (NOPE + p.rope);
+  let q = t * p.q_stride + h * (NOPE + p.rope);
   let w0 = h * (NOPE + p.v) * p.row_words;
   var s = 0.0;
   for (var d = 0u; d < NOPE; d++) { s += w_at(w0 + d * p.row_words, r) * Q[q + d]; }
@@ -55,7 +55,7 @@ export const SPLIT = 16;
 export function attendKernel(rank: number, rope: number): KernelDef {
   return {
     name: `mla_attend_${rank}_${rope}`,
-    params: ['heads', 'nope', 'cache_off', 'pos0', 't0', 'blocks', 'scale:f32'],
+    params: ['heads', 'nope', 'q_stride', 'cache_off', 'pos0', 't0', 'blocks', 'scale:f32'],
     bindings: [
       { name: 'QA', type: 'f32' },
       { name: 'Q', type: 'f32' },
@@ -81,7 +81,7 @@ fn run(wid: vec3u, lid: u32, gid: vec3u, nwg: vec3u) {
   if (b * SPLIT >= n) { return; }
   let half = ROPE / 2u;
   let qa = (t * p.heads + h) * RANK;
-  let qr = t * p.heads * (p.nope + ROPE) + h * (p.nope + ROPE) + p.nope;
+  let qr = t * p.q_stride + h * (p.nope + ROPE) + p.nope;
   for (var r = lid; r < RANK; r += ${WORKGROUP}u) { qs[r] = QA[qa + r]; }
   let tab = (p.pos0 + t) * half;
   for (var i = lid; i < half; i += ${WORKGROUP}u) {
