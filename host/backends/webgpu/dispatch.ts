@@ -1,7 +1,8 @@
 /// <reference types="@webgpu/types" />
-// A step recorded as a list of dispatches and copies, then encoded into one command buffer: every
-// dispatch's parameters go into one uniform buffer (one aligned slot each) written once before the
-// submit. Pipelines are compiled once per kernel and weight format.
+// A step recorded as a list of dispatches and copies, encoded into command buffers submitted as the step
+// goes (flush) and at its end (submit): every dispatch's parameters go into one uniform buffer (one
+// aligned slot each per step), written before the command buffer that reads them. Pipelines are
+// compiled once per kernel and weight format.
 import { fail } from '../../errors.js';
 import { formatWgsl, FORMAT_NAMES, type GpuFormat } from './formats.js';
 import { USAGE } from './gpu.js';
@@ -86,7 +87,7 @@ interface BoundGroup {
 }
 
 /**
- * The ops of one command buffer. Decode steps repeat the same dispatches with the same buffers, so the n-th
+ * The ops of one step. Decode steps repeat the same dispatches with the same buffers, so the n-th
  * dispatch's bind group is kept and reused while it binds the same buffers: a step creates none after the first.
  */
 export class Recorder {

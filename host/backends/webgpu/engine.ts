@@ -1,8 +1,9 @@
 /// <reference types="@webgpu/types" />
 // The DeepSeek model on a WebGPU device: the weights uploaded once from the schema, a latent KV cache per
-// layer for the pool's sequences, and forward passes recorded kernel by kernel into one command buffer
-// per call, read back once (the logits rows asked for, or the greedy token's four bytes). It reads like
-// host/model/model.ts: embed, then per block x += attn(norm(x)); x += ffn(norm(x)), then norm and head.
+// layer for the pool's sequences, and forward passes recorded kernel by kernel into a command buffer per
+// few layers, read back once per call (the logits rows asked for, or the greedy token's four bytes). It
+// reads like host/model/model.ts: embed, then per block x += attn(norm(x)); x += ffn(norm(x)), then norm
+// and head (the norms taken inside the products that read them).
 import type { Checkpoint } from '../../checkpoint/checkpoint.js';
 import type { DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
@@ -335,7 +336,7 @@ export class GpuEngine {
     return (this.defs.route ??= routeKernel(c.nRoutedExperts, c.topkMethod === 'greedy' ? 1 : c.nGroup));
   }
 
-  /** Runs the entries in order in one command buffer; returns their logits rows, one after another. */
+  /** Runs the entries in order in one step; returns their logits rows, one after another. */
   async forward(entries: readonly StepEntry[]): Promise<Float32Array> {
     const V = this.cfg.vocabSize;
     const rows = entries.reduce((n, e) => n + (e.rows === 'none' ? 0 : e.rows === 'all' ? e.tokens.length : 1), 0);
