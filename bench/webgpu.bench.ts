@@ -15,6 +15,9 @@ import { GpuEngine, type ProfileRow } from '../host/backends/webgpu/engine.js';
 import { parseConfig } from '../host/checkpoint/config.js';
 import { presetConfig } from '../host/checkpoint/presets.js';
 
+/** Layers per command buffer also timed (GpuEngine.flushLayers; 0: one per step). */
+const FLUSH_VARIANTS = [0, 2, 6, 9];
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** The same prompt ids as bench/cuda.bench.ts (its LCG, seed 7). */
@@ -34,8 +37,8 @@ interface PromptResult {
   prefillTokPerS: number;
   decodeTokPerS: number;
   decodeStepMs: number;
-  /** Decode with the whole step in one command buffer, timed right after. */
-  oneBufferTokPerS: number;
+  /** Decode with FLUSH_VARIANTS' command buffer sizes, timed right after. */
+  flushes: { layers: number; tokPerS: number }[];
   profile: ProfileRow[];
 }
 
@@ -63,11 +66,14 @@ async function benchRandom(gen: number, prompts: number[], configFile?: string):
     const t = performance.now();
     for (let i = 0; i < gen; i++) next = await step(prompt + i, [next]);
     const decodeMs = performance.now() - t;
-    // The same decode with the whole step in one command buffer (no mid-step flushes), beside it.
-    engine.flushLayers = 0;
-    const t1 = performance.now();
-    for (let i = 0; i < gen; i++) next = await step(prompt + i, [next]);
-    const oneBufferTokPerS = (gen / (performance.now() - t1)) * 1000;
+    // The same decode with other command buffer sizes (layers per buffer; 0: the whole step in one), beside it.
+    const flushes: { layers: number; tokPerS: number }[] = [];
+    for (const layers of FLUSH_VARIANTS) {
+      engine.flushLayers = layers;
+      const t1 = performance.now();
+      for (let i = 0; i < gen; i++) next = await step(prompt + i, [next]);
+      flushes.push({ layers, tokPerS: (gen / (performance.now() - t1)) * 1000 });
+    }
     engine.flushLayers = flush;
     const profile = await engine.profile({ slot: 0, position: prompt, tokens: [next], rows: 'last' });
     const r: PromptResult = {
@@ -76,11 +82,12 @@ async function benchRandom(gen: number, prompts: number[], configFile?: string):
       prefillTokPerS: (prompt / median(pre)) * 1000,
       decodeTokPerS: (gen / decodeMs) * 1000,
       decodeStepMs: decodeMs / gen,
-      oneBufferTokPerS,
+      flushes,
       profile,
     };
     out.push(r);
-    say(`prompt ${prompt}: prefill ${r.prefillMs.toFixed(1)} ms = ${r.prefillTokPerS.toFixed(1)} tok/s; decode ${gen} tokens ${r.decodeTokPerS.toFixed(1)} tok/s (${r.decodeStepMs.toFixed(3)} ms/step, a command buffer per ${flush} layers); one command buffer per step ${oneBufferTokPerS.toFixed(1)} tok/s`);
+    say(`prompt ${prompt}: prefill ${r.prefillMs.toFixed(1)} ms = ${r.prefillTokPerS.toFixed(1)} tok/s; decode ${gen} tokens ${r.decodeTokPerS.toFixed(1)} tok/s (${r.decodeStepMs.toFixed(3)} ms/step, a command buffer per ${flush} layers)`);
+    say(`  decode with a command buffer per N layers (0: per step): ${flushes.map((f) => `${f.layers}: ${f.tokPerS.toFixed(1)}`).join(', ')} tok/s`);
     say(`  profile after ${prompt} tokens (each family alone, submit to done, median of 5; less "(no dispatch)" is its share):`);
     for (const p of profile) say(`    ${p.tag.padEnd(20)} ${String(p.dispatches).padStart(4)} dispatches ${p.ms.toFixed(3).padStart(8)} ms`);
   }

@@ -75,7 +75,7 @@ if (!adapter) {
     });
   }
 
-  test('webgpu: plain reductions, weights split into 16 KiB buffers, prompts in passes of 5 tokens', () => {
+  test('webgpu: plain reductions, weights split into 16 KiB buffers, prompts in passes of 5 tokens, a command buffer per layer', () => {
     const r = library('plain').plain;
     assert.ok((r.maxDiff as number) <= TOL, `logits differ by ${r.maxDiff}`);
     assert.equal(r.ids, r.expected);

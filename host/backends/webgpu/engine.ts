@@ -12,13 +12,13 @@ import { ropeTables, softmaxScale } from '../../model/rope.js';
 import { activeShare, modelSchema, schemaWeights, type MlpSchema, type ModelSchema, type Weight } from '../../model/schema.js';
 import type { QuantName } from '../../model/weights.js';
 import { ROUTE_GREEDY, ROUTE_GROUP_LIMITED_GREEDY, ROUTE_NOAUX_TC, SCORE_SIGMOID, SCORE_SOFTMAX } from '../../runtime/constants.js';
-import { Kernels, Recorder, rowsGrid, threadsGrid, type Compiled } from './dispatch.js';
+import { Kernels, Recorder, rowsGrid, type Compiled } from './dispatch.js';
 import { vec4Rows, type GpuFormat } from './formats.js';
 import { MAP_READ, USAGE, requestGpu, type Gpu } from './gpu.js';
 import { ARGMAX_PARTS, argmax, argmaxParts } from './kernels/argmax.js';
 import type { KernelDef } from './kernels/kernel.js';
 import { cacheRows } from './kernels/cache.js';
-import { absorbKernel, attendKernel, MAX_LATENT, merge, SPLIT } from './kernels/attention.js';
+import { ABSORB_COLUMNS, absorbKernel, attendKernel, MAX_LATENT, mergeKernel, SPLIT } from './kernels/attention.js';
 import { embed } from './kernels/embed.js';
 import { MATVEC_ROWS, matmulKernel, type MatvecInput } from './kernels/matmul.js';
 import { routeKernel } from './kernels/route.js';
@@ -34,6 +34,8 @@ export interface EngineOptions {
   subgroups?: boolean;
   /** Most bytes of one weight buffer, below the device's maxStorageBufferBindingSize (tests). */
   maxBindingBytes?: number;
+  /** Layers per command buffer of a step (default FLUSH_LAYERS; tests take 1 so that every step flushes). */
+  flushLayers?: number;
 }
 
 export interface EngineInfo {
@@ -83,8 +85,8 @@ function stackRows(a: Weight, b: Weight): Weight {
   return { ...a, parts: [...a.parts, ...b.parts], shape: [a.shape[0] + b.shape[0], a.shape[1]] };
 }
 
-/** Layers recorded per command buffer of a step (GpuEngine.flushLayers' default). */
-const FLUSH_LAYERS = 6;
+/** Layers recorded per command buffer of a step (GpuEngine.flushLayers' default): the best of 2, 3, 6 and 9 on the H200 (bench/RESULTS.md). */
+const FLUSH_LAYERS = 3;
 
 /** One matrix-vector product's options: its input (as is, normed by `g`, or SwiGLU'd), where rows lie, routing. */
 interface LinearOptions {
@@ -117,8 +119,8 @@ function gpuQuant(dir: string, converted: string | undefined, requested?: QuantN
 }
 
 export class GpuEngine {
-  /** Layers per command buffer of a step; 0: the whole step in one (benchmarks compare the two). */
-  flushLayers = FLUSH_LAYERS;
+  /** Layers per command buffer of a step; 0: the whole step in one (benchmarks compare sizes). */
+  flushLayers: number;
   private readonly scratch: Record<string, GPUBuffer> = {};
   private readonly empty: GPUBuffer;
   private readback: GPUBuffer | null = null;
@@ -129,7 +131,7 @@ export class GpuEngine {
   /** Attention blocks of SPLIT positions in a full context. */
   private readonly blocks: number;
   /** The kernels made for this model's shape, made once. */
-  private readonly defs: { attend?: KernelDef; absorb?: KernelDef; route?: KernelDef } = {};
+  private readonly defs: { attend?: KernelDef; merge?: KernelDef; absorb?: KernelDef; route?: KernelDef } = {};
 
   private constructor(
     private readonly gpu: Gpu,
@@ -145,6 +147,7 @@ export class GpuEngine {
     readonly info: EngineInfo,
   ) {
     const d = gpu.device;
+    this.flushLayers = opts.flushLayers ?? FLUSH_LAYERS;
     this.rec = new Recorder(d);
     this.empty = d.createBuffer({ size: 16, usage: USAGE.STORAGE });
     const c = cfg;
@@ -291,7 +294,7 @@ export class GpuEngine {
   /** Compiles every pipeline before the first step, so a kernel that does not compile fails the load. */
   private async compile(schema: ModelSchema): Promise<void> {
     for (const [W, input, rows] of this.matvecs()) await this.kernels.compile(this.mv(W, input, rows), W.fmt, true);
-    for (const def of [cacheRows, this.attendDef(), merge, argmaxParts, argmax]) await this.kernels.compile(def);
+    for (const def of [cacheRows, this.attendDef(), this.mergeDef(), argmaxParts, argmax]) await this.kernels.compile(def);
     await this.kernels.compile(embed, this.embedding.fmt);
     for (const l of this.layers) await this.kernels.compile(this.absorbDef(), l.kvB.fmt);
     if (schema.config.nRoutedExperts > 0) await this.kernels.compile(this.routeDef());
@@ -325,6 +328,10 @@ export class GpuEngine {
 
   private attendDef(): KernelDef {
     return (this.defs.attend ??= attendKernel(this.cfg.kvLoraRank, this.cfg.qkRopeHeadDim));
+  }
+
+  private mergeDef(): KernelDef {
+    return (this.defs.merge ??= mergeKernel(this.cfg.kvLoraRank));
   }
 
   private absorbDef(): KernelDef {
@@ -542,7 +549,7 @@ export class GpuEngine {
       // The new positions' [c | k_rope] go straight into the cache: c normed, k_rope roped.
       const at = (slot * this.opts.contextLength + pos0) * row;
       this.rec.dispatch(this.k(cacheRows), [rank, l.qRows, qkv, at, row, pos0, half, c.rmsNormEps], [s.qkv, l.kvANorm, this.cos, this.sin, l.cache], [T, 1, 1], 'attn.cache');
-      this.rec.dispatch(this.k(this.absorbDef(), l.kvB.fmt), [heads, ropeDim, v, rank, l.kvB.rowWords, q.stride, T * heads * rank], [l.kvB.pieces[0].buffer, q.buf, s.qa], threadsGrid(T * heads * rank), 'attn.absorb');
+      this.rec.dispatch(this.k(this.absorbDef(), l.kvB.fmt), [heads, ropeDim, v, rank, l.kvB.rowWords, q.stride], [l.kvB.pieces[0].buffer, q.buf, s.qa], [Math.ceil(rank / ABSORB_COLUMNS), heads, T], 'attn.absorb');
       const cacheOff = slot * this.opts.contextLength * row;
       for (let t0 = 0; t0 < T; t0 += this.scoreTokens) {
         const n = Math.min(this.scoreTokens, T - t0);
@@ -554,7 +561,7 @@ export class GpuEngine {
           [heads, n, blocks],
           'attn.scores',
         );
-        this.rec.dispatch(this.k(merge), [heads, rank, pos0, t0, blocks], [s.op, s.ml, s.ol], [heads, n, 1], 'attn.merge');
+        this.rec.dispatch(this.k(this.mergeDef()), [heads, pos0, t0, blocks], [s.op, s.ml, s.ol], [heads, n, 1], 'attn.merge');
       }
       this.linear('attn.values', l.kvB, s.ol, s.o, T, { xStride: heads * rank, yStride: heads * v, groups: { rows: v, stride: nope + v, skip: nope, x: rank } });
       this.linear('attn.o', l.o, s.o, s.x, T, { accumulate: true, yStride: hidden });

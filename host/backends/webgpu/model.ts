@@ -59,6 +59,8 @@ export interface WebGpuLoadOptions extends LoadOptions {
   subgroups?: boolean;
   /** Cut weights into buffers of at most this many bytes even where the device binds more (tests of the split path). */
   maxBindingBytes?: number;
+  /** Layers per command buffer of a step (tests: 1, so that every step is cut into several). */
+  flushLayers?: number;
   /** Longest wait for one call's answer from the device thread (default 10 minutes): past it the call fails, where it would hang. */
   callTimeoutMs?: number;
 }
@@ -112,6 +114,7 @@ export class WebGpuModel implements ModelBackend {
 
   /** Starts the device thread, serves its reads of `files` while it loads, and waits until it is ready. */
   private static async start(config: DeepSeekConfig, source: CheckpointSource, files: RandomAccessBytes[], opts: WebGpuLoadOptions): Promise<WebGpuModel> {
+    if (opts.flushLayers !== undefined && !(Number.isInteger(opts.flushLayers) && opts.flushLayers >= 0)) fail(`flushLayers must be a whole number of at least 0, got ${opts.flushLayers}`);
     if (opts.memoryLimit !== undefined) fail('--memory-limit (memoryLimit) sizes the CPU backend\'s WebAssembly memories; leave it out with --backend webgpu');
     if (typeof SharedArrayBuffer === 'undefined' || typeof Atomics?.wait !== 'function') {
       fail('WebGPU backend: needs SharedArrayBuffer and Atomics.wait (a browser page must be cross-origin isolated, COOP/COEP, and the model must run in a worker)');
@@ -120,7 +123,7 @@ export class WebGpuModel implements ModelBackend {
     const start: Start = {
       op: 'start',
       source,
-      opts: { ...pool, quant: opts.quant, subgroups: opts.subgroups, maxBindingBytes: opts.maxBindingBytes },
+      opts: { ...pool, quant: opts.quant, subgroups: opts.subgroups, maxBindingBytes: opts.maxBindingBytes, flushLayers: opts.flushLayers },
       control: new SharedArrayBuffer(CONTROL_BYTES),
       error: new SharedArrayBuffer(ERROR_BYTES),
     };

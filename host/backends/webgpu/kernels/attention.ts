@@ -11,14 +11,20 @@ import { WORKGROUP, type KernelDef } from './kernel.js';
 /** Most floats of a head's query in the latent space (kv_lora_rank + qk_rope_head_dim): the attention kernel keeps it in workgroup memory. */
 export const MAX_LATENT = 1024;
 
+/** Threads of an absorb workgroup that share one pair of columns, each over every ABSORB_PARTS-th row of W_UK. */
+const ABSORB_PARTS = 4;
+const ABSORB_PAIRS = WORKGROUP / ABSORB_PARTS;
+
 /**
- * QA[t, h, r] = sum_d kv_b[h (nope + v) + d, r] Q[t q_stride + h (nope + rope) + d], a thread per (t, h, r); nope is
- * compiled in so that the loop over d unrolls and its loads are in flight together.
+ * QA[t, h, r] = sum_d kv_b[h (nope + v) + d, r] Q[t q_stride + h (nope + rope) + d]. A workgroup per
+ * (ABSORB_PAIRS pairs of columns r, head, token): adjacent threads on adjacent columns (coalesced rows of
+ * W_UK), the rows d split ABSORB_PARTS ways between threads, their partial sums added in workgroup memory,
+ * so a decode step has heads x rank / 32 workgroups with short loops (nope compiled in, so they unroll).
  */
 export function absorbKernel(nope: number): KernelDef {
   return {
     name: `mla_absorb_${nope}`,
-    params: ['heads', 'rope', 'v', 'rank', 'row_words', 'q_stride', 'count'],
+    params: ['heads', 'rope', 'v', 'rank', 'row_words', 'q_stride'],
     bindings: [
       { name: 'W', type: 'u32' },
       { name: 'Q', type: 'f32' },
@@ -26,20 +32,38 @@ export function absorbKernel(nope: number): KernelDef {
     ],
     body: `
 const NOPE = ${nope}u;
+var<workgroup> part: array<vec2f, ${WORKGROUP}>;
 fn run(wid: vec3u, lid: u32, gid: vec3u, nwg: vec3u) {
-  let i = gid.x + gid.y * nwg.x * ${WORKGROUP}u;
-  if (i >= p.count) { return; }
-  let r = i % p.rank;
-  let h = (i / p.rank) % p.heads;
-  let t = i / (p.rank * p.heads);
+  let h = wid.y;
+  let t = wid.z;
+  let r0 = 2u * (wid.x * ${ABSORB_PAIRS}u + lid % ${ABSORB_PAIRS}u);
+  let dp = lid / ${ABSORB_PAIRS}u;
   let q = t * p.q_stride + h * (NOPE + p.rope);
   let w0 = h * (NOPE + p.v) * p.row_words;
-  var s = 0.0;
-  for (var d = 0u; d < NOPE; d++) { s += w_at(w0 + d * p.row_words, r) * Q[q + d]; }
-  Y[i] = s;
+  let r1 = min(r0 + 1u, p.rank - 1u);
+  var s = vec2f(0.0);
+  if (r0 < p.rank) {
+    for (var d = dp; d < NOPE; d += ${ABSORB_PARTS}u) {
+      let qd = Q[q + d];
+      let row = w0 + d * p.row_words;
+      s += vec2f(w_at(row, r0), w_at(row, r1)) * qd;
+    }
+  }
+  part[lid] = s;
+  workgroupBarrier();
+  if (dp == 0u && r0 < p.rank) {
+    var a = s;
+    for (var k = 1u; k < ${ABSORB_PARTS}u; k++) { a += part[lid + k * ${ABSORB_PAIRS}u]; }
+    let y = (t * p.heads + h) * p.rank;
+    Y[y + r0] = a.x;
+    if (r0 + 1u < p.rank) { Y[y + r0 + 1u] = a.y; }
+  }
 }`,
   };
 }
+
+/** Columns of one absorb workgroup (its grid's x: ceil(rank / ABSORB_COLUMNS)). */
+export const ABSORB_COLUMNS = 2 * ABSORB_PAIRS;
 
 /** Positions per attention block. */
 export const SPLIT = 16;
@@ -126,30 +150,59 @@ fn run(wid: vec3u, lid: u32, gid: vec3u, nwg: vec3u) {
 }`,
   };
 }
-/** Y[t, h] = sum over the blocks of e^(max_b - max) OP_b / sum over the blocks of e^(max_b - max) sum_b. */
-export const merge: KernelDef = {
-  name: 'mla_merge',
-  params: ['heads', 'rank', 'pos0', 't0', 'blocks'],
-  bindings: [
-    { name: 'OP', type: 'f32' },
-    { name: 'ML', type: 'f32' },
-    { name: 'Y', type: 'f32', write: true },
-  ],
-  body: `
+/** Blocks whose weights a merge workgroup holds at once. */
+const MERGE_CHUNK = 256;
+
+/**
+ * Y[t, h] = sum over the blocks of e^(max_b - max) OP_b / sum over the blocks of e^(max_b - max) sum_b: a
+ * workgroup per (head, token), the blocks' max and weights taken by all its threads (the weights kept in
+ * workgroup memory, MERGE_CHUNK at a time), each thread summing its columns (rank compiled in).
+ */
+export function mergeKernel(rank: number): KernelDef {
+  const per = Math.ceil(rank / WORKGROUP);
+  return {
+    name: `mla_merge_${rank}`,
+    params: ['heads', 'pos0', 't0', 'blocks'],
+    bindings: [
+      { name: 'OP', type: 'f32' },
+      { name: 'ML', type: 'f32' },
+      { name: 'Y', type: 'f32', write: true },
+    ],
+    body: `
+const RANK = ${rank}u;
+const PER = ${per}u;
+var<workgroup> wb: array<f32, ${MERGE_CHUNK}>;
 fn run(wid: vec3u, lid: u32, gid: vec3u, nwg: vec3u) {
   let h = wid.x;
   let t = p.t0 + wid.y;
   let nb = (p.pos0 + t + ${SPLIT}u) / ${SPLIT}u;
   let pair0 = (wid.y * p.heads + h) * p.blocks;
   var m = -3.4e38;
-  for (var b = 0u; b < nb; b++) { m = max(m, ML[(pair0 + b) * 2u]); }
+  for (var b = lid; b < nb; b += ${WORKGROUP}u) { m = max(m, ML[(pair0 + b) * 2u]); }
+  m = wg_max(m, lid);
   var l = 0.0;
-  for (var b = 0u; b < nb; b++) { l += exp(ML[(pair0 + b) * 2u] - m) * ML[(pair0 + b) * 2u + 1u]; }
-  let y = (t * p.heads + h) * p.rank;
-  for (var r = lid; r < p.rank; r += ${WORKGROUP}u) {
-    var a = 0.0;
-    for (var b = 0u; b < nb; b++) { a += exp(ML[(pair0 + b) * 2u] - m) * OP[(pair0 + b) * p.rank + r]; }
-    Y[y + r] = a / l;
+  for (var b = lid; b < nb; b += ${WORKGROUP}u) { l += exp(ML[(pair0 + b) * 2u] - m) * ML[(pair0 + b) * 2u + 1u]; }
+  l = wg_sum(l, lid);
+  var acc: array<f32, PER>;
+  for (var c0 = 0u; c0 < nb; c0 += ${MERGE_CHUNK}u) {
+    let cnt = min(${MERGE_CHUNK}u, nb - c0);
+    for (var b = lid; b < cnt; b += ${WORKGROUP}u) { wb[b] = exp(ML[(pair0 + c0 + b) * 2u] - m); }
+    workgroupBarrier();
+    for (var i = 0u; i < PER; i++) {
+      let r = lid + i * ${WORKGROUP}u;
+      if (r < RANK) {
+        var a = acc[i];
+        for (var b = 0u; b < cnt; b++) { a += wb[b] * OP[(pair0 + c0 + b) * RANK + r]; }
+        acc[i] = a;
+      }
+    }
+    workgroupBarrier();
+  }
+  let y = (t * p.heads + h) * RANK;
+  for (var i = 0u; i < PER; i++) {
+    let r = lid + i * ${WORKGROUP}u;
+    if (r < RANK) { Y[y + r] = acc[i] / l; }
   }
 }`,
-};
+  };
+}
