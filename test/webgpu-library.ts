@@ -42,15 +42,35 @@ async function referenceRun(name: string, opts: WebGpuLoadOptions) {
 
 const checks: Record<string, () => Promise<void>> = {
   // The plain reductions and weights cut into 16 KiB buffers (the split path: the embedding and head by
-  // rows, one or two experts a piece), prompts in passes of 5 tokens.
+  // rows, one or two experts a piece), prompts in passes of 5 tokens, a command buffer per layer.
   async plain() {
-    report('plain', await referenceRun('v3-tiny', { subgroups: false, maxBindingBytes: 16384, passTokens: 5 }));
+    report('plain', await referenceRun('v3-tiny', { subgroups: false, maxBindingBytes: 16384, passTokens: 5, flushLayers: 1 }));
   },
   async quantized() {
     for (const quant of ['q8', 'q4'] as const) {
       const r = await referenceRun('v3-tiny', { quant });
       report(`quant-${quant}`, { maxDiff: r.maxDiff, meanDiff: r.meanDiff, top1: r.top1 });
     }
+  },
+  // The device thread ends mid-session (as when the device's native code takes it down): the call that was
+  // waiting fails with the reason, later calls fail at once, close() returns.
+  async exit() {
+    const m = await loadWebGpuModel(fixture('v2-lite-tiny'));
+    const seq = m.createSequence();
+    const before = m.forward([{ sequence: seq, tokens: [3] }])[0].length;
+    const message = (f: () => unknown) => {
+      try {
+        f();
+        return 'no error';
+      } catch (e) {
+        return (e as Error).message;
+      }
+    };
+    const t = performance.now();
+    const crashed = message(() => m.crashForTest(7));
+    const after = message(() => m.forward([{ sequence: seq, tokens: [4] }]));
+    await m.close();
+    report('exit', { before, crashed, after, ms: performance.now() - t });
   },
   // Greedy on the device (four bytes back), two sequences in one batch, fork and truncate, against one alone.
   async sequences() {

@@ -75,7 +75,7 @@ if (!adapter) {
     });
   }
 
-  test('webgpu: plain reductions, weights split into 16 KiB buffers, prompts in passes of 5 tokens', () => {
+  test('webgpu: plain reductions, weights split into 16 KiB buffers, prompts in passes of 5 tokens, a command buffer per layer', () => {
     const r = library('plain').plain;
     assert.ok((r.maxDiff as number) <= TOL, `logits differ by ${r.maxDiff}`);
     assert.equal(r.ids, r.expected);
@@ -94,6 +94,14 @@ if (!adapter) {
     const r = library('sequences').sequences;
     assert.equal(r.greedy, r.expected);
     for (const k of ['batchDiff', 'halfDiff', 'resumedDiff', 'forkDiff', 'truncatedDiff']) assert.ok((r[k] as number) <= TOL, `${k}: ${r[k]}`);
+  });
+
+  test('webgpu: a device thread that exits fails the waiting call and later ones with the reason, instead of hanging', () => {
+    const r = library('exit').exit;
+    assert.ok((r.before as number) > 0, 'the forward before the exit returned its row');
+    assert.match(r.crashed as string, /device thread exited with code 7/);
+    assert.match(r.after as string, /device thread exited with code 7/);
+    assert.ok((r.ms as number) < 30_000, `took ${r.ms} ms`);
   });
 
   test('webgpu: deepwasm logits --backend webgpu under deno run matches the reference (v2-lite-tiny)', () => {

@@ -1,6 +1,6 @@
 // The weight formats on the GPU, each defined once: how a row lies in u32 words, how the host packs f32
-// rows into it, and the WGSL that reads it (w_at: one weight; w_block: the dot product of one group of
-// QUANT_GROUP weights with the activations X). Rows are whole words, so a matrix splits at any row and
+// rows into it, and the WGSL that reads it (w_at: one weight; w_chunk: a chunk of a row dotted with the
+// input, for the matrix-vector kernel). Rows are whole words, so a matrix splits at any row and
 // experts stack end to end. q8 and q4 keep each group's f32 scale before its weights, rounded and
 // clamped as docs/quantized-format.md says, so they hold the CPU's values.
 import { fail } from '../../errors.js';
@@ -89,34 +89,66 @@ export function packRows(fmt: GpuFormat, src: Float32Array, rows: number, cols: 
   return out;
 }
 
+/** Whether rows of `words` u32 words of the format are read 16 bytes at a time (W bound as vec4<u32>). */
+export function vec4Rows(fmt: GpuFormat, words: number): boolean {
+  return (fmt === FMT_F32 || fmt === FMT_BF16) && words % 4 === 0;
+}
+
 /**
- * WGSL reading weights of the format from the u32 array W: w_at(row base word, column), and with `dot`
- * w_block(row base word, group, X base, valid columns in the group) over the f32 activations X.
+ * WGSL reading weights of the format from W (u32 words, or vec4<u32> with `vec4`): `word(i)` one word,
+ * `w_at(row base word, column)` one weight. With `dot`, also a matrix-vector product's inner step: rows
+ * are read a chunk at a time, adjacent threads on adjacent chunks so loads coalesce: `const CW` weights
+ * per chunk, `x_chunk(xb, c)` chunk c of the input (type XC, read once for all the rows a thread sums,
+ * through the kernel's `xv(xb, column)`: plain, normed or SwiGLU'd) and `w_chunk(base, c, x)`, a row's
+ * chunk c dotted with it. bf16 takes 8 weights (one 16-byte load) with vec4, else 2; f32 4 with vec4,
+ * else 1; q8 and q4 one group (scale, then 8 or 4 words), their input read inside w_chunk (XC: the row's
+ * input base and the chunk's first column).
  */
-export function formatWgsl(fmt: GpuFormat, dot: boolean): string {
+export function formatWgsl(fmt: GpuFormat, dot: boolean, vec4 = false): string {
   const G = QUANT_GROUP;
+  if (vec4 && !vec4Rows(fmt, 4)) fail(`${FORMAT_NAMES[fmt]} rows are read a word at a time`);
+  const word = vec4 ? 'fn word(i: u32) -> u32 { return W[i >> 2u][i & 3u]; }' : 'fn word(i: u32) -> u32 { return W[i]; }';
+  const x4 = (k: string) => `vec4f(xv(xb, ${k}), xv(xb, ${k} + 1u), xv(xb, ${k} + 2u), xv(xb, ${k} + 3u))`;
   let at: string;
-  let block: string;
+  let chunk: string;
   switch (fmt) {
     case FMT_F32:
-      at = `fn w_at(base: u32, k: u32) -> f32 { return bitcast<f32>(W[base + k]); }`;
-      block = `fn w_block(base: u32, b: u32, xb: u32, n: u32) -> f32 {
-  var s = 0.0;
-  for (var j = 0u; j < n; j++) { s += bitcast<f32>(W[base + b * ${G}u + j]) * X[xb + b * ${G}u + j]; }
-  return s;
-}`;
+      at = `fn w_at(base: u32, k: u32) -> f32 { return bitcast<f32>(word(base + k)); }`;
+      chunk = vec4
+        ? `const CW = 4u;
+alias XC = vec4f;
+fn x_chunk(xb: u32, c: u32) -> XC { return ${x4('c * 4u')}; }
+fn w_chunk(base: u32, c: u32, x: XC) -> f32 { return dot(bitcast<vec4f>(W[(base >> 2u) + c]), x); }`
+        : `const CW = 1u;
+alias XC = f32;
+fn x_chunk(xb: u32, c: u32) -> XC { return xv(xb, c); }
+fn w_chunk(base: u32, c: u32, x: XC) -> f32 { return w_at(base, c) * x; }`;
       break;
-    case FMT_BF16:
+    case FMT_BF16: {
+      const lo = (w: string) => `bitcast<f32>(${w} << 16u)`;
+      const hi = (w: string) => `bitcast<f32>(${w} & 0xffff0000u)`;
       at = `fn w_at(base: u32, k: u32) -> f32 {
-  let w = W[base + (k >> 1u)];
+  let w = word(base + (k >> 1u));
   return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (k & 1u) == 1u));
 }`;
-      block = `fn w_block(base: u32, b: u32, xb: u32, n: u32) -> f32 {
-  var s = 0.0;
-  for (var j = 0u; j < n; j++) { s += w_at(base, b * ${G}u + j) * X[xb + b * ${G}u + j]; }
-  return s;
+      chunk = vec4
+        ? `const CW = 8u;
+alias XC = mat2x4f;
+fn x_chunk(xb: u32, c: u32) -> XC { return XC(${x4('c * 8u')}, ${x4('c * 8u + 4u')}); }
+fn w_chunk(base: u32, c: u32, x: XC) -> f32 {
+  let w = W[(base >> 2u) + c];
+  return dot(vec4f(${lo('w.x')}, ${hi('w.x')}, ${lo('w.y')}, ${hi('w.y')}), x[0])
+       + dot(vec4f(${lo('w.z')}, ${hi('w.z')}, ${lo('w.w')}, ${hi('w.w')}), x[1]);
+}`
+        : `const CW = 2u;
+alias XC = vec2f;
+fn x_chunk(xb: u32, c: u32) -> XC { return vec2f(xv(xb, 2u * c), xv(xb, 2u * c + 1u)); }
+fn w_chunk(base: u32, c: u32, x: XC) -> f32 {
+  let w = word(base + c);
+  return ${lo('w')} * x.x + ${hi('w')} * x.y;
 }`;
       break;
+    }
     case FMT_Q8:
     case FMT_Q4: {
       const q8 = fmt === FMT_Q8;
@@ -126,26 +158,24 @@ export function formatWgsl(fmt: GpuFormat, dot: boolean): string {
       at = `fn w_at(base: u32, k: u32) -> f32 {
   let g = base + (k / ${G}u) * ${words}u;
   let j = k % ${G}u;
-  return bitcast<f32>(W[g]) * (${value(`W[g + 1u + j / ${per}u]`, `(j % ${per}u)`)});
+  return bitcast<f32>(word(g)) * (${value(`word(g + 1u + j / ${per}u)`, `(j % ${per}u)`)});
 }`;
-      block = `fn w_block(base: u32, b: u32, xb: u32, n: u32) -> f32 {
-  let g = base + b * ${words}u;
-  let x0 = xb + b * ${G}u;
+      chunk = `const CW = ${G}u;
+alias XC = vec2u;
+fn x_chunk(xb: u32, c: u32) -> XC { return vec2u(xb, c * ${G}u); }
+fn w_chunk(base: u32, c: u32, x: XC) -> f32 {
+  let g = base + c * ${words}u;
   var s = 0.0;
-  if (n == ${G}u) {
-    for (var j = 0u; j < ${G / per}u; j++) {
-      let w = W[g + 1u + j];
-      for (var i = 0u; i < ${per}u; i++) { s += (${value('w', 'i')}) * X[x0 + j * ${per}u + i]; }
-    }
-  } else {
-    for (var c = 0u; c < n; c++) { s += (${value(`W[g + 1u + c / ${per}u]`, `(c % ${per}u)`)}) * X[x0 + c]; }
+  for (var j = 0u; j < ${G / per}u; j++) {
+    let w = word(g + 1u + j);
+    for (var i = 0u; i < ${per}u; i++) { s += (${value('w', 'i')}) * xv(x.x, x.y + j * ${per}u + i); }
   }
-  return bitcast<f32>(W[g]) * s;
+  return bitcast<f32>(word(g)) * s;
 }`;
       break;
     }
     default:
       fail(`weight format ${String(fmt)} has no WebGPU kernels`);
   }
-  return dot ? `${at}\n${block}` : at;
+  return dot ? `${word}\n${at}\n${chunk}` : `${word}\n${at}`;
 }

@@ -10,7 +10,7 @@ import { fail } from '../../errors.js';
 import type { BatchEntry, LoadOptions, ModelBackend, Sequence } from '../../model/backend.js';
 import { SequencePool, poolShape } from '../../model/sequences.js';
 import type { EngineInfo, StepEntry } from './engine.js';
-import { ERROR_BYTES, READ_CHUNK, READ_HEADER, serveRead, type CheckpointSource, type LoadMessage, type Request, type Start } from './protocol.js';
+import { CONTROL_BYTES, CTL, ERROR_BYTES, READ_CHUNK, READ_HEADER, serveRead, type CheckpointSource, type LoadMessage, type Request, type Start } from './protocol.js';
 
 /** The device thread: thread.js beside this file under Node and Deno; in a browser bundle, webgpu-thread.js beside it (tools/build-web.mjs). */
 const NODE_THREAD_URL = new URL('./thread.js', import.meta.url);
@@ -59,7 +59,13 @@ export interface WebGpuLoadOptions extends LoadOptions {
   subgroups?: boolean;
   /** Cut weights into buffers of at most this many bytes even where the device binds more (tests of the split path). */
   maxBindingBytes?: number;
+  /** Layers per command buffer of a step (tests: 1, so that every step is cut into several). */
+  flushLayers?: number;
+  /** Longest wait for one call's answer from the device thread (default 10 minutes): past it the call fails, where it would hang. */
+  callTimeoutMs?: number;
 }
+
+const CALL_TIMEOUT_MS = 600_000;
 
 /** Reads a Hugging Face checkpoint folder onto a WebGPU device. */
 export function loadWebGpuModel(dir: string, opts: WebGpuLoadOptions = {}): Promise<WebGpuModel> {
@@ -85,6 +91,7 @@ export class WebGpuModel implements ModelBackend {
     private readonly info: EngineInfo,
     private readonly thread: DeviceThread,
     private readonly started: Start,
+    private readonly callTimeoutMs: number,
   ) {
     this.pool = new SequencePool(config, contextLength, maxSequences);
     this.ctl = new Int32Array(started.control);
@@ -107,6 +114,7 @@ export class WebGpuModel implements ModelBackend {
 
   /** Starts the device thread, serves its reads of `files` while it loads, and waits until it is ready. */
   private static async start(config: DeepSeekConfig, source: CheckpointSource, files: RandomAccessBytes[], opts: WebGpuLoadOptions): Promise<WebGpuModel> {
+    if (opts.flushLayers !== undefined && !(Number.isInteger(opts.flushLayers) && opts.flushLayers >= 0)) fail(`flushLayers must be a whole number of at least 0, got ${opts.flushLayers}`);
     if (opts.memoryLimit !== undefined) fail('--memory-limit (memoryLimit) sizes the CPU backend\'s WebAssembly memories; leave it out with --backend webgpu');
     if (typeof SharedArrayBuffer === 'undefined' || typeof Atomics?.wait !== 'function') {
       fail('WebGPU backend: needs SharedArrayBuffer and Atomics.wait (a browser page must be cross-origin isolated, COOP/COEP, and the model must run in a worker)');
@@ -115,8 +123,8 @@ export class WebGpuModel implements ModelBackend {
     const start: Start = {
       op: 'start',
       source,
-      opts: { ...pool, quant: opts.quant, subgroups: opts.subgroups, maxBindingBytes: opts.maxBindingBytes },
-      control: new SharedArrayBuffer(16),
+      opts: { ...pool, quant: opts.quant, subgroups: opts.subgroups, maxBindingBytes: opts.maxBindingBytes, flushLayers: opts.flushLayers },
+      control: new SharedArrayBuffer(CONTROL_BYTES),
       error: new SharedArrayBuffer(ERROR_BYTES),
     };
     const thread = await startThread();
@@ -134,7 +142,7 @@ export class WebGpuModel implements ModelBackend {
     });
     thread.onMessage(() => {}, () => {});
     thread.unref();
-    return new WebGpuModel(config, pool.contextLength, pool.maxSequences, info, thread, start);
+    return new WebGpuModel(config, pool.contextLength, pool.maxSequences, info, thread, start, opts.callTimeoutMs ?? CALL_TIMEOUT_MS);
   }
 
   get quant(): string {
@@ -150,17 +158,31 @@ export class WebGpuModel implements ModelBackend {
     return this.info.activeBytes;
   }
 
-  /** Sends one request and blocks until the device thread has answered; returns ctl[2]. */
+  /**
+   * Sends one request and blocks until the device thread has answered; returns its value. A thread that
+   * ended (its exit handler writes the reason) or that does not answer within callTimeoutMs fails the call
+   * with that reason instead of blocking for ever.
+   */
   private call(req: Request): number {
     if (this.closed) fail('this WebGPU model was closed; load it again');
-    Atomics.store(this.ctl, 0, 0);
+    if (Atomics.load(this.ctl, CTL.EXITED) !== 0) fail(this.error());
+    Atomics.store(this.ctl, CTL.READY, 0);
     this.thread.post(req);
-    Atomics.wait(this.ctl, 0, 0);
-    if (Atomics.load(this.ctl, 1) !== 0) {
-      const n = Atomics.load(this.ctl, 3);
-      fail(new TextDecoder().decode(new Uint8Array(this.started.error).slice(0, n)));
+    if (Atomics.wait(this.ctl, CTL.READY, 0, this.callTimeoutMs) === 'timed-out') {
+      fail(`WebGPU backend: the device thread did not answer a ${req.op} request within ${this.callTimeoutMs / 1000} s (callTimeoutMs); the device may be lost or hung`);
     }
-    return Atomics.load(this.ctl, 2);
+    if (Atomics.load(this.ctl, CTL.FAILED) !== 0) fail(this.error());
+    return Atomics.load(this.ctl, CTL.VALUE);
+  }
+
+  private error(): string {
+    const n = Atomics.load(this.ctl, CTL.ERROR_LENGTH);
+    return new TextDecoder().decode(new Uint8Array(this.started.error).slice(0, n));
+  }
+
+  /** Tests: ends the device thread as a native crash would, then makes `op` fail the way a caller sees it. */
+  crashForTest(code: number): void {
+    this.call({ op: 'exit', code });
   }
 
   createSequence(): Sequence {
@@ -210,7 +232,7 @@ export class WebGpuModel implements ModelBackend {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    this.call({ op: 'close' });
+    if (Atomics.load(this.ctl, CTL.EXITED) === 0) this.call({ op: 'close' });
     this.closed = true;
     await this.thread.terminate();
   }

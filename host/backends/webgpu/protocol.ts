@@ -10,7 +10,9 @@ export type Request =
   | { op: 'forward'; entries: StepEntry[]; result?: SharedArrayBuffer }
   | { op: 'greedy'; entry: StepEntry }
   | { op: 'fork'; from: number; to: number; positions: number }
-  | { op: 'close' };
+  | { op: 'close' }
+  /** Tests: the thread ends at once with this exit code, as when the device's native code takes it down. */
+  | { op: 'exit'; code: number };
 
 /** Where the device thread reads the checkpoint: a folder (Node, Deno), or files the caller serves (read requests). */
 export type CheckpointSource = { dir: string } | { config: unknown; files: { name: string; size: number }[]; bytes: SharedArrayBuffer };
@@ -20,7 +22,7 @@ export interface Start {
   op: 'start';
   source: CheckpointSource;
   opts: EngineOptions;
-  /** ctl[0]: 1 when a result is ready; ctl[1]: 0 ok, 1 failed; ctl[2]: the result (floats written, or the token); ctl[3]: error length. */
+  /** Int32 words, CTL_* below. */
   control: SharedArrayBuffer;
   /** The error message of a failed request, UTF-8. */
   error: SharedArrayBuffer;
@@ -32,6 +34,10 @@ export type LoadMessage =
   | { op: 'read'; file: number; offset: number; length: number }
   | { op: 'ready'; info: EngineInfo }
   | { op: 'error'; message: string };
+
+/** The control words: READY 1 when a result is ready; FAILED 0 ok, 1 failed; VALUE the result (floats written, or the token); ERROR_LENGTH the error's bytes; EXITED 1 once the thread has ended (its last error says how). */
+export const CTL = { READY: 0, FAILED: 1, VALUE: 2, ERROR_LENGTH: 3, EXITED: 4 } as const;
+export const CONTROL_BYTES = 32;
 
 export const ERROR_BYTES = 4096;
 /** Most checkpoint bytes one read request moves. */

@@ -5,21 +5,46 @@ import type { RandomAccessBytes } from '../../checkpoint/byte-source.js';
 import { checkpointFromSources, openCheckpoint, type Checkpoint } from '../../checkpoint/checkpoint.js';
 import { parseConfig } from '../../checkpoint/config.js';
 import { GpuEngine } from './engine.js';
-import { ERROR_BYTES, READ_CHUNK, READ_HEADER, type LoadMessage, type Request, type Start } from './protocol.js';
+import { CTL, ERROR_BYTES, READ_CHUNK, READ_HEADER, type LoadMessage, type Request, type Start } from './protocol.js';
 
 interface Port {
   post(m: LoadMessage): void;
   on(fn: (m: Start | Request) => void): void;
+  /** Runs fn (synchronously) when the thread ends for any reason: a caller blocked on a result must hear of it. */
+  onExit(fn: (why: string) => void): void;
+  exit(code: number): void;
 }
 
 async function port(): Promise<Port> {
   const node = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string';
   if (node) {
     const { parentPort } = await import('node:worker_threads');
-    return { post: (m) => parentPort!.postMessage(m), on: (fn) => parentPort!.on('message', fn) };
+    return {
+      post: (m) => parentPort!.postMessage(m),
+      on: (fn) => parentPort!.on('message', fn),
+      onExit: (fn) => process.on('exit', (code) => fn(`exited with code ${code}`)),
+      exit: (code) => process.exit(code),
+    };
   }
-  const self = globalThis as unknown as { postMessage(m: unknown): void; onmessage: ((e: { data: Start | Request }) => void) | null };
-  return { post: (m) => self.postMessage(m), on: (fn) => (self.onmessage = (e) => fn(e.data)) };
+  const self = globalThis as unknown as {
+    postMessage(m: unknown): void;
+    onmessage: ((e: { data: Start | Request }) => void) | null;
+    addEventListener(type: 'error', fn: (e: { message?: string }) => void): void;
+    close(): void;
+  };
+  let exitFn: (why: string) => void = () => {};
+  return {
+    post: (m) => self.postMessage(m),
+    on: (fn) => (self.onmessage = (e) => fn(e.data)),
+    onExit: (fn) => {
+      exitFn = fn;
+      self.addEventListener('error', (e) => fn(`failed: ${e.message ?? 'an uncaught error'}`));
+    },
+    exit: (code) => {
+      exitFn(`exited with code ${code}`);
+      self.close();
+    },
+  };
 }
 
 /** The caller's file, read a chunk at a time through shared memory (this thread may block; the caller is waiting on its messages). */
@@ -54,17 +79,21 @@ function message(e: unknown): string {
 function serve(p: Port, start: Start): void {
   const ctl = new Int32Array(start.control);
   const done = (ok: boolean, value: number): void => {
-    Atomics.store(ctl, 1, ok ? 0 : 1);
-    Atomics.store(ctl, 2, value);
-    Atomics.store(ctl, 0, 1);
-    Atomics.notify(ctl, 0);
+    Atomics.store(ctl, CTL.FAILED, ok ? 0 : 1);
+    Atomics.store(ctl, CTL.VALUE, value);
+    Atomics.store(ctl, CTL.READY, 1);
+    Atomics.notify(ctl, CTL.READY);
   };
   const failed = (e: unknown): void => {
     const bytes = new TextEncoder().encode(message(e)).subarray(0, ERROR_BYTES);
-    new Uint8Array(start.error).set(bytes);
-    Atomics.store(ctl, 3, bytes.length);
+    new Uint8Array(start.error).fill(0).set(bytes);
+    Atomics.store(ctl, CTL.ERROR_LENGTH, bytes.length);
     done(false, 0);
   };
+  p.onExit((why) => {
+    Atomics.store(ctl, CTL.EXITED, 1);
+    failed(new Error(`WebGPU backend: the device thread ${why}; load the model again`));
+  });
   let engine: GpuEngine | null = null;
   let result: Float32Array | null = null;
   const run = async (req: Request): Promise<void> => {
@@ -84,6 +113,8 @@ function serve(p: Port, start: Start): void {
       case 'close':
         e.close();
         return done(true, 0);
+      case 'exit':
+        return p.exit(req.code);
     }
   };
   p.on((m) => {

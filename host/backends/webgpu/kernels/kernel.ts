@@ -9,8 +9,8 @@ export type ParamType = 'u32' | 'f32';
 
 export interface BindingDef {
   name: string;
-  /** Element type of the storage array: weights are u32 words (bf16 pairs, packed q8/q4), activations f32. */
-  type: 'f32' | 'u32';
+  /** Element type of the storage array: weights are u32 words (bf16 pairs, packed q8/q4), or vec4<u32> where read 16 bytes at a time; activations f32. */
+  type: 'f32' | 'u32' | 'vec4<u32>';
   write?: boolean;
 }
 
@@ -19,8 +19,10 @@ export interface KernelDef {
   /** Uniform parameters in order: "rows" is u32, "eps:f32" is f32. */
   params: readonly string[];
   bindings: readonly BindingDef[];
-  /** WGSL of fn run(wid, lid, gid, nwg) and its helpers; may use p.<param>, the bindings and wg_sum/wg_max. */
+  /** WGSL of fn run(wid, lid, gid, nwg) and its helpers; may use p.<param>, the bindings and wg_sum/wg_max/wg_sum4. */
   body: string;
+  /** Weights bound as vec4<u32> (formats.ts's vec4 readers). */
+  vec4?: boolean;
 }
 
 export function paramTypes(def: KernelDef): { name: string; type: ParamType }[] {
@@ -44,16 +46,19 @@ function reductions(subgroups: boolean): string {
   return r;`;
     return `
 var<workgroup> red: array<f32, ${WORKGROUP}>;
+var<workgroup> red4: array<vec4f, ${WORKGROUP}>;
 fn wg_sum(v: f32, lid: u32) -> f32 {${tree('red[lid] + red[lid + s]')}
 }
 fn wg_max(v: f32, lid: u32) -> f32 {${tree('max(red[lid], red[lid + s])')}
+}
+fn wg_sum4(v: vec4f, lid: u32) -> vec4f {${tree('red4[lid] + red4[lid + s]').replace(/red\[/g, 'red4[')}
 }`;
   }
   // One partial per subgroup; invocations of a one-dimensional workgroup fill subgroups in index order
   // on the drivers we run on, so lid / subgroup size names the subgroup.
-  const sg = (op: string, combine: string, init: string) => `
+  const sg = (op: string, combine: string, init: string, arr = 'red') => `
   let s = ${op}(v);
-  if (sg_id == 0u) { red[lid / sg_size] = s; }
+  if (sg_id == 0u) { ${arr}[lid / sg_size] = s; }
   workgroupBarrier();
   var r = ${init};
   for (var i = 0u; i < (${WORKGROUP}u + sg_size - 1u) / sg_size; i++) { r = ${combine}; }
@@ -61,9 +66,12 @@ fn wg_max(v: f32, lid: u32) -> f32 {${tree('max(red[lid], red[lid + s])')}
   return r;`;
   return `
 var<workgroup> red: array<f32, ${WORKGROUP}>;
+var<workgroup> red4: array<vec4f, ${WORKGROUP}>;
 fn wg_sum(v: f32, lid: u32) -> f32 {${sg('subgroupAdd', 'r + red[i]', '0.0')}
 }
 fn wg_max(v: f32, lid: u32) -> f32 {${sg('subgroupMax', 'max(r, red[i])', '-3.4e38')}
+}
+fn wg_sum4(v: vec4f, lid: u32) -> vec4f {${sg('subgroupAdd', 'r + red4[i]', 'vec4f(0.0)', 'red4')}
 }`;
 }
 
