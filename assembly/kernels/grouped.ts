@@ -117,8 +117,8 @@ export function groupedMatmulTask(begin: i32, end: i32, tid: i32): void {
     const xs = <usize>load<u32>(d, 24);
     const xc = <usize>load<u32>(d, 28);
     const xRow = <usize>(cp >> 5) * <usize>actGroupBytes(layout);
-    if (fmt == FMT_Q8) q8Rows(out, w, xq, xs, xs, rows, cp, 1, xRow, lo, hi, fence);
-    else if (fmt == FMT_Q4) q4Rows(out, w, xq, xs, xc, xs, xc, rows, cp, 1, xRow, lo, hi, fence);
+    if (fmt == FMT_Q8) q8Rows(out, w, xq, xs, rows, cp, 1, xRow, lo, hi, fence);
+    else if (fmt == FMT_Q4) q4Rows(out, w, xq, xs, xc, rows, cp, 1, xRow, lo, hi, fence);
     else if (fmt == FMT_FP8) fp8Rows(out, w, xq, rows, cp, 1, xRow, lo, hi, fence);
   }
 }
