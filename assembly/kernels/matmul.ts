@@ -5,7 +5,7 @@
 // once with set_scratch, so a decode step allocates nothing. The exported matmul (steps.ts) stages
 // each step with the functions here and runs it on the pool.
 import { FMT_BF16, FMT_FP8, FMT_Q4, FMT_Q8, MAX_THREADS } from '../constants';
-import { bf16At, bf16High, bf16Low, dotRow, hsum, paddedCols, rowBytes } from './format';
+import { TILE_MAX, bf16At, bf16High, bf16Low, dotRow, hsum, paddedCols, rowBytes } from './format';
 import { argI, argP, scratchBytes, scratchPtr, setI, setP } from '../board';
 import {
   ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_PN, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
@@ -129,6 +129,23 @@ export function matmulTask(begin: i32, end: i32): void {
     if ((end - begin) & 1) store<f32>(out + (<usize>(end - 1) << 2), dotRow(fmt, w + <usize>(end - 1) * wStride, x, cols));
     return;
   }
+  if (tokens <= TILE_MAX) {
+    // A few tokens (a batched decode step, a verify): each with dotRow's arithmetic, so each gets the
+    // bits it gets alone (as the q8/q4 tiles do), two at a time to load each weight vector once for both.
+    for (let r = begin; r < end; r++) {
+      const wr = w + <usize>r * wStride;
+      const o = out + (<usize>r << 2);
+      let t = 0;
+      for (; t + 2 <= tokens; t += 2) {
+        const x0 = x + <usize>t * xStride;
+        const o0 = o + <usize>t * outStride;
+        if (fmt == FMT_BF16) dotTwoBF16(wr, x0, x0 + xStride, cols, o0, o0 + outStride);
+        else dotTwoF32(wr, x0, x0 + xStride, cols, o0, o0 + outStride);
+      }
+      if (t < tokens) store<f32>(o + <usize>t * outStride, dotRow(fmt, wr, x + <usize>t * xStride, cols));
+    }
+    return;
+  }
   for (let r = begin; r < end; r++) {
     const wr = w + <usize>r * wStride;
     const o = out + (<usize>r << 2);
@@ -239,6 +256,100 @@ function dotPairBF16(a: usize, b: usize, x: usize, n: i32, outA: usize, outB: us
   }
   store<f32>(outA, sa);
   store<f32>(outB, sb);
+}
+
+// One weight row against two token vectors, each token with exactly dotF32's / dotBF16's arithmetic,
+// the weights loaded once for both.
+function dotTwoF32(w: usize, x: usize, y: usize, n: i32, outX: usize, outY: usize): void {
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  let b0 = a0;
+  let b1 = a0;
+  let b2 = a0;
+  let b3 = a0;
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const o = <usize>i << 2;
+    const w0 = v128.load(w + o);
+    const w1 = v128.load(w + o, 16);
+    const w2 = v128.load(w + o, 32);
+    const w3 = v128.load(w + o, 48);
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(x + o), w0));
+    b0 = f32x4.add(b0, f32x4.mul(v128.load(y + o), w0));
+    a1 = f32x4.add(a1, f32x4.mul(v128.load(x + o, 16), w1));
+    b1 = f32x4.add(b1, f32x4.mul(v128.load(y + o, 16), w1));
+    a2 = f32x4.add(a2, f32x4.mul(v128.load(x + o, 32), w2));
+    b2 = f32x4.add(b2, f32x4.mul(v128.load(y + o, 32), w2));
+    a3 = f32x4.add(a3, f32x4.mul(v128.load(x + o, 48), w3));
+    b3 = f32x4.add(b3, f32x4.mul(v128.load(y + o, 48), w3));
+  }
+  for (; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    const wv = v128.load(w + o);
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(x + o), wv));
+    b0 = f32x4.add(b0, f32x4.mul(v128.load(y + o), wv));
+  }
+  let sa = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+  let sb = hsum(f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
+  for (; i < n; i++) {
+    const o = <usize>i << 2;
+    const wv = load<f32>(w + o);
+    sa += wv * load<f32>(x + o);
+    sb += wv * load<f32>(y + o);
+  }
+  store<f32>(outX, sa);
+  store<f32>(outY, sb);
+}
+
+function dotTwoBF16(w: usize, x: usize, y: usize, n: i32, outX: usize, outY: usize): void {
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  let b0 = a0;
+  let b1 = a0;
+  let b2 = a0;
+  let b3 = a0;
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const pw = w + (<usize>i << 1);
+    const o = <usize>i << 2;
+    const v0 = v128.load(pw);
+    const v1 = v128.load(pw, 16);
+    const w0 = bf16Low(v0);
+    const w1 = bf16High(v0);
+    const w2 = bf16Low(v1);
+    const w3 = bf16High(v1);
+    a0 = f32x4.add(a0, f32x4.mul(w0, v128.load(x + o)));
+    b0 = f32x4.add(b0, f32x4.mul(w0, v128.load(y + o)));
+    a1 = f32x4.add(a1, f32x4.mul(w1, v128.load(x + o, 16)));
+    b1 = f32x4.add(b1, f32x4.mul(w1, v128.load(y + o, 16)));
+    a2 = f32x4.add(a2, f32x4.mul(w2, v128.load(x + o, 32)));
+    b2 = f32x4.add(b2, f32x4.mul(w2, v128.load(y + o, 32)));
+    a3 = f32x4.add(a3, f32x4.mul(w3, v128.load(x + o, 48)));
+    b3 = f32x4.add(b3, f32x4.mul(w3, v128.load(y + o, 48)));
+  }
+  for (; i + 8 <= n; i += 8) {
+    const v = v128.load(w + (<usize>i << 1));
+    const o = <usize>i << 2;
+    const lo = bf16Low(v);
+    const hi = bf16High(v);
+    a0 = f32x4.add(a0, f32x4.mul(lo, v128.load(x + o)));
+    b0 = f32x4.add(b0, f32x4.mul(lo, v128.load(y + o)));
+    a1 = f32x4.add(a1, f32x4.mul(hi, v128.load(x + o, 16)));
+    b1 = f32x4.add(b1, f32x4.mul(hi, v128.load(y + o, 16)));
+  }
+  let sa = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+  let sb = hsum(f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
+  for (; i < n; i++) {
+    const wv = bf16At(w + (<usize>i << 1));
+    sa += wv * load<f32>(x + (<usize>i << 2));
+    sb += wv * load<f32>(y + (<usize>i << 2));
+  }
+  store<f32>(outX, sa);
+  store<f32>(outY, sb);
 }
 
 // One weight row against four consecutive token vectors.
