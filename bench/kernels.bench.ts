@@ -15,7 +15,7 @@
 // matrices pay them.
 //
 // --few runs only the few-token comparison (a batched decode step or a speculative verify): q8 and q4
-// matmul of T = 2, 3, 4, 8 tokens against T one-token matmuls, the same 4096 x 4096 weights from DRAM,
+// matmul of T = 2, 3, 4, 8 tokens (and a prefill's 64) against T one-token matmuls, the same 4096 x 4096 weights from DRAM,
 // the two timed alternately call by call in one process (the machine is shared: the ratio is the number
 // to read), next to dot_peak, the relaxed or plain dot's rate from registers. --against DIR (another
 // checkout, built) runs its core in the same process and rounds, alternately with this one's. The build
@@ -180,7 +180,8 @@ async function measure(bench: Bench, cases: Case[]): Promise<void> {
   }
 }
 
-const FEW_TOKENS = [2, 3, 4, 8];
+/** The few-token sizes, and a prefill's 64 to see that the tiles for few tokens cost prefill nothing. */
+const FEW_TOKENS = [2, 3, 4, 8, PREFILL_TOKENS];
 
 /** One build's runtime in the few-token comparison, with its copies of the weights and its buffers. */
 interface FewSide {
@@ -194,10 +195,10 @@ function fewSide(label: string, rt: Runtime, name: string): FewSide {
   const code = K[`FMT_${name}` as 'FMT_Q8'];
   const entry = FORMATS[name];
   const mark = rt.arena.mark();
-  const x = rt.arena.allocF32(8 * KDIM, 'activations');
-  rt.f32(x, 8 * KDIM).set(randomF32(8 * KDIM, 2));
-  const out = rt.arena.allocF32(8 * M, 'outputs');
-  entry.setup?.(rt, 8, KDIM);
+  const x = rt.arena.allocF32(PREFILL_TOKENS * KDIM, 'activations');
+  rt.f32(x, PREFILL_TOKENS * KDIM).set(randomF32(PREFILL_TOKENS * KDIM, 2));
+  const out = rt.arena.allocF32(PREFILL_TOKENS * M, 'outputs');
+  entry.setup?.(rt, PREFILL_TOKENS, KDIM);
   const bytes = entry.bytes(M, KDIM, rt);
   const encoded = new Uint8Array(bytes);
   entry.encode(weightsF32, M, KDIM, encoded, rt);

@@ -1,8 +1,8 @@
 // The quantized formats' kernels against the TypeScript references in test/quant-reference.ts:
 // weight quantization bit for bit (q8, q4, from f32 and bf16), the checkpoint layout round trip, the
 // q8 / q4 / fp8 matmuls for T = 1..9 tokens on odd sizes (partial groups, several column panels)
-// within float32 bounds, bit-identical results for T tokens and for T one-token calls, and for 1 and 2
-// threads and the plain and relaxed builds. The relaxed build runs where the engine runs relaxed SIMD correctly (Node 22+); elsewhere
+// within float32 bounds, bit-identical results for T <= 8 tokens and for T one-token calls, and for 1
+// and 2 threads and the plain and relaxed builds. The relaxed build runs where the engine runs relaxed SIMD correctly (Node 22+); elsewhere
 // its tests are skipped with a message.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -206,14 +206,15 @@ for (const build of BUILDS) {
 }
 
 for (const build of BUILDS) {
-  test(`q8 and q4 matmuls of T = 2..9 tokens (${build} build) are bit-identical to T one-token matmuls: a batched step or a verify gives each token what decode gives it`, async () => {
+  test(`q8 and q4 matmuls of T = 2..8 tokens (${build} build) are bit-identical to T one-token matmuls: a batched step or a verify gives each token what decode gives it`, async () => {
     const rt = await rtFor(build, 2);
     const mark = rt.arena.mark();
     const rng = new Rng(41);
     for (const fmt of [FMT_Q8, FMT_Q4]) {
       for (const [rows, cols] of SHAPES) {
         const { blob } = quantizeInWasm(rt, fmt, weights(rng, rows, cols), FMT_F32, rows, cols);
-        for (const tokens of TOKENS.slice(1)) {
+        // More than 8 tokens (a prefill) take the 4-token tiles, in their own float order.
+        for (const tokens of TOKENS.slice(1, 8)) {
           const x = activations(rng, tokens, cols);
           const got = new Uint32Array(runMatmul(rt, fmt, blob, x, rows, cols, tokens).out.buffer);
           for (let t = 0; t < tokens; t++) {

@@ -10,7 +10,7 @@
 // row code as matmul() with the entry's tokens, so the outputs are bit-identical to one matmul per entry
 // (f32 and bf16: to one one-token matmul per token; q8 and q4: both, q8.ts).
 import { FMT_FP8, FMT_Q4, FMT_Q8, GROUPED_DESC_BYTES, MATRIX_DESC_BYTES, MAX_THREADS } from '../constants';
-import { dotRow, isQuantized, paddedCols, rowBytes } from './format';
+import { TILE_MAX, dotRow, isQuantized, paddedCols, rowBytes } from './format';
 import { argI, argP, scratchBytes, scratchPtr, setI, setP } from '../board';
 import {
   ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_PN, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations, threadScratch,
@@ -43,7 +43,7 @@ export function grouped_entries(desc: usize, mats: usize, n: i32, starts: usize,
   return i;
 }
 
-/** The activation layout a quantized format's matmul reads for `tokens` tokens (as matmul.ts stages it). */
+/** The activation layout the entry's tiles read (matmul.ts's for one token and for up to TILE_MAX). */
 @inline function layoutFor(fmt: i32, tokens: i32): i32 {
   if (fmt == FMT_Q4) return ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
   if (fmt == FMT_Q8) return ASC_FEATURE_RELAXED_SIMD ? (tokens == 1 ? ACT_Q8_SIGNED : ACT_Q8_PN) : ACT_Q8_I16;
@@ -134,8 +134,21 @@ export function groupedMatmulTask(begin: i32, end: i32, tid: i32): void {
     const xs = scalesAt(xq, tokens, G, layout);
     const xc = xs + (<usize>(tokens * G) << 2);
     const xRow = <usize>G * <usize>actGroupBytes(layout);
-    if (fmt == FMT_Q8) q8Rows(out, w, xq, xs, rows, cp, tokens, xRow, lo, hi, fence);
-    else if (fmt == FMT_Q4) q4Rows(out, w, xq, xs, xc, rows, cp, tokens, xRow, lo, hi, fence);
-    else if (fmt == FMT_FP8) fp8Rows(out, w, xq, rows, cp, tokens, xRow, lo, hi, fence);
+    if (fmt == FMT_FP8) {
+      fp8Rows(out, w, xq, rows, cp, tokens, xRow, lo, hi, fence);
+      continue;
+    }
+    // q8 and q4 in tiles of at most TILE_MAX tokens (the few-token layout throughout; no tile of one
+    // token after the first, whose layout would be decode's).
+    for (let t = 0; t < tokens; ) {
+      let n = min(TILE_MAX, tokens - t);
+      if (tokens - t - n == 1) n--;
+      const o = <usize>(t * G) << 2;
+      const ot = out + (<usize>(t * rows) << 2);
+      const xt = xq + <usize>t * xRow;
+      if (fmt == FMT_Q8) q8Rows(ot, w, xt, xs + o, 0, rows, cp, n, xRow, lo, hi, fence);
+      else q4Rows(ot, w, xt, xs + o, xc + o, 0, 0, rows, cp, n, xRow, lo, hi, fence);
+      t += n;
+    }
   }
 }

@@ -8,7 +8,7 @@ import { FMT_BF16, FMT_FP8, FMT_Q4, FMT_Q8, MAX_THREADS } from '../constants';
 import { TILE_MAX, bf16At, bf16High, bf16Low, dotRow, hsum, paddedCols, rowBytes } from './format';
 import { argI, argP, scratchBytes, scratchPtr, setI, setP } from '../board';
 import {
-  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_PN, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
+  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_I8, ACT_Q8_PN, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
   threadScratch,
 } from './quantize';
 import { q8Rows } from './q8';
@@ -27,9 +27,10 @@ import { fp8Rows } from './fp8';
   return rows;
 }
 
-/** Scratch bytes per token of a chunk: the activations in the layout, and a scale and a correction per group. */
+/** Scratch bytes per token of a chunk: the activations in the layout, a scale and a correction per
+ * group, and the same two again transposed by tiles of four tokens (prefill: q8-prefill.ts, q4-prefill.ts). */
 @inline function tokenBytes(groups: i32, layout: i32): usize {
-  return <usize>groups * <usize>(actGroupBytes(layout) + 8);
+  return <usize>groups * <usize>(actGroupBytes(layout) + 16);
 }
 
 /** The scratch bytes a quantized matmul over `cols` columns needs for `tokens` tokens at a time. */
@@ -63,14 +64,29 @@ export function stageQuantChunk(fmt: i32, out: usize, w: usize, x: usize, rows: 
   const tc = min(chunk, tokens - t0);
   let layout = ACT_F32;
   if (fmt == FMT_Q4) layout = ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
-  else if (fmt == FMT_Q8) layout = ASC_FEATURE_RELAXED_SIMD ? (tc == 1 ? ACT_Q8_SIGNED : ACT_Q8_PN) : ACT_Q8_I16;
+  else if (fmt == FMT_Q8) layout = ASC_FEATURE_RELAXED_SIMD ? (tc == 1 ? ACT_Q8_SIGNED : tc <= TILE_MAX ? ACT_Q8_PN : ACT_Q8_I8) : ACT_Q8_I16;
   const xRow = <usize>G * <usize>actGroupBytes(layout);
   const xq = area;
   const xs = xq + <usize>tc * xRow;
   const xc = xs + (<usize>(tc * G) << 2);
+  const xsT = xc + (<usize>(tc * G) << 2);
+  const xcT = xsT + (<usize>(tc * G) << 2);
   for (let t = 0; t < tc; t++) {
     const src = x + (<usize>(t0 + t) * <usize>cols << 2);
     quantizeActivations(layout, src, cols, cp, xq + <usize>t * xRow, xs + (<usize>(t * G) << 2), xc + (<usize>(t * G) << 2), tmp);
+  }
+  // For the prefill tiles of four tokens: tile k's scales and corrections as [g][4], at float index 4k * G.
+  if (tc > TILE_MAX) {
+    for (let t = 0; t + 4 <= tc; t += 4) {
+      for (let g = 0; g < G; g++) {
+        for (let j = 0; j < 4; j++) {
+          const from = (<usize>((t + j) * G + g)) << 2;
+          const to = (<usize>(t * G + 4 * g + j)) << 2;
+          store<u32>(xsT + to, load<u32>(xs + from));
+          store<u32>(xcT + to, load<u32>(xc + from));
+        }
+      }
+    }
   }
   setI(0, fmt);
   setP(1, out + (<usize>t0 * <usize>rows << 2));
@@ -83,6 +99,8 @@ export function stageQuantChunk(fmt: i32, out: usize, w: usize, x: usize, rows: 
   setP(8, xc);
   setI(10, layout);
   setI(11, <i32>xRow);
+  setP(12, xsT);
+  setP(13, xcT);
   return rows;
 }
 
@@ -99,8 +117,10 @@ export function quantizedMatmulTask(begin: i32, end: i32, tid: i32): void {
   const fence = threadScratch(tid);
   const layout = argI(10);
   const xRow = <usize>argI(11);
-  if (fmt == FMT_Q8) q8Rows(out, w, xq, xs, rows, cp, tc, xRow, begin, end, fence);
-  else if (fmt == FMT_Q4) q4Rows(out, w, xq, xs, xc, rows, cp, tc, xRow, begin, end, fence);
+  const xsT = argP(12);
+  const xcT = argP(13);
+  if (fmt == FMT_Q8) q8Rows(out, w, xq, xs, xsT, rows, cp, tc, xRow, begin, end, fence);
+  else if (fmt == FMT_Q4) q4Rows(out, w, xq, xs, xc, xsT, xcT, rows, cp, tc, xRow, begin, end, fence);
   else if (fmt == FMT_FP8) fp8Rows(out, w, xq, rows, cp, tc, xRow, begin, end, fence);
 }
 

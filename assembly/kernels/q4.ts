@@ -12,11 +12,12 @@
 // produce the same integer sums, so plain and relaxed results are bit-identical.
 import { FMT_Q4 } from '../constants';
 import { AHEAD_BYTES, PANEL, TILE_BUFFER, TILE_MAX, hsum, panelOffset, put, touch, tsumHalf, tsumJoin } from './format';
+import { q4PrefillRows } from './q4-prefill';
 
 // ---- plain SIMD: activations i16, per group [x0..7 * 256 | x8..15 * 16 | x16..23 | x24..31 * 256] ----
 
 /** groupI16 with the group's four activation vectors already loaded. */
-@inline function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, m0: v128, m1: v128, m2: v128): v128 {
+@inline export function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, m0: v128, m1: v128, m2: v128): v128 {
   const v = v128.load(w);
   const d0 = i32x4.dot_i16x8_s(v128.and(v, m0), x0);
   const d1 = i32x4.dot_i16x8_s(v128.and(v, m1), x1);
@@ -28,7 +29,7 @@ import { AHEAD_BYTES, PANEL, TILE_BUFFER, TILE_MAX, hsum, panelOffset, put, touc
 // ---- relaxed SIMD: activations int8, per group [x0 x16 x1 x17 .. x7 x23 | x8 x24 .. x15 x31] ----
 
 /** groupI8 with the group's two activation vectors already loaded; m: 0x0f in every byte. */
-@inline function groupI8Of(w: usize, x0: v128, x1: v128, m: v128): v128 {
+@inline export function groupI8Of(w: usize, x0: v128, x1: v128, m: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
     const v = v128.load(w);
     return nibbleDotOf(v128.and(v, m), v128.and(i16x8.shr_u(v, 4), m), x0, x1);
@@ -45,7 +46,7 @@ import { AHEAD_BYTES, PANEL, TILE_BUFFER, TILE_MAX, hsum, panelOffset, put, touc
  * a widening add (bench/RESULTS.md). Node 22's V8, and CPUs without AVX-VNNI (AMD Zen 4), get five
  * instructions instead, where the i16x8 form was the faster one.
  */
-@inline function nibbleDot(lo: v128, hi: v128, x: usize): v128 {
+@inline export function nibbleDot(lo: v128, hi: v128, x: usize): v128 {
   return nibbleDotOf(lo, hi, v128.load(x), v128.load(x, 16));
 }
 
@@ -59,7 +60,7 @@ import { AHEAD_BYTES, PANEL, TILE_BUFFER, TILE_MAX, hsum, panelOffset, put, touc
 }
 
 /** Activation bytes per group in this build's q4 layout. */
-const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
+export const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
 
 // ---- decode: one token, rows from four pages at once (see q8DecodeRows) ----
 
@@ -244,12 +245,11 @@ function q4Tile(
   }
 }
 
-const ROW_BLOCK: i32 = 128;
-
 /** Rows [begin, end) of out[t, r] for tc tokens; activations xRow bytes per token, scales and
- * corrections G per token; fence: the thread's scratch slot, its tile buffer at TILE_BUFFER. */
+ * corrections G per token (transposed by 4-token tiles at xsT, xcT for more than TILE_MAX: q4-prefill.ts);
+ * fence: the thread's scratch slot, its tile buffer at TILE_BUFFER. */
 export function q4Rows(
-  out: usize, w: usize, x: usize, xs: usize, xc: usize, rows: i32, cp: i32, tc: i32, xRow: usize,
+  out: usize, w: usize, x: usize, xs: usize, xc: usize, xsT: usize, xcT: usize, rows: i32, cp: i32, tc: i32, xRow: usize,
   begin: i32, end: i32, fence: usize,
 ): void {
   const G = cp >> 5;
@@ -288,24 +288,20 @@ export function q4Rows(
       }
       continue;
     }
-    for (let rb = begin; rb < end; rb += ROW_BLOCK) {
-      const re = min(end, rb + ROW_BLOCK);
-      for (let t = 0; t < tc; t += TILE_MAX) {
-        const n = min(TILE_MAX, tc - t);
-        const xt = xp + <usize>t * xRow;
-        const st = xsp + <usize>t * sRow;
-        const ct = xcp + <usize>t * sRow;
-        const ot = out + <usize>t * outStride;
-        for (let r = rb; r < re; r++) {
+    if (tc <= TILE_MAX) {
+      // One tile: the rows in decode's order, a quarter of the range apart (four streams in four pages);
+      // each row's cache lines read a page ahead.
+      const q = (end - begin + 3) >> 2;
+      for (let i = 0; i < q; i++) {
+        for (let r = begin + i; r < end; r += q) {
           const wr = base + <usize>r * rowBytes;
           if (r + ahead < end) sink ^= touch(wr + AHEAD_BYTES, rowBytes);
-          q4Tile(
-            wr, scales + (<usize>(r * gp) << 2), xt, xRow, st, ct, sRow, gp, n,
-            ot + (<usize>r << 2), outStride, first, buf, m0, m1, m2,
-          );
+          q4Tile(wr, scales + (<usize>(r * gp) << 2), xp, xRow, xsp, xcp, sRow, gp, tc, out + (<usize>r << 2), outStride, first, buf, m0, m1, m2);
         }
       }
+      continue;
     }
+    q4PrefillRows(out, base, scales, rowBytes, gp, g0, G, xp, xsp, xcp, xsT, xcT, rows, tc, xRow, begin, end, first, fence);
   }
   store<i32>(fence, sink, 240);
 }

@@ -18,11 +18,12 @@
 // 10 -> 12 GMAC/s prefill on one core).
 import { FMT_Q8 } from '../constants';
 import { AHEAD_BYTES, PANEL, TILE_BUFFER, TILE_MAX, hsum, panelOffset, put, touch, tsumHalf, tsumJoin } from './format';
+import { q8PrefillRows } from './q8-prefill';
 
 // ---- plain SIMD: weights widened by shift/mask, activations i16 [8 evens | 8 odds] per 16 values ----
 
 /** Lanes sum to 256 * (32 int8 weights at w) . (32 i16 activations x0..x3, already loaded). */
-@inline function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128): v128 {
+@inline export function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128): v128 {
   const a = v128.load(w);
   const b = v128.load(w, 16);
   const d0 = i32x4.dot_i16x8_s(i16x8.shl(a, 8), x0);
@@ -248,16 +249,14 @@ function q8Tile(
 
 // ---- the parallel step ----
 
-/** Rows per block in prefill: the block's panel slice (64 KiB of q8) stays in L2 across token tiles. */
-const ROW_BLOCK: i32 = 64;
-
 /**
  * Rows [begin, end) of out[t, r] for the tc tokens whose activations quantize.ts wrote at x (xRow bytes
- * per token, in the build's one-token layout for one token and its several-token layout for more) with
- * scales at xs (G per token). fence: the thread's scratch slot, its tile buffer at TILE_BUFFER.
+ * per token, in the build's layout for one token, for up to TILE_MAX or for more: matmul.ts) with scales
+ * at xs (G per token) and, for more than TILE_MAX, transposed by 4-token tiles at xsT (q8-prefill.ts).
+ * fence: the thread's scratch slot, its tile buffer at TILE_BUFFER.
  */
 export function q8Rows(
-  out: usize, w: usize, x: usize, xs: usize, rows: i32, cp: i32, tc: i32, xRow: usize, begin: i32, end: i32, fence: usize,
+  out: usize, w: usize, x: usize, xs: usize, xsT: usize, rows: i32, cp: i32, tc: i32, xRow: usize, begin: i32, end: i32, fence: usize,
 ): void {
   const G = cp >> 5;
   const sRow = <usize>G << 2;
@@ -276,7 +275,8 @@ export function q8Rows(
     const scales = base + <usize>rows * <usize>pw;
     const first = c0 == 0;
     const ahead = <i32>(AHEAD_BYTES / <usize>pw);
-    const xp = x + (<usize>g0 << 6);
+    // 64 activation bytes per group in every layout but the relaxed prefill's (32: q8-prefill.ts)
+    const xp = x + (<usize>g0 << (tc > TILE_MAX && ASC_FEATURE_RELAXED_SIMD ? 5 : 6));
     const xsp = xs + (<usize>g0 << 2);
     if (tc == 1) {
       // A quarter of the rows apart: four rows in four different pages. The last rows go in pairs of
@@ -289,20 +289,20 @@ export function q8Rows(
       }
       continue;
     }
-    for (let rb = begin; rb < end; rb += ROW_BLOCK) {
-      const re = min(end, rb + ROW_BLOCK);
-      for (let t = 0; t < tc; t += TILE_MAX) {
-        const n = min(TILE_MAX, tc - t);
-        const xt = xp + <usize>t * xRow;
-        const st = xsp + <usize>t * sRow;
-        const ot = out + <usize>t * outStride;
-        for (let r = rb; r < re; r++) {
+    if (tc <= TILE_MAX) {
+      // One tile: the rows in decode's order, a quarter of the range apart (four streams in four pages);
+      // each row's cache lines read a page ahead.
+      const q = (end - begin + 3) >> 2;
+      for (let i = 0; i < q; i++) {
+        for (let r = begin + i; r < end; r += q) {
           const wr = base + <usize>r * <usize>pw;
           if (r + ahead < end) sink ^= touch(wr + AHEAD_BYTES, <usize>pw);
-          q8Tile(wr, scales + (<usize>(r * gp) << 2), xt, xRow, st, sRow, gp, n, ot + (<usize>r << 2), outStride, first, buf, hi);
+          q8Tile(wr, scales + (<usize>(r * gp) << 2), xp, xRow, xsp, sRow, gp, tc, out + (<usize>r << 2), outStride, first, buf, hi);
         }
       }
+      continue;
     }
+    q8PrefillRows(out, base, scales, pw, gp, g0, G, xp, xsp, xsT, rows, tc, xRow, begin, end, first, fence);
   }
   store<i32>(fence, sink, 240);
 }

@@ -241,10 +241,11 @@ export const ACT_Q8_SIGNED: i32 = 1; // [64] |q| bytes then sign masks (0 / 0xff
 export const ACT_Q4_I16: i32 = 2; // [64] i16 [q0..7 * 256 | q8..15 * 16 | q16..23 | q24..31 * 256]; scale / 256
 export const ACT_Q4_I8: i32 = 3; // [32] int8 [q0 q16 q1 q17 .. q7 q23 | q8 q24 .. q15 q31]; scale (relaxed build)
 export const ACT_F32: i32 = 4; // [128] f32 * 2^64, per 16 values [0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15]
-export const ACT_Q8_PN: i32 = 5; // [64] int8 max(q, 0) then max(-q, 0); scale (relaxed build, several tokens)
+export const ACT_Q8_I8: i32 = 5; // [32] int8 q; scale (relaxed build, prefill: more than TILE_MAX tokens)
+export const ACT_Q8_PN: i32 = 6; // [64] int8 max(q, 0) then max(-q, 0); scale (relaxed build, 2..TILE_MAX tokens)
 
 export function actGroupBytes(layout: i32): i32 {
-  return layout == ACT_F32 ? 128 : layout == ACT_Q4_I8 ? 32 : 64;
+  return layout == ACT_F32 ? 128 : layout == ACT_Q4_I8 || layout == ACT_Q8_I8 ? 32 : 64;
 }
 
 const TWO_64: f32 = 18446744073709551616.0;
@@ -304,6 +305,12 @@ export function quantizeActivations(layout: i32, x: usize, cols: i32, cp: i32, d
       v128.store(out, i8x16.shuffle(h2, h3, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), 32);
       v128.store(out, i8x16.shuffle(h2, h3, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 48);
       store<f32>(scales + <usize>sc, d * (<f32>1 / 256));
+      continue;
+    }
+    if (layout == ACT_Q8_I8) {
+      v128.store(out, i8x16.narrow_i16x8_s(h0, h1));
+      v128.store(out, i8x16.narrow_i16x8_s(h2, h3), 16);
+      store<f32>(scales + <usize>sc, d);
       continue;
     }
     if (layout == ACT_Q8_PN) {
