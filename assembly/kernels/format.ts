@@ -67,8 +67,8 @@ export function weightBytes(fmt: i32, rows: i32, cols: i32): usize {
 /**
  * How far ahead of the row it computes a multi-token tile reads the weights' cache lines (touch): the
  * tile spends several times decode's arithmetic on each row, so the hardware prefetcher, which follows
- * one stream within a 4 KiB page, fell behind and the few-token matmuls ran at 2-4 GB/s from DRAM; one
- * page ahead took T = 2..8 to half the time (bench/RESULTS.md, session 7).
+ * one stream within a 4 KiB page, fell behind and 2..8-token matmuls ran at 2-4 GB/s from DRAM; reading
+ * a page ahead took them to about half the time (kernels bench --few, bench/RESULTS.md, session 7).
  */
 export const AHEAD_BYTES: usize = 4096;
 

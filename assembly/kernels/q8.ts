@@ -8,9 +8,9 @@
 // as i16 with evens and odds apart, and their scale carries the 1/256. The relaxed build uses
 // i32x4.relaxed_dot_i8x16_i7x16_add_s (one vpdpbusd with AVX-VNNI), whose second operand must be
 // 0..127: for one token the activations are stored as |q| and a sign mask and the sign moves onto the
-// weights; for several tokens the weights give |w| once per tile and the sign moves onto each token's
-// activations. All paths form the same integer group sums and the same float steps, so the relaxed
-// build's q8 results are bit-identical to the plain one's.
+// weights; for 2..TILE_MAX tokens as max(q, 0) and max(-q, 0) against w and -w (dotPN); for a prefill
+// see q8-prefill.ts. All paths form the same integer group sums and the same float steps, so the
+// relaxed build's q8 results are bit-identical to the plain one's.
 //
 // V8 issues a basic block's loads in program order and sinks the arithmetic to its uses, so a block of
 // four groups would load 24 vectors up front and spill them. A store of each group's partial result
