@@ -84,6 +84,14 @@ export const AHEAD_BYTES: usize = 4096;
   store<f32>(p, first ? v : load<f32>(p) + v);
 }
 
+/** Writes or adds the four lanes of v to out[t * stride] (a 4-token prefill tile's outputs). */
+@inline export function put4(out: usize, stride: usize, first: bool, v: v128): void {
+  put(out, first, f32x4.extract_lane(v, 0));
+  put(out + stride, first, f32x4.extract_lane(v, 1));
+  put(out + 2 * stride, first, f32x4.extract_lane(v, 2));
+  put(out + 3 * stride, first, f32x4.extract_lane(v, 3));
+}
+
 @inline export function hsum(v: v128): f32 {
   return (
     f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1) + (f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3))

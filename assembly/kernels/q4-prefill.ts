@@ -2,8 +2,8 @@
 // each group's nibbles split once for four tokens and the four tokens' sums transposed into one vector,
 // corrected and scaled by the tile's transposed corrections and scales (matmul.ts); leftover tokens row
 // by row. The nibble arithmetic is q4.ts's.
-import { hsum, put, tsum } from './format';
-import { Q4_GROUP_BYTES, groupI16Of, groupI8Of, nibbleDot } from './q4';
+import { hsum, put, put4, tsum } from './format';
+import { Q4_GROUP_BYTES, groupI16Of, groupI8Of, nibbleDot, tokenSum } from './q4';
 
 @inline function groupI16(w: usize, x: usize, m0: v128, m1: v128, m2: v128): v128 {
   return groupI16Of(w, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48), m0, m1, m2);
@@ -45,18 +45,6 @@ function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fen
   return hsum(acc);
 }
 
-/** The integer sum for one token of a 4-token tile: nibble vectors n0..n3 already split (plain) or lo/hi (relaxed). */
-@inline function tokenSum4(n0: v128, n1: v128, n2: v128, n3: v128, x: usize): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) {
-    return nibbleDot(n0, n1, x);
-  } else {
-    return i32x4.add(
-      i32x4.add(i32x4.dot_i16x8_s(n0, v128.load(x)), i32x4.dot_i16x8_s(n1, v128.load(x, 16))),
-      i32x4.add(i32x4.dot_i16x8_s(n2, v128.load(x, 32)), i32x4.dot_i16x8_s(n3, v128.load(x, 48))),
-    );
-  }
-}
-
 /**
  * One row of one panel against four tokens (activations xStride apart); xsT / xcT: the tile's scales
  * and corrections, four per group (one per token). The four tokens' sums of a group are transposed into
@@ -84,27 +72,19 @@ function q4Tile4(
       n3 = i16x8.shr_u(v, 12);
       px = x + (<usize>g << 6);
     }
-    const d0 = tokenSum4(n0, n1, n2, n3, px);
+    const d0 = tokenSum(n0, n1, n2, n3, px);
     v128.store(fence, d0);
-    const d1 = tokenSum4(n0, n1, n2, n3, px + xStride);
+    const d1 = tokenSum(n0, n1, n2, n3, px + xStride);
     v128.store(fence, d1, 16);
-    const d2 = tokenSum4(n0, n1, n2, n3, px + 2 * xStride);
+    const d2 = tokenSum(n0, n1, n2, n3, px + 2 * xStride);
     v128.store(fence, d2, 32);
-    const d3 = tokenSum4(n0, n1, n2, n3, px + 3 * xStride);
+    const d3 = tokenSum(n0, n1, n2, n3, px + 3 * xStride);
     const o = <usize>g << 4;
     const S = i32x4.add(tsum(d0, d1, d2, d3), v128.load(xcT + o));
     const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + o));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(S), f));
   }
   put4(out, outStride, first, acc);
-}
-
-/** Writes or adds the four lanes of v to out[t * stride]. */
-@inline function put4(out: usize, stride: usize, first: bool, v: v128): void {
-  put(out, first, f32x4.extract_lane(v, 0));
-  put(out + stride, first, f32x4.extract_lane(v, 1));
-  put(out + 2 * stride, first, f32x4.extract_lane(v, 2));
-  put(out + 3 * stride, first, f32x4.extract_lane(v, 3));
 }
 
 /** Rows per block: the block's panel slice (64 KiB of q4) stays in L2 across token tiles. */

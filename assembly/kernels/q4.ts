@@ -171,7 +171,7 @@ function q4DecodeRows(
 // steps per token as the one-token path, so results are bit-identical to it; the same tile buffer) ----
 
 /** The integer sums of one group for one token: nibble vectors n0..n3 already split (plain) or lo/hi in n0, n1 (relaxed). */
-@inline function tokenSum(n0: v128, n1: v128, n2: v128, n3: v128, x: usize): v128 {
+@inline export function tokenSum(n0: v128, n1: v128, n2: v128, n3: v128, x: usize): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
     return nibbleDot(n0, n1, x);
   } else {

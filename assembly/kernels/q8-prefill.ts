@@ -6,8 +6,8 @@
 // tokens (bench/RESULTS.md, session 7). Plain SIMD widens the weights as q8.ts does, against the i16
 // activation layout; the relaxed build takes |w| and the weights' sign once per tile and moves the sign
 // onto each token's int8 activations (quantize.ts ACT_Q8_I8). Fence stores: see q8.ts.
-import { hsum, put, tsum } from './format';
-import { groupI16Of } from './q8';
+import { hsum, put, put4, tsum } from './format';
+import { dotI16, groupI16Of } from './q8';
 
 // ---- plain SIMD ----
 
@@ -55,35 +55,20 @@ function q8Tile4I16(
     const w2 = i16x8.shl(b, 8);
     const w3 = v128.and(b, hi);
     let px = x + (<usize>g << 6);
-    const d0 = dot4(w0, w1, w2, w3, px);
+    const d0 = dotI16(w0, w1, w2, w3, px);
     v128.store(fence, d0);
     px += xStride;
-    const d1 = dot4(w0, w1, w2, w3, px);
+    const d1 = dotI16(w0, w1, w2, w3, px);
     v128.store(fence, d1, 16);
     px += xStride;
-    const d2 = dot4(w0, w1, w2, w3, px);
+    const d2 = dotI16(w0, w1, w2, w3, px);
     v128.store(fence, d2, 32);
     px += xStride;
-    const d3 = dot4(w0, w1, w2, w3, px);
+    const d3 = dotI16(w0, w1, w2, w3, px);
     const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + (<usize>g << 4)));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(d0, d1, d2, d3)), f));
   }
   put4(out, outStride, first, acc);
-}
-
-@inline function dot4(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
-  return i32x4.add(
-    i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(x)), i32x4.dot_i16x8_s(w1, v128.load(x, 16))),
-    i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(x, 32)), i32x4.dot_i16x8_s(w3, v128.load(x, 48))),
-  );
-}
-
-/** Writes or adds the four lanes of v to out[t * stride]. */
-@inline function put4(out: usize, stride: usize, first: bool, v: v128): void {
-  put(out, first, f32x4.extract_lane(v, 0));
-  put(out + stride, first, f32x4.extract_lane(v, 1));
-  put(out + 2 * stride, first, f32x4.extract_lane(v, 2));
-  put(out + 3 * stride, first, f32x4.extract_lane(v, 3));
 }
 
 // ---- relaxed SIMD, several tokens: activations plain int8 [q0..q31] per group ----

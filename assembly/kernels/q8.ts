@@ -157,7 +157,7 @@ function q8DecodeRows(
 // also the fence (see above).
 
 /** The integer sums of one group for one token, weights widened (plain): 4 i16 dots. */
-@inline function dotI16(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
+@inline export function dotI16(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
   return i32x4.add(
     i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(x)), i32x4.dot_i16x8_s(w1, v128.load(x, 16))),
     i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(x, 32)), i32x4.dot_i16x8_s(w3, v128.load(x, 48))),
