@@ -2,7 +2,7 @@
 // threads the kernels use, next to matmul in every weight format the runtime defines, in one run, so
 // that each kernel reads as a fraction of what the memory can deliver.
 //
-//   node dist/bench/kernels.bench.js [--threads 1,2] [--time MS] [--json FILE]
+//   node dist/bench/kernels.bench.js [--threads 1,2] [--time MS] [--json FILE] [--few [--against DIR]]
 //
 // Bandwidth: read_probe (wasm SIMD, all threads) streams a 1 GiB buffer; two single-thread references
 // read the same bytes from JavaScript: a plain typed-array loop and Buffer.indexOf (native memchr).
@@ -13,7 +13,14 @@
 // weights stay in L2: what a call costs when memory is not the limit, fixed costs included (quantizing
 // the inputs on the calling thread, the step's hand-off and chunk claims), as the model's small
 // matrices pay them.
-import { writeFileSync } from 'node:fs';
+//
+// --few runs only the few-token comparison (a batched decode step or a speculative verify): q8 and q4
+// matmul of T = 2, 3, 4, 8 tokens (and a prefill's 64) against T one-token matmuls, the same 4096 x 4096 weights from DRAM,
+// the two timed alternately call by call in one process (the machine is shared: the ratio is the number
+// to read), next to dot_peak, the relaxed or plain dot's rate from registers. --against DIR (another
+// checkout, built) runs its core in the same process and rounds, alternately with this one's. The build
+// is the one Runtime.create picks (DEEPWASM_SIMD=plain|relaxed forces one).
+import { readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Bench } from 'tinybench';
 import { fp8e4m3ToF32 } from '../host/checkpoint/dtypes.js';
@@ -105,21 +112,26 @@ const KDIM = 4096;
 const PREFILL_TOKENS = 64;
 const CACHE_BYTES = MiB;
 
-function parseArgs(argv: string[]): { threads: number[]; time: number; json?: string } {
+function parseArgs(argv: string[]): { threads: number[]; time: number; json?: string; few: boolean; against?: string } {
   const cores = availableParallelism();
   let threads = [...new Set([1, cores])];
   let time = 2000;
   let json: string | undefined;
+  let few = false;
+  let against: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = argv[i + 1];
     if (a === '--threads' && v) (threads = v.split(',').map(Number)), i++;
     else if (a === '--time' && v) (time = Number(v)), i++;
     else if (a === '--json' && v) (json = v), i++;
-    else throw new Error(`unknown argument ${a}; usage: kernels.bench.js [--threads 1,2] [--time MS] [--json FILE]`);
+    else if (a === '--few') few = true;
+    else if (a === '--against' && v) (against = v), i++;
+    else throw new Error(`unknown argument ${a}; usage: kernels.bench.js [--threads 1,2] [--time MS] [--json FILE] [--few [--against DIR]]`);
   }
   if (threads.some((t) => !Number.isInteger(t) || t < 1)) throw new Error(`--threads wants whole numbers, got ${threads}`);
-  return { threads, time, json };
+  if (against && !few) throw new Error('--against DIR goes with --few');
+  return { threads, time, json, few, against };
 }
 
 /** Deterministic values in [-1, 1): the numbers do not matter, only that they are ordinary floats. */
@@ -146,7 +158,7 @@ interface Row {
   bound: 'memory' | 'compute';
 }
 
-const { threads: threadCounts, time, json } = parseArgs(process.argv.slice(2));
+const { threads: threadCounts, time, json, few, against } = parseArgs(process.argv.slice(2));
 const formats = Object.entries(K)
   .filter(([name, v]) => name.startsWith('FMT_') && typeof v === 'number')
   .map(([name, code]) => ({ name: name.slice(4), code: code as number }))
@@ -166,6 +178,118 @@ async function measure(bench: Bench, cases: Case[]): Promise<void> {
     const c = cases[i];
     rows.push({ benchmark: c.name, threads: c.threads, ms: r.latency.p50 ?? r.latency.mean, bytes: c.bytes, flops: c.flops, bound: c.bound });
   }
+}
+
+/** The few-token sizes, and a prefill's 64 to see that the tiles for few tokens cost prefill nothing. */
+const FEW_TOKENS = [2, 3, 4, 8, PREFILL_TOKENS];
+
+/** One build's runtime in the few-token comparison, with its copies of the weights and its buffers. */
+interface FewSide {
+  label: string;
+  rt: Runtime;
+  call(tokens: number, one: boolean): number;
+  release(): void;
+}
+
+function fewSide(label: string, rt: Runtime, name: string): FewSide {
+  const code = K[`FMT_${name}` as 'FMT_Q8'];
+  const entry = FORMATS[name];
+  const mark = rt.arena.mark();
+  const x = rt.arena.allocF32(PREFILL_TOKENS * KDIM, 'activations');
+  rt.f32(x, PREFILL_TOKENS * KDIM).set(randomF32(PREFILL_TOKENS * KDIM, 2));
+  const out = rt.arena.allocF32(PREFILL_TOKENS * M, 'outputs');
+  entry.setup?.(rt, PREFILL_TOKENS, KDIM);
+  const bytes = entry.bytes(M, KDIM, rt);
+  const encoded = new Uint8Array(bytes);
+  entry.encode(weightsF32, M, KDIM, encoded, rt);
+  const copies = Math.max(2, Math.ceil(ROTATION_BYTES / bytes));
+  const ws = Array.from({ length: copies }, (_, c) => {
+    const w = rt.arena.alloc(bytes, `${name} weights copy ${c}`);
+    rt.bytes(w, bytes).set(encoded);
+    return w;
+  });
+  let next = 0;
+  return {
+    label,
+    rt,
+    call(tokens, one) {
+      const t0 = performance.now();
+      const w = ws[next];
+      next = (next + 1) % copies;
+      if (one) for (let t = 0; t < tokens; t++) rt.kernels.matmul(code, out + t * M * 4, w, x + t * KDIM * 4, M, KDIM, 1);
+      else rt.kernels.matmul(code, out, w, x, M, KDIM, tokens);
+      return performance.now() - t0;
+    },
+    release: () => rt.arena.release(mark),
+  };
+}
+
+/**
+ * --few: per format and T, median ms of matmul(T) and of T matmul(1), timed alternately call by call;
+ * with --against DIR the same for DIR's build of the core (DIR/build/*.wasm, the same SIMD level) in the
+ * same rounds, so two checkouts compare side by side in one process. dot_peak: one core, this build.
+ */
+async function fewTokens(): Promise<void> {
+  const median = (v: number[]): number => [...v].sort((a, b) => a - b)[v.length >> 1];
+  const table: Record<string, string | number>[] = [];
+  for (const threads of threadCounts) {
+    const rt = await Runtime.create(threads);
+    const builds: { label: string; rt: Runtime }[] = [{ label: 'this', rt }];
+    if (against) {
+      const file = `${against}/build/${rt.simd === 'relaxed' ? 'deepwasm-relaxed.wasm' : 'deepwasm.wasm'}`;
+      builds.push({ label: against, rt: await Runtime.create(threads, { module: new WebAssembly.Module(readFileSync(file)) }) });
+    }
+    const rounds = 1 << 20;
+    rt.kernels.dot_peak(rounds);
+    const peaks: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      rt.kernels.dot_peak(rounds);
+      peaks.push(performance.now() - t0);
+    }
+    const peak = (2 * DOT_PEAK_MACS * rounds) / median(peaks) / 1e6;
+    console.log(`dot_peak, one core (${rt.simd} build): ${peak.toFixed(1)} GFLOP/s`);
+    for (const name of ['Q8', 'Q4']) {
+      const sides = builds.map((b) => fewSide(b.label, b.rt, name));
+      for (const tokens of [1, ...FEW_TOKENS]) {
+        const times = sides.map(() => ({ together: [] as number[], apart: [] as number[] }));
+        for (const side of sides) side.call(tokens, false), side.call(tokens, true);
+        const until = performance.now() + time * sides.length;
+        while (performance.now() < until || times[0].together.length < 5) {
+          sides.forEach((side, i) => {
+            times[i].together.push(side.call(tokens, false));
+            times[i].apart.push(side.call(tokens, true));
+          });
+        }
+        sides.forEach((side, i) => {
+          const ms = median(times[i].together);
+          const apart = median(times[i].apart);
+          const gflops = (2 * M * KDIM * tokens) / ms / 1e6;
+          table.push({
+            build: side.label,
+            format: name,
+            threads,
+            T: tokens,
+            'matmul(T) ms': ms.toFixed(3),
+            'T x matmul(1) ms': apart.toFixed(3),
+            'T matvecs / matmul(T)': (apart / ms).toFixed(2),
+            ...(i > 0 ? { 'this / that, matmul(T)': (median(times[0].together) / ms).toFixed(2) } : {}),
+            'GFLOP/s': gflops.toFixed(1),
+            'of threads x dot_peak': `${((100 * gflops) / (threads * peak)).toFixed(0)}%`,
+          });
+        });
+      }
+      for (const side of sides) side.release();
+    }
+    for (const b of builds) await b.rt.close();
+  }
+  console.log(`few-token matmul, ${M}x${KDIM} from DRAM, Node ${process.version}, ${availableParallelism()} cores; medians over ${time} ms per case and build`);
+  console.table(table);
+}
+
+if (few) {
+  await fewTokens();
+  process.exit(0);
 }
 
 for (const threads of threadCounts) {

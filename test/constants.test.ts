@@ -166,8 +166,8 @@ test('BOARD_EXTRA_BYTES: set_scratch writes only past the board, inside the extr
 });
 
 test('MAX_THREADS: the threads the runtime takes and the per-thread slots the quantized scratch reserves', async () => {
-  // THREAD_SCRATCH (256 bytes, assembly/kernels/quantize.ts) per thread, before any token's activations.
-  assert.is(rt.kernels.quant_scratch_bytes(32, 0), C.MAX_THREADS * 256);
+  // THREAD_SCRATCH (1024 bytes, assembly/kernels/quantize.ts) per thread, before any token's activations.
+  assert.is(rt.kernels.quant_scratch_bytes(32, 0), C.MAX_THREADS * 1024);
   try {
     await Runtime.create(C.MAX_THREADS + 1);
     assert.unreachable('a runtime of MAX_THREADS + 1 threads');

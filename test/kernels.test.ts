@@ -462,13 +462,13 @@ test('grouped_entries: an entry per matrix (or per expert with pairs), in order,
     const mats = Array.from({ length: n }, (_, e) => [1000 * (e + 1), 3 + e, 40 + e, FMT_BF16]);
     mats.forEach((m, e) => rt.i32(table + e * MATRIX_DESC_BYTES, 4).set(m));
     const desc = rt.arena.alloc(n * GROUPED_DESC_BYTES, 'grouped table');
-    const entries = (count: number) => Array.from({ length: count }, (_, i) => Array.from(rt.i32(desc + i * GROUPED_DESC_BYTES, 5)));
+    const entries = (count: number) => Array.from({ length: count }, (_, i) => Array.from(rt.i32(desc + i * GROUPED_DESC_BYTES, 6)));
     assert.is(rt.kernels.grouped_entries(desc, table, n, 0, 64, 10, 640, 3), n);
-    assert.equal(entries(n), mats.map((m, i) => [64 + 40 * i, m[0], 640 + 12 * i, m[1], m[2]]), 'every matrix');
+    assert.equal(entries(n), mats.map((m, i) => [64 + 40 * i, m[0], 640 + 12 * i, m[1], m[2], 1]), 'every matrix, one token each');
     // Experts 1 and 4 have pairs, the others none.
     const starts = putI32([0, 0, 2, 2, 2, 3]);
     assert.is(rt.kernels.grouped_entries(desc, table, n, starts, 64, 10, 640, 0), 2);
-    assert.equal(entries(2), [[64, 2000, 640, 4, 41], [104, 5000, 640, 7, 44]], 'the experts with pairs');
+    assert.equal(entries(2), [[64, 2000, 640, 4, 41, 1], [104, 5000, 640, 7, 44, 1]], 'the experts with pairs');
   });
 });
 

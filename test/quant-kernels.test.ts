@@ -1,8 +1,8 @@
 // The quantized formats' kernels against the TypeScript references in test/quant-reference.ts:
 // weight quantization bit for bit (q8, q4, from f32 and bf16), the checkpoint layout round trip, the
 // q8 / q4 / fp8 matmuls for T = 1..9 tokens on odd sizes (partial groups, several column panels)
-// within float32 bounds, and bit-identical results for 1 and 2 threads and for the plain and relaxed
-// builds. The relaxed build runs where the engine runs relaxed SIMD correctly (Node 22+); elsewhere
+// within float32 bounds, bit-identical results for T <= 8 tokens and for T one-token calls, and for 1
+// and 2 threads and the plain and relaxed builds. The relaxed build runs where the engine runs relaxed SIMD correctly (Node 22+); elsewhere
 // its tests are skipped with a message.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -205,6 +205,29 @@ for (const build of BUILDS) {
   }
 }
 
+for (const build of BUILDS) {
+  test(`q8 and q4 matmuls of T = 2..8 tokens (${build} build) are bit-identical to T one-token matmuls: a batched step or a verify gives each token what decode gives it`, async () => {
+    const rt = await rtFor(build, 2);
+    const mark = rt.arena.mark();
+    const rng = new Rng(41);
+    for (const fmt of [FMT_Q8, FMT_Q4]) {
+      for (const [rows, cols] of SHAPES) {
+        const { blob } = quantizeInWasm(rt, fmt, weights(rng, rows, cols), FMT_F32, rows, cols);
+        // More than 8 tokens (a prefill) take the 4-token tiles, in their own float order.
+        for (const tokens of TOKENS.slice(1, 8)) {
+          const x = activations(rng, tokens, cols);
+          const got = new Uint32Array(runMatmul(rt, fmt, blob, x, rows, cols, tokens).out.buffer);
+          for (let t = 0; t < tokens; t++) {
+            const alone = new Uint32Array(runMatmul(rt, fmt, blob, x.subarray(t * cols, (t + 1) * cols), rows, cols, 1).out.buffer);
+            assert.equal(got.subarray(t * rows, (t + 1) * rows), alone, `fmt ${fmt} ${rows}x${cols} T=${tokens} token ${t}`);
+          }
+        }
+      }
+    }
+    rt.arena.release(mark);
+  });
+}
+
 test('a prefill longer than one scratch chunk (300 tokens: 256 + 44) matches the reference in every build', async () => {
   const rows = 5;
   const cols = 100;
@@ -333,12 +356,16 @@ test('1, 2 and 3 threads, and the plain and relaxed builds, give bit-identical q
   }
 });
 
-test('matmul_grouped (every format, both builds, 1 and 2 threads) is bit-identical to one matmul per entry', async () => {
+test('matmul_grouped (every format, both builds, 1 and 2 threads, entries of 1-8 tokens) is bit-identical to one matmul per entry (f32, bf16: per token)', async () => {
   const rng = new Rng(21);
-  // [rows, cols, input]: a shared input over consecutive entries (gate/up), distinct inputs (down),
-  // partial groups, several panels, an input used again after another one.
-  const entries: [number, number, number][] = [[37, 300, 0], [9, 300, 0], [64, 1030, 1], [3, 33, 2], [17, 300, 0], [130, 2100, 3]];
-  const inputs = [300, 1030, 33, 2100].map((cols) => activations(rng, 1, cols));
+  // [rows, cols, input, tokens]: a shared input over consecutive entries (gate/up), distinct inputs (down),
+  // partial groups, several panels, an input used again after another one, with another token count, and
+  // a few tokens per entry (a batched step's experts and heads: 2, 3, 5, 8).
+  const entries: [number, number, number, number][] = [
+    [37, 300, 0, 1], [9, 300, 0, 1], [64, 1030, 1, 1], [3, 33, 2, 1], [17, 300, 0, 1], [130, 2100, 3, 1],
+    [11, 300, 0, 3], [11, 300, 0, 3], [40, 1030, 1, 2], [5, 33, 2, 5], [70, 2100, 3, 8], [9, 300, 0, 1],
+  ];
+  const inputs = [300, 1030, 33, 2100].map((cols) => activations(rng, 8, cols));
   const mats = entries.map(([rows, cols]) => ({ w: weights(rng, rows, cols), fp8: fp8Matrix(rng, rows, cols) }));
   for (const fmt of [FMT_F32, FMT_BF16, FMT_Q8, FMT_Q4, FMT_FP8]) {
     for (const build of BUILDS) {
@@ -357,7 +384,7 @@ test('matmul_grouped (every format, both builds, 1 and 2 threads) is bit-identic
           }
           return quantizeInWasm(rt, fmt, mats[e].w, FMT_F32, rows, cols).blob;
         });
-        const total = entries.reduce((s, [rows]) => s + rows, 0);
+        const total = entries.reduce((s, [rows, , , tokens]) => s + rows * tokens, 0);
         const guard = 16;
         const base = rt.arena.allocF32(total + 2 * guard, 'grouped out');
         const all = new Uint32Array(rt.memory.buffer, base, total + 2 * guard);
@@ -366,20 +393,24 @@ test('matmul_grouped (every format, both builds, 1 and 2 threads) is bit-identic
         const i32 = new Int32Array(rt.memory.buffer);
         let at = base + guard * 4;
         const outs: number[] = [];
-        entries.forEach(([rows, cols, input], e) => {
+        entries.forEach(([rows, cols, input, tokens], e) => {
           const d = (desc + e * GROUPED_DESC_BYTES) / 4;
-          i32.set([at, blobs[e], xs[input], rows, cols], d);
+          i32.set([at, blobs[e], xs[input], rows, cols, tokens], d);
           outs.push(at);
-          at += rows * 4;
+          at += rows * tokens * 4;
         });
         k.matmul_grouped(fmt, desc, entries.length);
         for (let i = 0; i < guard; i++) {
           if (all[i] !== 0x3f9dc0de || all[guard + total + i] !== 0x3f9dc0de) assert.unreachable(`write outside the outputs (fmt ${fmt})`);
         }
-        entries.forEach(([rows, cols, input], e) => {
-          const want = runMatmul(rt, fmt, blobs[e], inputs[input], rows, cols, 1).out;
-          const got = rt.f32(outs[e], rows).slice();
-          assert.equal(new Uint32Array(got.buffer), new Uint32Array(want.buffer), `fmt ${fmt} ${build}/${threads} entry ${e} (${rows}x${cols})`);
+        entries.forEach(([rows, cols, input, tokens], e) => {
+          // f32 and bf16 entries run each token as decode's row code does; the others as matmul over the entry's tokens.
+          const perToken = fmt === FMT_F32 || fmt === FMT_BF16;
+          const want = new Float32Array(rows * tokens);
+          if (perToken) for (let t = 0; t < tokens; t++) want.set(runMatmul(rt, fmt, blobs[e], inputs[input].subarray(t * cols, (t + 1) * cols), rows, cols, 1).out, t * rows);
+          else want.set(runMatmul(rt, fmt, blobs[e], inputs[input].subarray(0, tokens * cols), rows, cols, tokens).out);
+          const got = rt.f32(outs[e], rows * tokens).slice();
+          assert.equal(new Uint32Array(got.buffer), new Uint32Array(want.buffer), `fmt ${fmt} ${build}/${threads} entry ${e} (${rows}x${cols}, T=${tokens})`);
         });
         rt.arena.release(mark);
       }

@@ -1,6 +1,7 @@
 // Sequences on the CPU backend: several KV caches from one pool, interleaved, forked and truncated, each
 // giving the same bits as a sequence run alone; batched, going through the layers together within 1e-5 of
-// alone with the same greedy tokens; and the batch checks, which reject a bad batch before any of it runs.
+// alone with the same greedy tokens, and a batched decode step with each sequence's bits alone; and the
+// batch checks, which reject a bad batch before any of it runs.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { LoadOptions, Sequence } from '../host/model/backend.js';
@@ -114,6 +115,37 @@ test('three sequences decoding in one batch per step, after prefilling together,
     assert.equal(seqs.map((s) => s.position), prompts.map((p) => p.length + STEPS));
   } finally {
     for (const s of seqs) model.free(s);
+  }
+});
+
+test('a batched decode step of up to 8 sequences gives each the bits it gets alone (weights as stored, q8, q4)', async () => {
+  for (const quant of [undefined, 'q8', 'q4'] as const) {
+    const m = await Model.load(DIR, { threads: 2, maxSequences: 8, contextLength: 64, quant });
+    try {
+      const prompts = Array.from({ length: 8 }, (_, k) => prompt.slice(k % 3, 3 + k));
+      // Over 8 tokens the bf16 matmuls (the router's, the stored weights) take 4-token tiles in their own order (assembly/kernels/matmul.ts).
+      for (const n of [5, 8]) {
+        const stepAlone = prompts.slice(0, n).map((p, k) => {
+          const s = m.createSequence();
+          try {
+            m.forward([{ sequence: s, tokens: p }]);
+            return bits(m.forward([{ sequence: s, tokens: [next[k % next.length]] }])[0]);
+          } finally {
+            m.free(s);
+          }
+        });
+        const seqs = prompts.slice(0, n).map(() => m.createSequence());
+        try {
+          seqs.forEach((s, k) => m.forward([{ sequence: s, tokens: prompts[k] }]));
+          const rows = m.forward(seqs.map((s, k) => ({ sequence: s, tokens: [next[k % next.length]] })));
+          rows.forEach((r, k) => assert.equal(bits(r), stepAlone[k], `${quant ?? 'stored'}, ${n} sequences, sequence ${k}`));
+        } finally {
+          for (const s of seqs) m.free(s);
+        }
+      }
+    } finally {
+      await m.close();
+    }
   }
 });
 

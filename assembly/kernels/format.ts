@@ -12,6 +12,14 @@ import { FMT_BF16, FMT_F32, FMT_FP8, FMT_Q4, FMT_Q8, FP8_BLOCK, QUANT_GROUP } fr
  */
 export const PANEL: i32 = 1024;
 
+/**
+ * Most tokens a quantized matmul's multi-token tile takes (q8.ts, q4.ts): each weight group is loaded
+ * and prepared once for them. The tile's tokens keep their state in the thread's tile buffer, 64 bytes
+ * each, at TILE_BUFFER in the thread's scratch slot (quantize.ts THREAD_SCRATCH).
+ */
+export const TILE_MAX: i32 = 8;
+export const TILE_BUFFER: usize = 256;
+
 /** Is fmt one of the grouped or block-scaled formats that go through quantized activations/panels? */
 @inline export function isQuantized(fmt: i32): bool {
   return fmt >= FMT_Q8;
@@ -54,6 +62,34 @@ export function weightBytes(fmt: i32, rows: i32, cols: i32): usize {
 /** Bytes of one row of `cols` weights (f32 and bf16 only: the row-major formats). */
 @inline export function rowBytes(fmt: i32, cols: i32): usize {
   return fmt == FMT_BF16 ? <usize>cols << 1 : <usize>cols << 2;
+}
+
+/**
+ * How far ahead of the row it computes a multi-token tile reads the weights' cache lines (touch): the
+ * tile spends several times decode's arithmetic on each row, so the hardware prefetcher, which follows
+ * one stream within a 4 KiB page, fell behind and 2..8-token matmuls ran at 2-4 GB/s from DRAM; reading
+ * a page ahead took them to about half the time (kernels bench --few, bench/RESULTS.md, session 7).
+ */
+export const AHEAD_BYTES: usize = 4096;
+
+/** Reads one byte per 64 of [p, p + bytes), folded into the result: the cache lines' misses start early (wasm has no prefetch). */
+@inline export function touch(p: usize, bytes: usize): i32 {
+  let s = 0;
+  for (let o: usize = 0; o < bytes; o += 64) s ^= <i32>load<u8>(p + o);
+  return s;
+}
+
+/** Writes v at p (the first panel of a row) or adds it to what is there. */
+@inline export function put(p: usize, first: bool, v: f32): void {
+  store<f32>(p, first ? v : load<f32>(p) + v);
+}
+
+/** Writes or adds the four lanes of v to out[t * stride] (a 4-token prefill tile's outputs). */
+@inline export function put4(out: usize, stride: usize, first: bool, v: v128): void {
+  put(out, first, f32x4.extract_lane(v, 0));
+  put(out + stride, first, f32x4.extract_lane(v, 1));
+  put(out + 2 * stride, first, f32x4.extract_lane(v, 2));
+  put(out + 3 * stride, first, f32x4.extract_lane(v, 3));
 }
 
 @inline export function hsum(v: v128): f32 {

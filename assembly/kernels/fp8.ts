@@ -11,8 +11,7 @@
 // decode into the orders [w0 w2 w4 w6], [w8 .. w14], [w1 w3 w5 w7], [w9 .. w15]; quantize.ts stores the
 // activations in that order. The relaxed build uses f32x4.relaxed_madd (fused) for the products.
 import { FMT_FP8, FP8_BLOCK } from '../constants';
-import { PANEL, hsum, madd, panelOffset } from './format';
-import { put } from './q8';
+import { PANEL, hsum, madd, panelOffset, put } from './format';
 
 /** 2^56: undoes the 2^-120 of the decode and the 2^64 of the activations. */
 const UNSCALE: f32 = 72057594037927936.0;

@@ -1,16 +1,19 @@
-// Grouped matvec for decode: several matrices of one format, each against its own (or a shared)
-// input vector, in ONE parallel step. The matrices are listed in a descriptor table in wasm memory
+// Grouped matmul: several matrices of one format, each against its own (or a shared) input of a few
+// tokens, in ONE parallel step (decode's per-head and per-expert matvecs; a batched step's or a verify's
+// few tokens per expert or head). The matrices are listed in a descriptor table in wasm memory
 // (grouped_entries writes one from a matrix table the host made at load), GROUPED_DESC_BYTES per entry, as i32:
-//   [0] out  [1] w  [2] x (f32 input)  [3] rows  [4] cols  [5..7] written here: quantized x, scales, corrections
+//   [0] out [T, rows]  [1] w  [2] x (f32 input [T, cols])  [3] rows  [4] cols  [5] T, the entry's tokens
+//   [6] written here: the quantized x (its scales and corrections after it)
 // The step's items are all rows of all entries, in table order, so every thread streams one contiguous
 // range of weights and the split is balanced whatever the matrices' sizes; each input is quantized
-// once (consecutive entries with the same x and cols share it). Every row is computed by the same
-// row code as matmul() with tokens = 1, so the outputs are bit-identical to one matmul per entry.
+// once (consecutive entries with the same x, cols and T share it). Every row is computed by the same
+// row code as matmul() with the entry's tokens, so the outputs are bit-identical to one matmul per entry
+// (f32 and bf16: to one one-token matmul per token; q8 and q4: both, q8.ts).
 import { FMT_FP8, FMT_Q4, FMT_Q8, GROUPED_DESC_BYTES, MATRIX_DESC_BYTES, MAX_THREADS } from '../constants';
-import { dotRow, isQuantized, paddedCols, rowBytes } from './format';
+import { TILE_MAX, dotRow, isQuantized, paddedCols, rowBytes } from './format';
 import { argI, argP, scratchBytes, scratchPtr, setI, setP } from '../board';
 import {
-  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations, threadScratch,
+  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_PN, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations, threadScratch,
 } from './quantize';
 import { q8Rows } from './q8';
 import { q4Rows } from './q4';
@@ -21,7 +24,7 @@ import { fp8Rows } from './fp8';
  * cols, fmt], written by the host once at load) and returns how many it wrote: with starts = 0 one for
  * each of the n matrices; else one for each matrix e that has pairs in moe_group's expert lists
  * (starts[e + 1] > starts[e]), in order. Entry i computes out + i * outStride = W x_i, x_i = x + i * xStride
- * (strides in floats; 0 gives every entry the same input).
+ * (strides in floats; 0 gives every entry the same input), one token each.
  */
 export function grouped_entries(desc: usize, mats: usize, n: i32, starts: usize, out: usize, outStride: i32, x: usize, xStride: i32): i32 {
   let i = 0;
@@ -34,16 +37,22 @@ export function grouped_entries(desc: usize, mats: usize, n: i32, starts: usize,
     store<u32>(d, <u32>(x + (<usize>i * <usize>xStride << 2)), 8);
     store<i32>(d, load<i32>(m, 4), 12);
     store<i32>(d, load<i32>(m, 8), 16);
+    store<i32>(d, 1, 20);
     i++;
   }
   return i;
 }
 
-/** The activation layout a quantized format's matvec (one token) reads. */
-@inline function decodeLayout(fmt: i32): i32 {
+/** The activation layout the entry's tiles read (matmul.ts's for one token and for up to TILE_MAX). */
+@inline function layoutFor(fmt: i32, tokens: i32): i32 {
   if (fmt == FMT_Q4) return ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
-  if (fmt == FMT_Q8) return ASC_FEATURE_RELAXED_SIMD ? ACT_Q8_SIGNED : ACT_Q8_I16;
+  if (fmt == FMT_Q8) return ASC_FEATURE_RELAXED_SIMD ? (tokens == 1 ? ACT_Q8_SIGNED : ACT_Q8_PN) : ACT_Q8_I16;
   return ACT_F32;
+}
+
+/** An entry's quantized inputs: T token rows of G groups, then T x G scales, then T x G corrections. */
+@inline function scalesAt(xq: usize, tokens: i32, G: i32, layout: i32): usize {
+  return xq + <usize>(tokens * G) * <usize>actGroupBytes(layout);
 }
 
 /** Quantizes matmul_grouped's inputs (steps.ts) into the scratch and writes its arguments on the job
@@ -51,7 +60,6 @@ export function grouped_entries(desc: usize, mats: usize, n: i32, starts: usize,
 export function stageGrouped(fmt: i32, desc: usize, n: i32): i32 {
   let items = 0;
   for (let e = 0; e < n; e++) items += load<i32>(desc + <usize>e * GROUPED_DESC_BYTES, 12);
-  const layout = decodeLayout(fmt);
   if (isQuantized(fmt)) {
     const reserved = <usize>(MAX_THREADS * THREAD_SCRATCH);
     const base = scratchPtr();
@@ -59,33 +67,36 @@ export function stageGrouped(fmt: i32, desc: usize, n: i32): i32 {
     if (base == 0 || bytes < reserved) unreachable();
     const limit = base + bytes;
     let at = base + reserved;
-    const gb = <usize>actGroupBytes(layout);
     const tmp = threadScratch(0) + 64;
     for (let e = 0; e < n; e++) {
       const d = desc + <usize>e * GROUPED_DESC_BYTES;
       const x = <usize>load<u32>(d, 8);
       const cols = load<i32>(d, 16);
-      if (e > 0 && <usize>load<u32>(d - GROUPED_DESC_BYTES, 8) == x && load<i32>(d - GROUPED_DESC_BYTES, 16) == cols) {
-        memory.copy(d + 20, d - GROUPED_DESC_BYTES + 20, 12);
+      const tokens = load<i32>(d, 20);
+      const prev = d - GROUPED_DESC_BYTES;
+      if (e > 0 && <usize>load<u32>(prev, 8) == x && load<i32>(prev, 16) == cols && load<i32>(prev, 20) == tokens) {
+        store<u32>(d, load<u32>(prev, 24), 24);
         continue;
       }
+      const layout = layoutFor(fmt, tokens);
       const cp = paddedCols(cols);
-      const G = <usize>(cp >> 5);
+      const G = cp >> 5;
       const xq = at;
-      const xs = xq + G * gb;
-      const xc = xs + (G << 2);
-      at = xc + (G << 2);
+      const xs = scalesAt(xq, tokens, G, layout);
+      const xc = xs + (<usize>(tokens * G) << 2);
+      at = xc + (<usize>(tokens * G) << 2);
       if (at > limit) unreachable();
-      quantizeActivations(layout, x, cols, cp, xq, xs, xc, tmp);
-      store<u32>(d, <u32>xq, 20);
-      store<u32>(d, <u32>xs, 24);
-      store<u32>(d, <u32>xc, 28);
+      const xRow = <usize>G * <usize>actGroupBytes(layout);
+      for (let t = 0; t < tokens; t++) {
+        const o = <usize>(t * G) << 2;
+        quantizeActivations(layout, x + (<usize>(t * cols) << 2), cols, cp, xq + <usize>t * xRow, xs + o, xc + o, tmp);
+      }
+      store<u32>(d, <u32>xq, 24);
     }
   }
   setI(0, fmt);
   setP(1, desc);
   setI(2, n);
-  setI(3, layout);
   return items;
 }
 
@@ -93,7 +104,6 @@ export function groupedMatmulTask(begin: i32, end: i32, tid: i32): void {
   const fmt = argI(0);
   const desc = argP(1);
   const n = argI(2);
-  const layout = argI(3);
   const fence = threadScratch(tid);
   let first = 0;
   for (let e = 0; e < n && first < end; e++) {
@@ -106,19 +116,39 @@ export function groupedMatmulTask(begin: i32, end: i32, tid: i32): void {
     const out = <usize>load<u32>(d);
     const w = <usize>load<u32>(d, 4);
     const cols = load<i32>(d, 16);
+    const tokens = load<i32>(d, 20);
     if (!isQuantized(fmt)) {
       const x = <usize>load<u32>(d, 8);
       const stride = rowBytes(fmt, cols);
-      for (let r = lo; r < hi; r++) store<f32>(out + (<usize>r << 2), dotRow(fmt, w + <usize>r * stride, x, cols));
+      for (let t = 0; t < tokens; t++) {
+        const xt = x + (<usize>(t * cols) << 2);
+        const ot = out + (<usize>(t * rows) << 2);
+        for (let r = lo; r < hi; r++) store<f32>(ot + (<usize>r << 2), dotRow(fmt, w + <usize>r * stride, xt, cols));
+      }
       continue;
     }
+    const layout = layoutFor(fmt, tokens);
     const cp = paddedCols(cols);
-    const xq = <usize>load<u32>(d, 20);
-    const xs = <usize>load<u32>(d, 24);
-    const xc = <usize>load<u32>(d, 28);
-    const xRow = <usize>(cp >> 5) * <usize>actGroupBytes(layout);
-    if (fmt == FMT_Q8) q8Rows(out, w, xq, xs, xs, rows, cp, 1, xRow, lo, hi, fence);
-    else if (fmt == FMT_Q4) q4Rows(out, w, xq, xs, xc, xs, xc, rows, cp, 1, xRow, lo, hi, fence);
-    else if (fmt == FMT_FP8) fp8Rows(out, w, xq, rows, cp, 1, xRow, lo, hi, fence);
+    const G = cp >> 5;
+    const xq = <usize>load<u32>(d, 24);
+    const xs = scalesAt(xq, tokens, G, layout);
+    const xc = xs + (<usize>(tokens * G) << 2);
+    const xRow = <usize>G * <usize>actGroupBytes(layout);
+    if (fmt == FMT_FP8) {
+      fp8Rows(out, w, xq, rows, cp, tokens, xRow, lo, hi, fence);
+      continue;
+    }
+    // q8 and q4 in tiles of at most TILE_MAX tokens (the few-token layout throughout; no tile of one
+    // token after the first, whose layout would be decode's).
+    for (let t = 0; t < tokens; ) {
+      let n = min(TILE_MAX, tokens - t);
+      if (tokens - t - n == 1) n--;
+      const o = <usize>(t * G) << 2;
+      const ot = out + (<usize>(t * rows) << 2);
+      const xt = xq + <usize>t * xRow;
+      if (fmt == FMT_Q8) q8Rows(ot, w, xt, xs + o, 0, rows, cp, n, xRow, lo, hi, fence);
+      else q4Rows(ot, w, xt, xs + o, xc + o, 0, 0, rows, cp, n, xRow, lo, hi, fence);
+      t += n;
+    }
   }
 }

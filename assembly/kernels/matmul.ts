@@ -5,10 +5,10 @@
 // once with set_scratch, so a decode step allocates nothing. The exported matmul (steps.ts) stages
 // each step with the functions here and runs it on the pool.
 import { FMT_BF16, FMT_FP8, FMT_Q4, FMT_Q8, MAX_THREADS } from '../constants';
-import { bf16At, bf16High, bf16Low, dotRow, hsum, paddedCols, rowBytes } from './format';
+import { TILE_MAX, bf16At, bf16High, bf16Low, dotRow, hsum, paddedCols, rowBytes } from './format';
 import { argI, argP, scratchBytes, scratchPtr, setI, setP } from '../board';
 import {
-  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_I8, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
+  ACT_F32, ACT_Q4_I16, ACT_Q4_I8, ACT_Q8_I16, ACT_Q8_I8, ACT_Q8_PN, ACT_Q8_SIGNED, THREAD_SCRATCH, actGroupBytes, quantizeActivations,
   threadScratch,
 } from './quantize';
 import { q8Rows } from './q8';
@@ -28,7 +28,7 @@ import { fp8Rows } from './fp8';
 }
 
 /** Scratch bytes per token of a chunk: the activations in the layout, a scale and a correction per
- * group, and the same two again transposed by tiles of four tokens. */
+ * group, and the same two again transposed by tiles of four tokens (prefill: q8-prefill.ts, q4-prefill.ts). */
 @inline function tokenBytes(groups: i32, layout: i32): usize {
   return <usize>groups * <usize>(actGroupBytes(layout) + 16);
 }
@@ -64,7 +64,7 @@ export function stageQuantChunk(fmt: i32, out: usize, w: usize, x: usize, rows: 
   const tc = min(chunk, tokens - t0);
   let layout = ACT_F32;
   if (fmt == FMT_Q4) layout = ASC_FEATURE_RELAXED_SIMD ? ACT_Q4_I8 : ACT_Q4_I16;
-  else if (fmt == FMT_Q8) layout = ASC_FEATURE_RELAXED_SIMD ? (tc == 1 ? ACT_Q8_SIGNED : ACT_Q8_I8) : ACT_Q8_I16;
+  else if (fmt == FMT_Q8) layout = ASC_FEATURE_RELAXED_SIMD ? (tc == 1 ? ACT_Q8_SIGNED : tc <= TILE_MAX ? ACT_Q8_PN : ACT_Q8_I8) : ACT_Q8_I16;
   const xRow = <usize>G * <usize>actGroupBytes(layout);
   const xq = area;
   const xs = xq + <usize>tc * xRow;
@@ -75,14 +75,16 @@ export function stageQuantChunk(fmt: i32, out: usize, w: usize, x: usize, rows: 
     const src = x + (<usize>(t0 + t) * <usize>cols << 2);
     quantizeActivations(layout, src, cols, cp, xq + <usize>t * xRow, xs + (<usize>(t * G) << 2), xc + (<usize>(t * G) << 2), tmp);
   }
-  // For the 4-token tiles: tile k's scales and corrections as [g][4], at float index 4k * G.
-  for (let t = 0; t + 4 <= tc; t += 4) {
-    for (let g = 0; g < G; g++) {
-      for (let j = 0; j < 4; j++) {
-        const from = (<usize>((t + j) * G + g)) << 2;
-        const to = (<usize>(t * G + 4 * g + j)) << 2;
-        store<u32>(xsT + to, load<u32>(xs + from));
-        store<u32>(xcT + to, load<u32>(xc + from));
+  // For the prefill tiles of four tokens: tile k's scales and corrections as [g][4], at float index 4k * G.
+  if (tc > TILE_MAX) {
+    for (let t = 0; t + 4 <= tc; t += 4) {
+      for (let g = 0; g < G; g++) {
+        for (let j = 0; j < 4; j++) {
+          const from = (<usize>((t + j) * G + g)) << 2;
+          const to = (<usize>(t * G + 4 * g + j)) << 2;
+          store<u32>(xsT + to, load<u32>(xs + from));
+          store<u32>(xcT + to, load<u32>(xc + from));
+        }
       }
     }
   }
@@ -145,6 +147,23 @@ export function matmulTask(begin: i32, end: i32): void {
       else dotPairF32(a, b, x, cols, o, ob);
     }
     if ((end - begin) & 1) store<f32>(out + (<usize>(end - 1) << 2), dotRow(fmt, w + <usize>(end - 1) * wStride, x, cols));
+    return;
+  }
+  if (tokens <= TILE_MAX) {
+    // A few tokens (a batched decode step, a verify): each with dotRow's arithmetic, so each gets the
+    // bits it gets alone (as the q8/q4 tiles do), two at a time to load each weight vector once for both.
+    for (let r = begin; r < end; r++) {
+      const wr = w + <usize>r * wStride;
+      const o = out + (<usize>r << 2);
+      let t = 0;
+      for (; t + 2 <= tokens; t += 2) {
+        const x0 = x + <usize>t * xStride;
+        const o0 = o + <usize>t * outStride;
+        if (fmt == FMT_BF16) dotTwoBF16(wr, x0, x0 + xStride, cols, o0, o0 + outStride);
+        else dotTwoF32(wr, x0, x0 + xStride, cols, o0, o0 + outStride);
+      }
+      if (t < tokens) store<f32>(o + <usize>t * outStride, dotRow(fmt, wr, x + <usize>t * xStride, cols));
+    }
     return;
   }
   for (let r = begin; r < end; r++) {
@@ -257,6 +276,100 @@ function dotPairBF16(a: usize, b: usize, x: usize, n: i32, outA: usize, outB: us
   }
   store<f32>(outA, sa);
   store<f32>(outB, sb);
+}
+
+// One weight row against two token vectors, each token with exactly dotF32's / dotBF16's arithmetic,
+// the weights loaded once for both.
+function dotTwoF32(w: usize, x: usize, y: usize, n: i32, outX: usize, outY: usize): void {
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  let b0 = a0;
+  let b1 = a0;
+  let b2 = a0;
+  let b3 = a0;
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const o = <usize>i << 2;
+    const w0 = v128.load(w + o);
+    const w1 = v128.load(w + o, 16);
+    const w2 = v128.load(w + o, 32);
+    const w3 = v128.load(w + o, 48);
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(x + o), w0));
+    b0 = f32x4.add(b0, f32x4.mul(v128.load(y + o), w0));
+    a1 = f32x4.add(a1, f32x4.mul(v128.load(x + o, 16), w1));
+    b1 = f32x4.add(b1, f32x4.mul(v128.load(y + o, 16), w1));
+    a2 = f32x4.add(a2, f32x4.mul(v128.load(x + o, 32), w2));
+    b2 = f32x4.add(b2, f32x4.mul(v128.load(y + o, 32), w2));
+    a3 = f32x4.add(a3, f32x4.mul(v128.load(x + o, 48), w3));
+    b3 = f32x4.add(b3, f32x4.mul(v128.load(y + o, 48), w3));
+  }
+  for (; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    const wv = v128.load(w + o);
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(x + o), wv));
+    b0 = f32x4.add(b0, f32x4.mul(v128.load(y + o), wv));
+  }
+  let sa = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+  let sb = hsum(f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
+  for (; i < n; i++) {
+    const o = <usize>i << 2;
+    const wv = load<f32>(w + o);
+    sa += wv * load<f32>(x + o);
+    sb += wv * load<f32>(y + o);
+  }
+  store<f32>(outX, sa);
+  store<f32>(outY, sb);
+}
+
+function dotTwoBF16(w: usize, x: usize, y: usize, n: i32, outX: usize, outY: usize): void {
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  let b0 = a0;
+  let b1 = a0;
+  let b2 = a0;
+  let b3 = a0;
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const pw = w + (<usize>i << 1);
+    const o = <usize>i << 2;
+    const v0 = v128.load(pw);
+    const v1 = v128.load(pw, 16);
+    const w0 = bf16Low(v0);
+    const w1 = bf16High(v0);
+    const w2 = bf16Low(v1);
+    const w3 = bf16High(v1);
+    a0 = f32x4.add(a0, f32x4.mul(w0, v128.load(x + o)));
+    b0 = f32x4.add(b0, f32x4.mul(w0, v128.load(y + o)));
+    a1 = f32x4.add(a1, f32x4.mul(w1, v128.load(x + o, 16)));
+    b1 = f32x4.add(b1, f32x4.mul(w1, v128.load(y + o, 16)));
+    a2 = f32x4.add(a2, f32x4.mul(w2, v128.load(x + o, 32)));
+    b2 = f32x4.add(b2, f32x4.mul(w2, v128.load(y + o, 32)));
+    a3 = f32x4.add(a3, f32x4.mul(w3, v128.load(x + o, 48)));
+    b3 = f32x4.add(b3, f32x4.mul(w3, v128.load(y + o, 48)));
+  }
+  for (; i + 8 <= n; i += 8) {
+    const v = v128.load(w + (<usize>i << 1));
+    const o = <usize>i << 2;
+    const lo = bf16Low(v);
+    const hi = bf16High(v);
+    a0 = f32x4.add(a0, f32x4.mul(lo, v128.load(x + o)));
+    b0 = f32x4.add(b0, f32x4.mul(lo, v128.load(y + o)));
+    a1 = f32x4.add(a1, f32x4.mul(hi, v128.load(x + o, 16)));
+    b1 = f32x4.add(b1, f32x4.mul(hi, v128.load(y + o, 16)));
+  }
+  let sa = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+  let sb = hsum(f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
+  for (; i < n; i++) {
+    const wv = bf16At(w + (<usize>i << 1));
+    sa += wv * load<f32>(x + (<usize>i << 2));
+    sb += wv * load<f32>(y + (<usize>i << 2));
+  }
+  store<f32>(outX, sa);
+  store<f32>(outY, sb);
 }
 
 // One weight row against four consecutive token vectors.

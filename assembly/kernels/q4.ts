@@ -11,17 +11,13 @@
 // i16x8.relaxed_dot_i8x16_i7x16_s against int8 activations stored in the matching byte order. Both
 // produce the same integer sums, so plain and relaxed results are bit-identical.
 import { FMT_Q4 } from '../constants';
-import { PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
-import { put, put4 } from './q8';
+import { AHEAD_BYTES, PANEL, TILE_BUFFER, TILE_MAX, hsum, panelOffset, put, touch, tsumHalf, tsumJoin } from './format';
+import { q4PrefillRows } from './q4-prefill';
 
 // ---- plain SIMD: activations i16, per group [x0..7 * 256 | x8..15 * 16 | x16..23 | x24..31 * 256] ----
 
-@inline function groupI16(w: usize, x: usize, m0: v128, m1: v128, m2: v128): v128 {
-  return groupI16Of(w, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48), m0, m1, m2);
-}
-
 /** groupI16 with the group's four activation vectors already loaded. */
-@inline function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, m0: v128, m1: v128, m2: v128): v128 {
+@inline export function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, m0: v128, m1: v128, m2: v128): v128 {
   const v = v128.load(w);
   const d0 = i32x4.dot_i16x8_s(v128.and(v, m0), x0);
   const d1 = i32x4.dot_i16x8_s(v128.and(v, m1), x1);
@@ -32,12 +28,8 @@ import { put, put4 } from './q8';
 
 // ---- relaxed SIMD: activations int8, per group [x0 x16 x1 x17 .. x7 x23 | x8 x24 .. x15 x31] ----
 
-@inline function groupI8(w: usize, x: usize, m: v128): v128 {
-  return groupI8Of(w, v128.load(x), v128.load(x, 16), m);
-}
-
 /** groupI8 with the group's two activation vectors already loaded; m: 0x0f in every byte. */
-@inline function groupI8Of(w: usize, x0: v128, x1: v128, m: v128): v128 {
+@inline export function groupI8Of(w: usize, x0: v128, x1: v128, m: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
     const v = v128.load(w);
     return nibbleDotOf(v128.and(v, m), v128.and(i16x8.shr_u(v, 4), m), x0, x1);
@@ -54,7 +46,7 @@ import { put, put4 } from './q8';
  * a widening add (bench/RESULTS.md). Node 22's V8, and CPUs without AVX-VNNI (AMD Zen 4), get five
  * instructions instead, where the i16x8 form was the faster one.
  */
-@inline function nibbleDot(lo: v128, hi: v128, x: usize): v128 {
+@inline export function nibbleDot(lo: v128, hi: v128, x: usize): v128 {
   return nibbleDotOf(lo, hi, v128.load(x), v128.load(x, 16));
 }
 
@@ -68,39 +60,7 @@ import { put, put4 } from './q8';
 }
 
 /** Activation bytes per group in this build's q4 layout. */
-const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
-
-/** One row of one panel against one token; xc holds the token's per-group corrections (i32). */
-function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fence: usize, m0: v128, m1: v128, m2: v128): f32 {
-  let acc = f32x4.splat(0);
-  for (let g = 0; g < gp; g += 4) {
-    const pw = w + (<usize>g << 4);
-    let a: v128, b: v128, c: v128, d: v128;
-    if (ASC_FEATURE_RELAXED_SIMD) {
-      const px = x + (<usize>g << 5);
-      a = groupI8(pw, px, m0);
-      v128.store(fence, a);
-      b = groupI8(pw + 16, px + 32, m0);
-      v128.store(fence, b, 16);
-      c = groupI8(pw + 32, px + 64, m0);
-      v128.store(fence, c, 32);
-      d = groupI8(pw + 48, px + 96, m0);
-    } else {
-      const px = x + (<usize>g << 6);
-      a = groupI16(pw, px, m0, m1, m2);
-      v128.store(fence, a);
-      b = groupI16(pw + 16, px + 64, m0, m1, m2);
-      v128.store(fence, b, 16);
-      c = groupI16(pw + 32, px + 128, m0, m1, m2);
-      v128.store(fence, c, 32);
-      d = groupI16(pw + 48, px + 192, m0, m1, m2);
-    }
-    const S = i32x4.add(tsum(a, b, c, d), v128.load(xc + (<usize>g << 2)));
-    const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(S), f));
-  }
-  return hsum(acc);
-}
+export const Q4_GROUP_BYTES: i32 = ASC_FEATURE_RELAXED_SIMD ? 32 : 64;
 
 // ---- decode: one token, rows from four pages at once (see q8DecodeRows) ----
 
@@ -167,7 +127,7 @@ function q4Row(w: usize, ws: usize, x: usize, xs: usize, xc: usize, gp: i32, fen
 
 /**
  * Rows r, r + step, r + 2 step, r + 3 step (count 4), r and r + step (count 2) or r alone (count 1,
- * step 0) of one panel against one token, written or added to out; every row with q4Row's arithmetic.
+ * step 0) of one panel against one token, written or added to out; every row with the arithmetic of q4Tile for one token.
  * Same reasons and measurements as q8DecodeRows.
  */
 function q4DecodeRows(
@@ -207,8 +167,11 @@ function q4DecodeRows(
   }
 }
 
-/** The integer sum for one token of a tile: nibble vectors n0..n3 already split (plain) or lo/hi (relaxed). */
-@inline function tokenSum(n0: v128, n1: v128, n2: v128, n3: v128, x: usize): v128 {
+// ---- several tokens: one row against a tile of up to TILE_MAX tokens (see q8Tile: the same float
+// steps per token as the one-token path, so results are bit-identical to it; the same tile buffer) ----
+
+/** The integer sums of one group for one token: nibble vectors n0..n3 already split (plain) or lo/hi in n0, n1 (relaxed). */
+@inline export function tokenSum(n0: v128, n1: v128, n2: v128, n3: v128, x: usize): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
     return nibbleDot(n0, n1, x);
   } else {
@@ -220,51 +183,71 @@ function q4DecodeRows(
 }
 
 /**
- * One row of one panel against four tokens (activations xStride apart); xsT / xcT: the tile's scales
- * and corrections, four per group (one per token). The four tokens' sums of a group are transposed into
- * one vector, so one accumulator holds the four outputs.
+ * Group k (0..3, a constant after inlining) of a step of four for every token of the tile (see q8.ts
+ * groupSums), the group's nibbles at pw split once; group 3 adds the tokens' corrections (at xc) and
+ * their scaled sums into their accumulators.
  */
-function q4Tile4(
-  w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, xcT: usize, gp: i32,
-  out: usize, outStride: usize, first: bool, fence: usize, m0: v128, m1: v128, m2: v128,
+@inline function groupSums(
+  pw: usize, m0: v128, m1: v128, m2: v128, x: usize, xStride: usize, buf: usize, end: usize, k: i32,
+  sw: v128, xs: usize, xc: usize, sStride: usize,
 ): void {
-  let acc = f32x4.splat(0);
-  for (let g = 0; g < gp; g++) {
-    const v = v128.load(w + (<usize>g << 4));
-    let n0: v128, n1: v128, n2: v128, n3: v128;
-    let px: usize;
-    if (ASC_FEATURE_RELAXED_SIMD) {
-      n0 = v128.and(v, m0);
-      n1 = v128.and(i16x8.shr_u(v, 4), m0);
-      n2 = n0;
-      n3 = n1;
-      px = x + (<usize>g << 5);
-    } else {
-      n0 = v128.and(v, m0);
-      n1 = v128.and(v, m1);
-      n2 = v128.and(v, m2);
-      n3 = i16x8.shr_u(v, 12);
-      px = x + (<usize>g << 6);
-    }
-    const d0 = tokenSum(n0, n1, n2, n3, px);
-    v128.store(fence, d0);
-    const d1 = tokenSum(n0, n1, n2, n3, px + xStride);
-    v128.store(fence, d1, 16);
-    const d2 = tokenSum(n0, n1, n2, n3, px + 2 * xStride);
-    v128.store(fence, d2, 32);
-    const d3 = tokenSum(n0, n1, n2, n3, px + 3 * xStride);
-    const o = <usize>g << 4;
-    const S = i32x4.add(tsum(d0, d1, d2, d3), v128.load(xcT + o));
-    const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + o));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(S), f));
+  const v = v128.load(pw);
+  let n0: v128, n1: v128, n2: v128, n3: v128;
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    n0 = v128.and(v, m0);
+    n1 = v128.and(i16x8.shr_u(v, 4), m0);
+    n2 = n0;
+    n3 = n1;
+  } else {
+    n0 = v128.and(v, m0);
+    n1 = v128.and(v, m1);
+    n2 = v128.and(v, m2);
+    n3 = i16x8.shr_u(v, 12);
   }
-  put4(out, outStride, first, acc);
+  let p = x;
+  let o: usize = 0;
+  for (let s = buf; s < end; s += 64) {
+    const d = tokenSum(n0, n1, n2, n3, p);
+    if (k == 1) {
+      v128.store(s, tsumHalf(v128.load(s), d), 16);
+    } else if (k == 3) {
+      const S = i32x4.add(tsumJoin(v128.load(s, 16), tsumHalf(v128.load(s), d)), v128.load(xc + o));
+      v128.store(s, f32x4.add(v128.load(s, 32), f32x4.mul(f32x4.convert_i32x4_s(S), f32x4.mul(sw, v128.load(xs + o)))), 32);
+      o += sStride;
+    } else {
+      v128.store(s, d);
+    }
+    p += xStride;
+  }
 }
 
-const ROW_BLOCK: i32 = 128;
+/** One row of one panel against n <= TILE_MAX tokens (see q8Tile); xc: the tokens' corrections, sStride apart like their scales. */
+function q4Tile(
+  w: usize, ws: usize, x: usize, xStride: usize, xs: usize, xc: usize, sStride: usize, gp: i32, n: i32,
+  out: usize, outStride: usize, first: bool, buf: usize, m0: v128, m1: v128, m2: v128,
+): void {
+  const end = buf + (<usize>n << 6);
+  for (let s = buf; s < end; s += 64) v128.store(s, f32x4.splat(0), 32);
+  const none = f32x4.splat(0);
+  for (let g = 0; g < gp; g += 4) {
+    const pw = w + (<usize>g << 4);
+    const px = x + <usize>(g * Q4_GROUP_BYTES);
+    groupSums(pw, m0, m1, m2, px, xStride, buf, end, 0, none, 0, 0, 0);
+    groupSums(pw + 16, m0, m1, m2, px + Q4_GROUP_BYTES, xStride, buf, end, 1, none, 0, 0, 0);
+    groupSums(pw + 32, m0, m1, m2, px + 2 * Q4_GROUP_BYTES, xStride, buf, end, 2, none, 0, 0, 0);
+    const so = <usize>g << 2;
+    groupSums(pw + 48, m0, m1, m2, px + 3 * Q4_GROUP_BYTES, xStride, buf, end, 3, v128.load(ws + so), xs + so, xc + so, sStride);
+  }
+  let o = out;
+  for (let s = buf; s < end; s += 64) {
+    put(o, first, hsum(v128.load(s, 32)));
+    o += outStride;
+  }
+}
 
 /** Rows [begin, end) of out[t, r] for tc tokens; activations xRow bytes per token, scales and
- * corrections G per token. */
+ * corrections G per token (transposed by 4-token tiles at xsT, xcT for more than TILE_MAX: q4-prefill.ts);
+ * fence: the thread's scratch slot, its tile buffer at TILE_BUFFER. */
 export function q4Rows(
   out: usize, w: usize, x: usize, xs: usize, xc: usize, xsT: usize, xcT: usize, rows: i32, cp: i32, tc: i32, xRow: usize,
   begin: i32, end: i32, fence: usize,
@@ -282,6 +265,8 @@ export function q4Rows(
   const m0 = v128.load(slot);
   const m1 = v128.load(slot, 16);
   const m2 = v128.load(slot, 32);
+  const buf = fence + TILE_BUFFER;
+  let sink = 0;
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const gp = pw >> 5;
@@ -290,6 +275,7 @@ export function q4Rows(
     const base = w + panelOffset(FMT_Q4, rows, c0);
     const scales = base + <usize>rows * rowBytes;
     const first = c0 == 0;
+    const ahead = <i32>(AHEAD_BYTES / rowBytes);
     const xp = x + <usize>g0 * <usize>Q4_GROUP_BYTES;
     const xsp = xs + (<usize>g0 << 2);
     const xcp = xc + (<usize>g0 << 2);
@@ -302,24 +288,20 @@ export function q4Rows(
       }
       continue;
     }
-    for (let rb = begin; rb < end; rb += ROW_BLOCK) {
-      const re = min(end, rb + ROW_BLOCK);
-      let t = 0;
-      for (; t + 4 <= tc; t += 4) {
-        for (let r = rb; r < re; r++) {
-          const tt = <usize>(t * G + 4 * g0) << 2;
-          q4Tile4(
-            base + <usize>r * rowBytes, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xRow,
-            xsT + tt, xcT + tt, gp, out + <usize>t * outStride + (<usize>r << 2), outStride, first, fence, m0, m1, m2,
-          );
+    if (tc <= TILE_MAX) {
+      // One tile: the rows in decode's order, a quarter of the range apart (four streams in four pages);
+      // each row's cache lines read a page ahead.
+      const q = (end - begin + 3) >> 2;
+      for (let i = 0; i < q; i++) {
+        for (let r = begin + i; r < end; r += q) {
+          const wr = base + <usize>r * rowBytes;
+          if (r + ahead < end) sink ^= touch(wr + AHEAD_BYTES, rowBytes);
+          q4Tile(wr, scales + (<usize>(r * gp) << 2), xp, xRow, xsp, xcp, sRow, gp, tc, out + (<usize>r << 2), outStride, first, buf, m0, m1, m2);
         }
       }
-      for (; t < tc; t++) {
-        for (let r = rb; r < re; r++) {
-          const v = q4Row(base + <usize>r * rowBytes, scales + (<usize>(r * gp) << 2), xp + <usize>t * xRow, xsp + <usize>t * sRow, xcp + <usize>t * sRow, gp, fence, m0, m1, m2);
-          put(out + <usize>t * outStride + (<usize>r << 2), first, v);
-        }
-      }
+      continue;
     }
+    q4PrefillRows(out, base, scales, rowBytes, gp, g0, G, xp, xsp, xcp, xsT, xcT, rows, tc, xRow, begin, end, first, fence);
   }
+  store<i32>(fence, sink, 240);
 }

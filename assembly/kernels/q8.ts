@@ -8,26 +8,22 @@
 // as i16 with evens and odds apart, and their scale carries the 1/256. The relaxed build uses
 // i32x4.relaxed_dot_i8x16_i7x16_add_s (one vpdpbusd with AVX-VNNI), whose second operand must be
 // 0..127: for one token the activations are stored as |q| and a sign mask and the sign moves onto the
-// weights; for several tokens the weights give |w| once per tile and the sign moves onto each token's
-// activations. All paths form the same integer group sums and the same float steps, so the relaxed
-// build's q8 results are bit-identical to the plain one's.
+// weights; for 2..TILE_MAX tokens as max(q, 0) and max(-q, 0) against w and -w (dotPN); for a prefill
+// see q8-prefill.ts. All paths form the same integer group sums and the same float steps, so the
+// relaxed build's q8 results are bit-identical to the plain one's.
 //
 // V8 issues a basic block's loads in program order and sinks the arithmetic to its uses, so a block of
 // four groups would load 24 vectors up front and spill them. A store of each group's partial result
 // to a per-thread "fence" slot pins the arithmetic between the loads (measured 14 -> 18 GB/s decode,
 // 10 -> 12 GMAC/s prefill on one core).
 import { FMT_Q8 } from '../constants';
-import { PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
+import { AHEAD_BYTES, PANEL, TILE_BUFFER, TILE_MAX, hsum, panelOffset, put, touch, tsumHalf, tsumJoin } from './format';
+import { q8PrefillRows } from './q8-prefill';
 
 // ---- plain SIMD: weights widened by shift/mask, activations i16 [8 evens | 8 odds] per 16 values ----
 
-/** Lanes of the result sum to 256 * (32 int8 weights at w) . (32 i16 activations at x). */
-@inline function groupI16(w: usize, x: usize, hi: v128): v128 {
-  return groupI16Of(w, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48), hi);
-}
-
-/** groupI16 with the group's four activation vectors already loaded. */
-@inline function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128): v128 {
+/** Lanes sum to 256 * (32 int8 weights at w) . (32 i16 activations x0..x3, already loaded). */
+@inline export function groupI16Of(w: usize, x0: v128, x1: v128, x2: v128, x3: v128, hi: v128): v128 {
   const a = v128.load(w);
   const b = v128.load(w, 16);
   const d0 = i32x4.dot_i16x8_s(i16x8.shl(a, 8), x0);
@@ -35,80 +31,6 @@ import { PANEL, hsum, panelOffset, tsum, tsumHalf, tsumJoin } from './format';
   const d2 = i32x4.dot_i16x8_s(i16x8.shl(b, 8), x2);
   const d3 = i32x4.dot_i16x8_s(v128.and(b, hi), x3);
   return i32x4.add(i32x4.add(d0, d1), i32x4.add(d2, d3));
-}
-
-/** One row of one panel against one token: gp groups (a multiple of 4). */
-function q8RowI16(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize, hi: v128): f32 {
-  let acc = f32x4.splat(0);
-  for (let g = 0; g < gp; g += 4) {
-    const pw = w + (<usize>g << 5);
-    const px = x + (<usize>g << 6);
-    const a = groupI16(pw, px, hi);
-    v128.store(fence, a);
-    const b = groupI16(pw + 32, px + 64, hi);
-    v128.store(fence, b, 16);
-    const c = groupI16(pw + 64, px + 128, hi);
-    v128.store(fence, c, 32);
-    const d = groupI16(pw + 96, px + 192, hi);
-    const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(a, b, c, d)), f));
-  }
-  return hsum(acc);
-}
-
-/**
- * One row of one panel against four tokens (activation rows xStride bytes apart); the weights are
- * widened once for all four. The four tokens' sums of a group are transposed into one vector and
- * scaled by sw * [sx_t0, sx_t1, sx_t2, sx_t3] (xsT: the tile's scales, four per group), so one
- * accumulator holds the four outputs. Writes or adds out[t * outStride].
- */
-function q8Tile4I16(
-  w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32,
-  out: usize, outStride: usize, first: bool, fence: usize, hi: v128,
-): void {
-  let acc = f32x4.splat(0);
-  for (let g = 0; g < gp; g++) {
-    const pw = w + (<usize>g << 5);
-    const a = v128.load(pw);
-    const b = v128.load(pw, 16);
-    const w0 = i16x8.shl(a, 8);
-    const w1 = v128.and(a, hi);
-    const w2 = i16x8.shl(b, 8);
-    const w3 = v128.and(b, hi);
-    let px = x + (<usize>g << 6);
-    const d0 = dot4(w0, w1, w2, w3, px);
-    v128.store(fence, d0);
-    px += xStride;
-    const d1 = dot4(w0, w1, w2, w3, px);
-    v128.store(fence, d1, 16);
-    px += xStride;
-    const d2 = dot4(w0, w1, w2, w3, px);
-    v128.store(fence, d2, 32);
-    px += xStride;
-    const d3 = dot4(w0, w1, w2, w3, px);
-    const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + (<usize>g << 4)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(d0, d1, d2, d3)), f));
-  }
-  put4(out, outStride, first, acc);
-}
-
-@inline function dot4(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
-  return i32x4.add(
-    i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(x)), i32x4.dot_i16x8_s(w1, v128.load(x, 16))),
-    i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(x, 32)), i32x4.dot_i16x8_s(w3, v128.load(x, 48))),
-  );
-}
-
-/** Writes or adds the four lanes of v to out[t * stride]. */
-@inline export function put4(out: usize, stride: usize, first: bool, v: v128): void {
-  put(out, first, f32x4.extract_lane(v, 0));
-  put(out + stride, first, f32x4.extract_lane(v, 1));
-  put(out + 2 * stride, first, f32x4.extract_lane(v, 2));
-  put(out + 3 * stride, first, f32x4.extract_lane(v, 3));
-}
-
-@inline export function put(p: usize, first: bool, v: f32): void {
-  store<f32>(p, first ? v : load<f32>(p) + v);
 }
 
 // ---- relaxed SIMD (compiled only into the relaxed build): activations [|q| 32 bytes | sign masks 32] ----
@@ -123,80 +45,6 @@ function q8Tile4I16(
     unreachable();
     return i32x4.splat(0);
   }
-}
-
-// ---- relaxed SIMD, several tokens: activations plain int8 [q0..q31] per group ----
-// The relaxed dot's second operand must be 0..127, and a tile reuses each weight vector for four
-// tokens: the weights give |w| and their sign mask once, and each token's activations take the sign
-// (two ops per vector, against the plain path's four loads and four i16 dots per group and token).
-
-/** Lanes sum to (32 int8 weights, as |w| in u0, u1 and sign masks s0, s1) . (32 int8 activations at x). */
-@inline function groupI8(u0: v128, u1: v128, s0: v128, s1: v128, x: usize): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) {
-    const x0 = i8x16.sub(v128.xor(v128.load(x), s0), s0);
-    const x1 = i8x16.sub(v128.xor(v128.load(x, 16), s1), s1);
-    return i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, u1, i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, u0, i32x4.splat(0)));
-  } else {
-    unreachable();
-    return i32x4.splat(0);
-  }
-}
-
-/** q8RowI16 for the int8 layout (relaxed build): the same float arithmetic on the same integer sums. */
-function q8RowI8(w: usize, ws: usize, x: usize, xs: usize, gp: i32, fence: usize): f32 {
-  let acc = f32x4.splat(0);
-  for (let g = 0; g < gp; g += 4) {
-    const pw = w + (<usize>g << 5);
-    const px = x + (<usize>g << 5);
-    let va = v128.load(pw);
-    let vb = v128.load(pw, 16);
-    const a = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px);
-    v128.store(fence, a);
-    va = v128.load(pw, 32);
-    vb = v128.load(pw, 48);
-    const b = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px + 32);
-    v128.store(fence, b, 16);
-    va = v128.load(pw, 64);
-    vb = v128.load(pw, 80);
-    const c = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px + 64);
-    v128.store(fence, c, 32);
-    va = v128.load(pw, 96);
-    vb = v128.load(pw, 112);
-    const d = groupI8(i8x16.abs(va), i8x16.abs(vb), i8x16.lt_s(va, i8x16.splat(0)), i8x16.lt_s(vb, i8x16.splat(0)), px + 96);
-    const f = f32x4.mul(v128.load(ws + (<usize>g << 2)), v128.load(xs + (<usize>g << 2)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(a, b, c, d)), f));
-  }
-  return hsum(acc);
-}
-
-/** q8Tile4I16 for the int8 layout (relaxed build): same float arithmetic, same integer sums. */
-function q8Tile4I8(
-  w: usize, ws: usize, x: usize, xStride: usize, xsT: usize, gp: i32, out: usize, outStride: usize, first: bool, fence: usize,
-): void {
-  let acc = f32x4.splat(0);
-  for (let g = 0; g < gp; g++) {
-    const pw = w + (<usize>g << 5);
-    const va = v128.load(pw);
-    const vb = v128.load(pw, 16);
-    const u0 = i8x16.abs(va);
-    const u1 = i8x16.abs(vb);
-    const s0 = i8x16.lt_s(va, i8x16.splat(0));
-    const s1 = i8x16.lt_s(vb, i8x16.splat(0));
-    let px = x + (<usize>g << 5);
-    const d0 = groupI8(u0, u1, s0, s1, px);
-    v128.store(fence, d0);
-    px += xStride;
-    const d1 = groupI8(u0, u1, s0, s1, px);
-    v128.store(fence, d1, 16);
-    px += xStride;
-    const d2 = groupI8(u0, u1, s0, s1, px);
-    v128.store(fence, d2, 32);
-    px += xStride;
-    const d3 = groupI8(u0, u1, s0, s1, px);
-    const f = f32x4.mul(v128.load32_splat(ws + (<usize>g << 2)), v128.load(xsT + (<usize>g << 4)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(tsum(d0, d1, d2, d3)), f));
-  }
-  put4(out, outStride, first, acc);
 }
 
 // ---- decode: one token, rows from four pages at once ----
@@ -299,19 +147,116 @@ function q8DecodeRows(
   }
 }
 
-// ---- the parallel step ----
+// ---- several tokens: one row against a tile of up to TILE_MAX tokens ----
+// Each group's weights are loaded and prepared once for the tile's tokens. Every token gets the
+// one-token path's float steps in its order (four groups' integer sums in one vector, scaled by
+// sw * sx of those groups, added into a 4-lane accumulator, the lanes summed at the end of the panel),
+// so a token's result is bit-identical whether it ran alone (decode), in a batched step or in a
+// prefill. A token's state between groups lives in its 64 bytes of the thread's tile buffer: [the
+// last group's sums | tsumHalf of the two before | the accumulator]; the store per token and group is
+// also the fence (see above).
 
-/** Rows per block in prefill: the block's panel slice (64 KiB of q8) stays in L2 across token tiles. */
-const ROW_BLOCK: i32 = 64;
+/** The integer sums of one group for one token, weights widened (plain): 4 i16 dots. */
+@inline export function dotI16(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(x)), i32x4.dot_i16x8_s(w1, v128.load(x, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(x, 32)), i32x4.dot_i16x8_s(w3, v128.load(x, 48))),
+  );
+}
+
+/**
+ * The integer sums of one group for one token in the relaxed several-token layout (quantize.ts
+ * ACT_Q8_PN: x+ = max(q, 0) and x- = max(-q, 0), both valid 7-bit operands): w . x+ + (-w) . x-, four
+ * relaxed dots and no other arithmetic per token; the tile negates the weights once for all its tokens.
+ * (Moving the sign onto each token's activations cost four more instructions per token and group:
+ * the tile ran at a third of the relaxed dot's rate, bench/RESULTS.md.)
+ */
+@inline function dotPN(w0: v128, w1: v128, n0: v128, n1: v128, x: usize): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    const p = i32x4.relaxed_dot_i8x16_i7x16_add_s(w1, v128.load(x, 16), i32x4.relaxed_dot_i8x16_i7x16_add_s(w0, v128.load(x), i32x4.splat(0)));
+    return i32x4.relaxed_dot_i8x16_i7x16_add_s(n1, v128.load(x, 48), i32x4.relaxed_dot_i8x16_i7x16_add_s(n0, v128.load(x, 32), p));
+  } else {
+    unreachable();
+    return i32x4.splat(0);
+  }
+}
+
+/**
+ * Group k (0..3, a constant after inlining) of a step of four, for every token of the tile, the group's
+ * weights at pw prepared once (hi: see q8Rows). Groups 0 and 2 keep their sums, 1 folds them with
+ * group 0's, 3 completes the four groups' sums and adds them, scaled by sw * sx (the token's scales at
+ * xs), into the token's accumulator.
+ */
+@inline function groupSums(
+  pw: usize, hi: v128, x: usize, xStride: usize, buf: usize, end: usize, k: i32, sw: v128, xs: usize, sStride: usize,
+): void {
+  const a = v128.load(pw);
+  const b = v128.load(pw, 16);
+  let w0: v128, w1: v128, w2: v128, w3: v128;
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    w0 = a;
+    w1 = b;
+    w2 = i8x16.neg(a);
+    w3 = i8x16.neg(b);
+  } else {
+    w0 = i16x8.shl(a, 8);
+    w1 = v128.and(a, hi);
+    w2 = i16x8.shl(b, 8);
+    w3 = v128.and(b, hi);
+  }
+  let p = x;
+  let ps = xs;
+  for (let s = buf; s < end; s += 64) {
+    const d = ASC_FEATURE_RELAXED_SIMD ? dotPN(w0, w1, w2, w3, p) : dotI16(w0, w1, w2, w3, p);
+    if (k == 1) {
+      v128.store(s, tsumHalf(v128.load(s), d), 16);
+    } else if (k == 3) {
+      const S = tsumJoin(v128.load(s, 16), tsumHalf(v128.load(s), d));
+      v128.store(s, f32x4.add(v128.load(s, 32), f32x4.mul(f32x4.convert_i32x4_s(S), f32x4.mul(sw, v128.load(ps)))), 32);
+      ps += sStride;
+    } else {
+      v128.store(s, d);
+    }
+    p += xStride;
+  }
+}
+
+/**
+ * One row of one panel against n <= TILE_MAX tokens (activation rows xStride bytes apart, their scales
+ * sStride apart), written or added to out[t * outStride]; buf: the thread's tile buffer.
+ */
+function q8Tile(
+  w: usize, ws: usize, x: usize, xStride: usize, xs: usize, sStride: usize, gp: i32, n: i32,
+  out: usize, outStride: usize, first: bool, buf: usize, hi: v128,
+): void {
+  const end = buf + (<usize>n << 6);
+  for (let s = buf; s < end; s += 64) v128.store(s, f32x4.splat(0), 32);
+  const none = f32x4.splat(0);
+  for (let g = 0; g < gp; g += 4) {
+    const pw = w + (<usize>g << 5);
+    const px = x + (<usize>g << 6);
+    groupSums(pw, hi, px, xStride, buf, end, 0, none, 0, 0);
+    groupSums(pw + 32, hi, px + 64, xStride, buf, end, 1, none, 0, 0);
+    groupSums(pw + 64, hi, px + 128, xStride, buf, end, 2, none, 0, 0);
+    groupSums(pw + 96, hi, px + 192, xStride, buf, end, 3, v128.load(ws + (<usize>g << 2)), xs + (<usize>g << 2), sStride);
+  }
+  let o = out;
+  for (let s = buf; s < end; s += 64) {
+    put(o, first, hsum(v128.load(s, 32)));
+    o += outStride;
+  }
+}
+
+// ---- the parallel step ----
 
 /**
  * Rows [begin, end) of out[t, r] for the tc tokens whose activations quantize.ts wrote at x (xRow bytes
- * per token: for one token the build's decode layout, for several the i16 layout) with scales at xs
- * (G per token) and, for each tile of four tokens, transposed at xsT (G x 4 per tile).
+ * per token, in the build's layout for one token, for up to TILE_MAX or for more: matmul.ts) with scales
+ * at xs (G per token) and, for more than TILE_MAX, transposed by 4-token tiles at xsT (q8-prefill.ts).
+ * fence: the thread's scratch slot, its tile buffer at TILE_BUFFER.
  */
 export function q8Rows(
-  out: usize, w: usize, x: usize, xs: usize, xsT: usize, rows: i32, cp: i32, tc: i32, xRow: usize,
-  begin: i32, end: i32, fence: usize,
+  out: usize, w: usize, x: usize, xs: usize, xsT: usize, rows: i32, cp: i32, tc: i32, xRow: usize, begin: i32, end: i32, fence: usize,
 ): void {
   const G = cp >> 5;
   const sRow = <usize>G << 2;
@@ -320,6 +265,8 @@ export function q8Rows(
   // re-materializes a constant vector inside loops (3 instructions per use).
   v128.store(fence, i16x8.splat(<i16>0xff00), 192);
   const hi = v128.load(fence, 192);
+  const buf = fence + TILE_BUFFER;
+  let sink = 0;
   for (let c0 = 0; c0 < cp; c0 += PANEL) {
     const pw = min(PANEL, cp - c0);
     const gp = pw >> 5;
@@ -327,7 +274,9 @@ export function q8Rows(
     const base = w + panelOffset(FMT_Q8, rows, c0);
     const scales = base + <usize>rows * <usize>pw;
     const first = c0 == 0;
-    const xp = x + (<usize>g0 << (tc > 1 && ASC_FEATURE_RELAXED_SIMD ? 5 : 6));
+    const ahead = <i32>(AHEAD_BYTES / <usize>pw);
+    // 64 activation bytes per group in every layout but the relaxed prefill's (32: q8-prefill.ts)
+    const xp = x + (<usize>g0 << (tc > TILE_MAX && ASC_FEATURE_RELAXED_SIMD ? 5 : 6));
     const xsp = xs + (<usize>g0 << 2);
     if (tc == 1) {
       // A quarter of the rows apart: four rows in four different pages. The last rows go in pairs of
@@ -340,30 +289,20 @@ export function q8Rows(
       }
       continue;
     }
-    for (let rb = begin; rb < end; rb += ROW_BLOCK) {
-      const re = min(end, rb + ROW_BLOCK);
-      let t = 0;
-      for (; t + 4 <= tc; t += 4) {
-        for (let r = rb; r < re; r++) {
+    if (tc <= TILE_MAX) {
+      // One tile: the rows in decode's order, a quarter of the range apart (four streams in four pages);
+      // each row's cache lines read a page ahead.
+      const q = (end - begin + 3) >> 2;
+      for (let i = 0; i < q; i++) {
+        for (let r = begin + i; r < end; r += q) {
           const wr = base + <usize>r * <usize>pw;
-          const sr = scales + (<usize>(r * gp) << 2);
-          const xt = xp + <usize>t * xRow;
-          const st = xsT + (<usize>(t * G + 4 * g0) << 2);
-          const o = out + <usize>t * outStride + (<usize>r << 2);
-          if (ASC_FEATURE_RELAXED_SIMD) q8Tile4I8(wr, sr, xt, xRow, st, gp, o, outStride, first, fence);
-          else q8Tile4I16(wr, sr, xt, xRow, st, gp, o, outStride, first, fence, hi);
+          if (r + ahead < end) sink ^= touch(wr + AHEAD_BYTES, <usize>pw);
+          q8Tile(wr, scales + (<usize>(r * gp) << 2), xp, xRow, xsp, sRow, gp, tc, out + (<usize>r << 2), outStride, first, buf, hi);
         }
       }
-      for (; t < tc; t++) {
-        for (let r = rb; r < re; r++) {
-          const wr = base + <usize>r * <usize>pw;
-          const sr = scales + (<usize>(r * gp) << 2);
-          const xt = xp + <usize>t * xRow;
-          const st = xsp + <usize>t * sRow;
-          const v = ASC_FEATURE_RELAXED_SIMD ? q8RowI8(wr, sr, xt, st, gp, fence) : q8RowI16(wr, sr, xt, st, gp, fence, hi);
-          put(out + <usize>t * outStride + (<usize>r << 2), first, v);
-        }
-      }
+      continue;
     }
+    q8PrefillRows(out, base, scales, pw, gp, g0, G, xp, xsp, xsT, rows, tc, xRow, begin, end, first, fence);
   }
+  store<i32>(fence, sink, 240);
 }

@@ -16,13 +16,14 @@ import { argI, argP, scratchPtr, setI, setP } from '../board';
 
 // ---------------------------------------------------------------- scratch
 
-/** Per-thread bytes at the start of the scratch (set_scratch, board.ts): a 64-byte fence slot (see q8.ts)
- * and a 128-byte group buffer, for up to MAX_THREADS threads. */
-export const THREAD_SCRATCH: i32 = 256;
+/** Per-thread bytes at the start of the scratch (set_scratch, board.ts), for up to MAX_THREADS threads:
+ * the fence slots (see q8.ts) and a 128-byte group buffer at +64 in the first 256 bytes, then the
+ * multi-token tile buffer (format.ts TILE_BUFFER, TILE_MAX x 64 bytes). */
+export const THREAD_SCRATCH: i32 = 1024;
 
-/** A thread's 256-byte slot of the scratch: the fence slot first, then a 128-byte buffer at +64. */
+/** A thread's slot of the scratch. */
 @inline export function threadScratch(tid: i32): usize {
-  return scratchPtr() + (<usize>tid << 8);
+  return scratchPtr() + <usize>tid * <usize>THREAD_SCRATCH;
 }
 
 // ---------------------------------------------------------------- weights
@@ -240,7 +241,8 @@ export const ACT_Q8_SIGNED: i32 = 1; // [64] |q| bytes then sign masks (0 / 0xff
 export const ACT_Q4_I16: i32 = 2; // [64] i16 [q0..7 * 256 | q8..15 * 16 | q16..23 | q24..31 * 256]; scale / 256
 export const ACT_Q4_I8: i32 = 3; // [32] int8 [q0 q16 q1 q17 .. q7 q23 | q8 q24 .. q15 q31]; scale (relaxed build)
 export const ACT_F32: i32 = 4; // [128] f32 * 2^64, per 16 values [0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15]
-export const ACT_Q8_I8: i32 = 5; // [32] int8 q; scale (relaxed build, several tokens)
+export const ACT_Q8_I8: i32 = 5; // [32] int8 q; scale (relaxed build, prefill: more than TILE_MAX tokens)
+export const ACT_Q8_PN: i32 = 6; // [64] int8 max(q, 0) then max(-q, 0); scale (relaxed build, 2..TILE_MAX tokens)
 
 export function actGroupBytes(layout: i32): i32 {
   return layout == ACT_F32 ? 128 : layout == ACT_Q4_I8 || layout == ACT_Q8_I8 ? 32 : 64;
@@ -308,6 +310,18 @@ export function quantizeActivations(layout: i32, x: usize, cols: i32, cp: i32, d
     if (layout == ACT_Q8_I8) {
       v128.store(out, i8x16.narrow_i16x8_s(h0, h1));
       v128.store(out, i8x16.narrow_i16x8_s(h2, h3), 16);
+      store<f32>(scales + <usize>sc, d);
+      continue;
+    }
+    if (layout == ACT_Q8_PN) {
+      const b0 = i8x16.narrow_i16x8_s(h0, h1);
+      const b1 = i8x16.narrow_i16x8_s(h2, h3);
+      const p0 = i8x16.max_s(b0, i8x16.splat(0));
+      const p1 = i8x16.max_s(b1, i8x16.splat(0));
+      v128.store(out, p0);
+      v128.store(out, p1, 16);
+      v128.store(out, i8x16.sub(p0, b0), 32);
+      v128.store(out, i8x16.sub(p1, b1), 48);
       store<f32>(scales + <usize>sc, d);
       continue;
     }

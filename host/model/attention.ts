@@ -101,13 +101,22 @@ export class Attention {
     const kv = arena.allocF32(tokens * latent, 'kv latents');
     op.linear(kv, this.kvA, x, tokens);
     const attn = arena.allocF32(tokens * heads * v, 'attention outputs');
+    // A batched decode step (one token per sequence): the per-head matrices run once over all its tokens,
+    // each head's weights read once for them; a token's [heads, rank] latents are then its segment's
+    // [heads, 1, rank]. Otherwise per segment, over its tokens.
+    const batched = segments.length > 1 && segments.every((g) => g.tokens === 1);
     let most = 0;
     for (const g of segments) most = Math.max(most, g.tokens);
-    const qLat = arena.allocF32(heads * most * rank, 'latent queries');
-    const oLat = arena.allocF32(heads * most * rank, 'latent outputs');
+    const latents = batched ? tokens : most;
+    const qLat = arena.allocF32(heads * latents * rank, 'latent queries');
+    const oLat = arena.allocF32(heads * latents * rank, 'latent outputs');
+    // q_nope = einsum(q_nope, wkv_b[:, :nope]): q_lat[h, t] = W_UK^T[h] q_nope[t, h]
+    if (batched) perHeadMatmul(rt, wUK, qLat, rank, heads * rank, q, qDim, heads * qDim, tokens);
     for (const g of segments) {
       const n = g.tokens;
       const qg = q + g.start * heads * qDim * 4;
+      const qLatG = batched ? qLat + g.start * heads * rank * 4 : qLat;
+      const oLatG = batched ? oLat + g.start * heads * rank * 4 : oLat;
       // q_nope, q_pe = split(q); q_pe = rope(q_pe)
       op.rope(qg + nope * 4, n, heads, heads * qDim, qDim, shared, g.pos0);
       // the cache rows of these positions get kv_norm(kv) and rope(k_pe)
@@ -116,13 +125,14 @@ export class Attention {
       op.rmsnorm(rows, kvg, this.kvANorm, rank, eps, n, latent, latent);
       op.copyRows(rows + rank * 4, latent, kvg + rank * 4, latent, ropeDim, n);
       op.rope(rows + rank * 4, n, 1, latent, 0, shared, g.pos0);
-      // q_nope = einsum(q_nope, wkv_b[:, :nope]): q_lat [heads, n, rank], q_lat[h, t] = W_UK^T[h] q_nope[t, h]
-      perHeadMatmul(rt, wUK, qLat, n * rank, rank, qg, qDim, heads * qDim, n);
+      // q_lat [heads, n, rank]
+      if (!batched) perHeadMatmul(rt, wUK, qLat, n * rank, rank, qg, qDim, heads * qDim, n);
       // scores = (q_lat . kv_cache + q_pe . pe_cache) * scale; x = softmax(scores) . kv_cache: o_lat [heads, n, rank]
-      op.mlaAttention(oLat, qLat, qg, g.cache, n, g.pos0, shape, shared.softmaxScale, shared.scratch);
+      op.mlaAttention(oLatG, qLatG, qg, g.cache, n, g.pos0, shape, shared.softmaxScale, shared.scratch);
       // x = einsum(x, wkv_b[:, -v:]): [n, heads, v], x[t, h] = W_UV[h] o_lat[h, t]
-      perHeadMatmul(rt, wUV, attn + g.start * heads * v * 4, v, heads * v, oLat, n * rank, rank, n);
+      if (!batched) perHeadMatmul(rt, wUV, attn + g.start * heads * v * 4, v, heads * v, oLat, n * rank, rank, n);
     }
+    if (batched) perHeadMatmul(rt, wUV, attn, v, heads * v, oLat, rank, heads * rank, tokens);
     // wo(x)
     op.linear(out, this.o, attn, tokens);
     arena.release(mark);

@@ -180,11 +180,12 @@ export class Moe {
   }
 
   /**
-   * The part's m pairs (a few tokens each with their own experts: a batched decode step) as two grouped
-   * steps, one gate/up and one down, each pair an entry against its token's row, instead of three parallel
-   * steps per expert: with a token or two per expert, the steps' dispatch and the one-token matmul cost more
-   * than a grouped matvec per pair, which reads the same weights. Works in the part's memory (x, rows and ys
-   * there); pair i's output is ys row i, as expertsPart lays them.
+   * The part's m pairs (a few tokens each with their own experts: a batched decode step, a verify) as two
+   * grouped steps, one gate/up and one down, each expert an entry against its tokens' rows, instead of
+   * three parallel steps per expert: with a few tokens per expert, the steps' dispatch costs more than the
+   * work. An expert's tokens run as one multi-token tile, so its weights are read once for them, and each
+   * pair gets what a one-token matvec gives it (assembly/kernels/q8.ts). Works in the part's memory (x,
+   * rows and ys there); pair i's output is ys row i, as expertsPart lays them.
    */
   private pairsGrouped(part: MoePart, x: number, rows: number, m: number, starts: number, o: number, ys: number): void {
     const rt = part.rt;
@@ -195,27 +196,31 @@ export class Moe {
     const gathered = rt.arena.allocF32(m * hidden, 'expert inputs');
     const gu = rt.arena.allocF32(m * 2 * inter, 'expert gate/up');
     const act = rt.arena.allocF32(m * inter, 'expert activations');
-    const desc = rt.arena.alloc(m * GROUPED_DESC_BYTES, 'grouped matmul table');
+    const desc = rt.arena.alloc((part.end - part.first) * GROUPED_DESC_BYTES, 'grouped matmul table');
     op.gatherRows(gathered, x, rows, m, hidden);
-    const entries = (pick: (mlp: Mlp) => Matrix, out: number, outRow: number, input: number, inRow: number): void => {
+    const entries = (pick: (mlp: Mlp) => Matrix, out: number, outRow: number, input: number, inRow: number): number => {
       const i32 = rt.heap().i32;
+      let n = 0;
       for (let e = part.first; e < part.end; e++) {
+        const first = home[starts / 4 + e] - o;
+        const tokens = home[starts / 4 + e + 1] - o - first;
+        if (tokens === 0) continue;
         const w = pick(this.experts[e]);
-        for (let i = home[starts / 4 + e] - o; i < home[starts / 4 + e + 1] - o; i++) {
-          const d = (desc + i * GROUPED_DESC_BYTES) / 4;
-          i32[d] = out + i * outRow * 4;
-          i32[d + 1] = w.ptr;
-          i32[d + 2] = input + i * inRow * 4;
-          i32[d + 3] = w.rows;
-          i32[d + 4] = w.cols;
-        }
+        const d = (desc + n++ * GROUPED_DESC_BYTES) / 4;
+        i32[d] = out + first * outRow * 4;
+        i32[d + 1] = w.ptr;
+        i32[d + 2] = input + first * inRow * 4;
+        i32[d + 3] = w.rows;
+        i32[d + 4] = w.cols;
+        i32[d + 5] = tokens;
       }
+      return n;
     };
-    entries((e) => e.gateUp, gu, 2 * inter, gathered, hidden);
-    op.matmulGrouped(this.experts[0].gateUp.fmt, desc, m);
+    const n = entries((e) => e.gateUp, gu, 2 * inter, gathered, hidden);
+    op.matmulGrouped(this.experts[0].gateUp.fmt, desc, n);
     op.siluMul(act, gu, inter, m);
     entries((e) => e.down, ys, hidden, act, inter);
-    op.matmulGrouped(this.experts[0].down.fmt, desc, m);
+    op.matmulGrouped(this.experts[0].down.fmt, desc, n);
   }
 
   /**

@@ -4,9 +4,13 @@ import { MATRIX_DESC_BYTES } from './constants.js';
 import type { MatrixView } from './ops.js';
 import { QUANT_CHUNK_TOKENS, type Runtime } from './runtime.js';
 
-/** Most entries one grouped step takes: each entry may bring its own input, and the quantized scratch
- * holds QUANT_CHUNK_TOKENS inputs of the widest matrix loaded (Runtime.ensureQuantScratch). */
+/** Most tokens, over all its entries, one grouped step takes: each entry may bring its own inputs, and the
+ * quantized scratch holds QUANT_CHUNK_TOKENS inputs of the widest matrix loaded (Runtime.ensureQuantScratch). */
 export const GROUPED_MAX = QUANT_CHUNK_TOKENS;
+
+/** Most tokens per entry the model gives a grouped step (per-head matrices over a batched step's or a
+ * verify's tokens); more (prefill) go through one matmul per matrix. One q8/q4 tile (assembly/kernels/format.ts TILE_MAX). */
+export const GROUPED_FEW_TOKENS = 8;
 
 /**
  * Matrices of one format (a layer's experts, an attention's heads) described in wasm memory, written

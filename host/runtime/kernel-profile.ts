@@ -61,7 +61,7 @@ export function profileKernels(runtimes: readonly Runtime[], work: () => void): 
           let bytes = 0;
           for (let e = 0; e < n; e++) {
             const at = (desc + e * GROUPED_DESC_BYTES) / 4;
-            shapes.add(shapeOf(fmt, table[at + 3], table[at + 4]));
+            shapes.add(shapeOf(fmt, table[at + 3], table[at + 4]) + (table[at + 5] > 1 ? `, ${table[at + 5]} tokens` : ''));
             bytes += original.weight_bytes(fmt, table[at + 3], table[at + 4]) >>> 0;
           }
           byMatrix(`${n} x ${[...shapes].join(' + ')} (grouped)`, ms, bytes);

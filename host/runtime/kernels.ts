@@ -29,16 +29,18 @@ export interface Kernels {
   worker_loop(board: number, tid: number, seenGeneration: number): void;
   matmul(fmt: number, out: number, w: number, x: number, rows: number, cols: number, tokens: number): void;
   /**
-   * Decode matvecs of several matrices of one format in one parallel step: n entries of GROUPED_DESC_BYTES
-   * at desc, as i32 [out, w, x, rows, cols, (3 slots the kernel fills)]; out_e = W_e x_e, bit-identical
-   * to matmul(fmt, out_e, w_e, x_e, rows_e, cols_e, 1). Inputs are quantized once per run of equal x.
+   * Matmuls of several matrices of one format, each over a few tokens, in one parallel step: n entries of
+   * GROUPED_DESC_BYTES at desc, as i32 [out, w, x, rows, cols, tokens, (2 slots the kernel uses)];
+   * out_e [tokens, rows] = x_e [tokens, cols] W_e^T, bit-identical to matmul(fmt, out_e, w_e, x_e, rows_e,
+   * cols_e, tokens_e) (f32 and bf16: to a one-token matmul per token). Inputs are quantized once per run
+   * of equal x; all entries' tokens together may be at most GROUPED_MAX (host/runtime/grouped.ts).
    */
   matmul_grouped(fmt: number, desc: number, n: number): void;
   /**
    * Writes matmul_grouped entries at desc for the matrices of a matrix table (n descriptors of
    * MATRIX_DESC_BYTES at mats: i32 [ptr, rows, cols, fmt]): all of them when starts is 0, else those with
    * pairs in moe_group's starts [n + 1]. Entry i computes out + i * outStride = W x_i, x_i = x + i * xStride
-   * (strides in floats). Returns the number of entries written.
+   * (strides in floats), one token. Returns the number of entries written.
    */
   grouped_entries(desc: number, mats: number, n: number, starts: number, out: number, outStride: number, x: number, xStride: number): number;
   /** Bytes of a rows x cols matrix in format fmt as the kernels read it (quantized: column panels). */
