@@ -3,9 +3,13 @@
 // and all positions in one call, also in chunks of a small max_prefill), and forward()'s hidden states (a
 // prefill, the single-token decode step, batched steps) are the CPU backend's within 2e-3. Greedy speculative
 // decoding with draft 'mtp' on CUDA is in cuda-speculative.test.ts; here `run` and `chat --draft mtp --backend
-// cuda` print the CPU's plain greedy text with the embedded model's trained MTP layer. Where there is no GPU (or
-// the library is not built) it prints why and registers no test.
+// cuda` print the CPU's plain greedy text with the embedded model's trained MTP layer, and `logits --gen --draft
+// mtp --backend cuda` writes the reference's greedy ids and logits. Where there is no GPU (or the library is not
+// built) it prints why and registers no test.
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -95,6 +99,22 @@ if (!status.ok) {
       const draft = ['--backend', 'cuda', '--draft', 'mtp', '--draft-tokens', k];
       assert.is(cli([...run, ...draft]), plain.run, `run, ${k} a step`);
       assert.is(cli([...chat, ...draft], 'Hello there\n'), plain.chat, `chat, ${k} a step`);
+    }
+  });
+
+  test('v3-tiny-mtp: logits --gen --draft mtp --backend cuda writes the reference greedy ids and logits', () => {
+    const ref = readExpected(`${DIR}/expected.safetensors`);
+    const tmp = mkdtempSync(join(tmpdir(), 'deepwasm-cuda-mtp-'));
+    try {
+      const out = join(tmp, 'gen.safetensors');
+      const n = ref.genIds.length;
+      cli(['logits', '--model', DIR, '--ids', Array.from(ref.inputIds).join(','), '--gen', String(n), '--draft', 'mtp', '--draft-tokens', '2', '--backend', 'cuda', '--out', out]);
+      const got = readTensors(out);
+      assert.equal(Array.from(got.get('gen_ids')!), Array.from(ref.genIds), 'greedy ids');
+      const diff = maxAbsDiff(got.get('gen_logits')!, ref.genLogits);
+      assert.ok(diff < TOL, `gen_logits differ from the reference by ${diff}`);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
     }
   });
 

@@ -1,6 +1,7 @@
 // The prefill schedule: T tokens of one sequence per chunk. Every projection is one cuBLAS GEMM; the
 // routed experts run as one strided-batched GEMM over all experts with the tokens grouped per expert
-// on the device (no host round trip); attention runs the MLA kernels over the latent cache.
+// on the device (no host round trip); attention runs the MLA kernels over the latent cache. One decoder
+// layer (prefill_layer) is also the MTP layer's block (mtp.cu).
 #include "model.cuh"
 
 void gemm(Model &M, const DMat &W, int e0, int batch, const float *X, int ldx, int64_t strideX, float *Y, int ldy,
