@@ -4,8 +4,9 @@
 // prefill, the single-token decode step, batched steps) are the CPU backend's within 2e-3. Greedy speculative
 // decoding with draft 'mtp' on CUDA is in cuda-speculative.test.ts; here `run` and `chat --draft mtp --backend
 // cuda` print the CPU's plain greedy text with the embedded model's trained MTP layer, and `logits --gen --draft
-// mtp --backend cuda` writes the reference's greedy ids and logits. Where there is no GPU (or the library is not
-// built) it prints why and registers no test.
+// mtp --backend cuda` writes the reference's greedy ids and logits, and the server with draft 'mtp' on CUDA gives
+// two concurrent greedy completions the text it gives without a draft. Where there is no GPU (or the library is
+// not built) it prints why and registers no test.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,9 +15,11 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cudaStatus, loadCudaModel } from '../host/backends/cuda/model.js';
-import { DEFAULT_MODEL_DIR, DeepWasmError, Model } from '../host/index.js';
+import { DEFAULT_MODEL_DIR, DeepWasmError, Model, loadModel } from '../host/index.js';
+import { DeepWasmServer, type ServerOptions } from '../host/server/server.js';
 import type { BatchEntry, ModelBackend } from '../host/model/backend.js';
 import { FIXTURES, maxAbsDiff, mtpRows, readExpected, readTensors } from './helpers.js';
+import { metric, post } from './serve-helpers.js';
 
 const TOL = 2e-3;
 const DIR = `${FIXTURES}models/v3-tiny-mtp`;
@@ -115,6 +118,35 @@ if (!status.ok) {
       assert.ok(diff < TOL, `gen_logits differ from the reference by ${diff}`);
     } finally {
       rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  test("embedded model: the server with draft 'mtp' (1 and 3 a step) on cuda gives the greedy text it gives without a draft", async () => {
+    const model = await loadModel(DEFAULT_MODEL_DIR, { backend: 'cuda', maxSequences: 2, contextLength: 256, mtp: true });
+    const bodies = ['Once upon a time', 'The king said'].map((prompt, i) => ({ prompt, max_tokens: 24 + 8 * i, temperature: 0, ignore_eos: true }));
+    const serve = async (opts: ServerOptions): Promise<{ texts: string[]; proposed: number }> => {
+      const server = await DeepWasmServer.start(model, { port: 0, log: () => {}, parallel: 2, ...opts });
+      try {
+        const texts = await Promise.all(bodies.map(async (body) => {
+          const res = await post(server.url, '/v1/completions', body);
+          assert.is(res.status, 200, await res.clone().text());
+          return ((await res.json()) as { choices: { text: string }[] }).choices[0].text;
+        }));
+        return { texts, proposed: opts.draft ? await metric(server.url, 'deepwasm_draft_tokens_proposed_total') : 0 };
+      } finally {
+        await server.close();
+      }
+    };
+    try {
+      const plain = await serve({});
+      assert.ok(plain.texts.every((t) => t.length > 0), 'the server wrote text');
+      for (const draftTokens of [1, 3]) {
+        const got = await serve({ draft: 'mtp', draftTokens });
+        assert.equal(got.texts, plain.texts, `${draftTokens} a step`);
+        assert.ok(got.proposed > 0, `${draftTokens} a step: the MTP layer proposed drafts`);
+      }
+    } finally {
+      await model.close();
     }
   });
 
