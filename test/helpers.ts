@@ -112,3 +112,31 @@ export async function splitLimit(dir: string, opts: LoadOptions = {}): Promise<n
     limit = Math.floor(limit * 0.85);
   }
 }
+
+/** Every tensor of a safetensors file (the MTP references: I32 ids, F32 logits). */
+export function readTensors(path: string): Map<string, Float32Array | Int32Array> {
+  const f = openSafetensors(path);
+  const out = new Map<string, Float32Array | Int32Array>();
+  for (const [name, e] of f.tensors) {
+    const bytes = new Uint8Array(e.nbytes);
+    readTensorInto(e, bytes);
+    out.set(name, e.dtype === 'I32' ? new Int32Array(bytes.buffer) : new Float32Array(bytes.buffer));
+  }
+  return out;
+}
+
+/** The MTP logits of every position of `ids` (row i from h_i and ids[i + 1]), one position per call, and the hidden states forward() gave. */
+export function mtpRows(model: ModelBackend, ids: readonly number[]): { rows: Float32Array; hidden: Float32Array } {
+  const { hiddenSize: dim, vocabSize: vocab } = model.config;
+  const seq = model.createSequence();
+  try {
+    const hidden = new Float32Array(ids.length * dim);
+    model.forward([{ sequence: seq, tokens: ids, logits: 'none', hidden }]);
+    const rows = new Float32Array((ids.length - 1) * vocab);
+    const out = new Float32Array(dim);
+    for (let i = 0; i + 1 < ids.length; i++) rows.set(model.mtp!.forward(seq, i, [ids[i + 1]], hidden.subarray(i * dim, (i + 1) * dim), out), i * vocab);
+    return { rows, hidden };
+  } finally {
+    model.free(seq);
+  }
+}

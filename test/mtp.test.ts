@@ -4,39 +4,11 @@
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { openSafetensors, readTensorInto } from '../host/checkpoint/safetensors.js';
 import { DEFAULT_MODEL_DIR, DeepWasmError, Model } from '../host/index.js';
-import { maxAbsDiff } from './helpers.js';
+import { maxAbsDiff, mtpRows, readTensors } from './helpers.js';
 
 const fixture = (p: string): string => fileURLToPath(new URL(`../../test/fixtures/${p}`, import.meta.url));
-export const V3_TINY_MTP = fixture('models/v3-tiny-mtp');
-
-function tensors(path: string): Map<string, Float32Array | Int32Array> {
-  const f = openSafetensors(path);
-  const out = new Map<string, Float32Array | Int32Array>();
-  for (const [name, e] of f.tensors) {
-    const bytes = new Uint8Array(e.nbytes);
-    readTensorInto(e, bytes);
-    out.set(name, e.dtype === 'I32' ? new Int32Array(bytes.buffer) : new Float32Array(bytes.buffer));
-  }
-  return out;
-}
-
-/** The MTP logits of every position of `ids` (row i from h_i and ids[i + 1]), one position per call. */
-function mtpRows(model: Model, ids: readonly number[]): { rows: Float32Array; hidden: Float32Array } {
-  const { hiddenSize: dim, vocabSize: vocab } = model.config;
-  const seq = model.createSequence();
-  try {
-    const hidden = new Float32Array(ids.length * dim);
-    model.forward([{ sequence: seq, tokens: ids, logits: 'none', hidden }]);
-    const rows = new Float32Array((ids.length - 1) * vocab);
-    const out = new Float32Array(dim);
-    for (let i = 0; i + 1 < ids.length; i++) rows.set(model.mtp!.forward(seq, i, [ids[i + 1]], hidden.subarray(i * dim, (i + 1) * dim), out), i * vocab);
-    return { rows, hidden };
-  } finally {
-    model.free(seq);
-  }
-}
+const V3_TINY_MTP = fixture('models/v3-tiny-mtp');
 
 for (const [name, dir, file] of [
   ['random MTP layer (v3-tiny-mtp, f32)', V3_TINY_MTP, `${V3_TINY_MTP}/mtp-expected.safetensors`],
@@ -45,7 +17,7 @@ for (const [name, dir, file] of [
   test(`${name}: every position's logits within 2e-3 of PyTorch, alone and in one call`, async () => {
     const model = await Model.load(dir, { threads: 2, mtp: true, contextLength: 256 });
     try {
-      const ref = tensors(file);
+      const ref = readTensors(file);
       const vocab = model.config.vocabSize;
       const dim = model.config.hiddenSize;
       for (let k = 0; ref.has(`input_ids_${k}`) || (k === 0 && ref.has('input_ids')); k++) {
@@ -67,7 +39,7 @@ for (const [name, dir, file] of [
 }
 
 test('the MTP layer planned into a memory of its own: over several memories it gives one memory\'s logits', async () => {
-  const ref = tensors(fixture('mtp/tiny-expected.safetensors'));
+  const ref = readTensors(fixture('mtp/tiny-expected.safetensors'));
   const ids = Array.from(ref.get('input_ids_0')!);
   const one = await Model.load(DEFAULT_MODEL_DIR, { threads: 1, mtp: true, contextLength: 128 });
   const many = await Model.load(DEFAULT_MODEL_DIR, { threads: 1, mtp: true, contextLength: 128, memoryLimit: 6 * 1024 * 1024 });

@@ -121,8 +121,8 @@ if [ "${DW_SKIP_TESTS:-0}" != 1 ]; then
   say "CLI tests exit codes $trc $brc"
   [ $rc = 0 ] && rc=$trc
   [ $rc = 0 ] && rc=$brc
-  say "batched decode and speculative decoding"
-  for t in cuda-batch cuda-speculative; do
+  say "batched decode, speculative decoding, the MTP layer"
+  for t in cuda-batch cuda-speculative cuda-mtp; do
     DW_SYNC="${DW_SYNC:-1}" timeout "${DW_TEST_TIMEOUT:-240}" $NODE "dist/test/$t.test.js" 2>&1 | tee -a "$OUT/test.log"
     xrc=${PIPESTATUS[0]}
     say "$t exit code $xrc"

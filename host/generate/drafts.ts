@@ -2,7 +2,7 @@
 // itself), and the model's own MTP layer. Each proposes k tokens after what the main model has accepted,
 // with the distribution q it drew each one from (one-hot when greedy).
 import { fail } from '../errors.js';
-import type { ModelBackend, MtpHead, Sequence } from '../model/backend.js';
+import type { BackendName, ModelBackend, MtpHead, Sequence } from '../model/backend.js';
 import type { SamplingSettings } from './options.js';
 import { Sampler, argmax, drawFrom } from './sampler.js';
 import { mulberry32 } from './rng.js';
@@ -152,13 +152,16 @@ export class MtpDraft implements Draft {
   free(): void {}
 }
 
+/** The backends whose models run an MTP layer (ModelBackend.mtp) when loaded with mtp: true. */
+const MTP_BACKENDS: readonly BackendName[] = ['cpu', 'cuda'];
+
 /**
  * Checks that `model` can draft with `draft` ('mtp': its MTP layer must be loaded), before any sequence is taken;
  * errors say what to do.
  */
 export function checkDraft(model: ModelBackend, draft: ModelBackend | 'mtp'): void {
   if (draft !== 'mtp' || model.mtp) return;
-  if (model.backend !== 'cpu') fail(`draft 'mtp': the ${model.backend} backend does not run the MTP layer; draft with a model (--draft DIR)`);
+  if (!MTP_BACKENDS.includes(model.backend)) fail(`draft 'mtp': the ${model.backend} backend does not run the MTP layer; draft with a model (--draft DIR)`);
   fail(`draft 'mtp' needs the model's MTP layer: load the model with mtp: true (--draft mtp loads it${model.config.numNextnPredictLayers === 0 ? "; this model has none, num_nextn_predict_layers is 0" : ''})`);
 }
 

@@ -70,7 +70,7 @@ export interface LoadOptions {
   memoryLimit?: number;
   /**
    * Also load the checkpoint's multi-token-prediction layer (num_nextn_predict_layers; DeepSeek-V3's
-   * model.layers.61), the draft of `draft: 'mtp'`; default false, since it is a layer's worth of weights (CPU).
+   * model.layers.61), the draft of `draft: 'mtp'`; default false, since it is a layer's worth of weights (CPU, CUDA).
    */
   mtp?: boolean;
   /** CUDA: path of libdwcuda.so (default: $DEEPWASM_CUDA_LIB or kernels-gpu/build/). */
@@ -102,7 +102,7 @@ export interface ModelBackend {
   /** Bytes of weights in memory, and those one decoded token reads (its routed experts' share, not the embedding). */
   readonly weightBytes: number;
   readonly activeBytes: number;
-  /** The MTP layer, when the load asked for it (`mtp`) and the backend runs it (the CPU). */
+  /** The MTP layer, when the load asked for it (`mtp`) and the backend runs it (CPU, CUDA). */
   readonly mtp?: MtpHead;
   /** A new empty sequence; throws when all maxSequences slots are in use. */
   createSequence(): Sequence;

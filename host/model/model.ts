@@ -6,7 +6,7 @@ import type { AttentionShared, Segment } from './attention.js';
 import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, MtpHead, Sequence } from './backend.js';
 import { Block, type Place } from './block.js';
 import { Moe, type ExpertTally } from './moe.js';
-import { MtpLayer } from './mtp.js';
+import { MtpLayer, mtpLayerOf } from './mtp.js';
 import {
   RAM_SHARE, defaultMemoryLimit, describeUnits, machineRam, memoryOf, placeUnits, planBytes, planUnits, scratchBytes, type MemoryPlan,
 } from './placement.js';
@@ -168,8 +168,8 @@ export class Model implements ModelBackend {
     const logits = head.place.rt.f32(head.place.rt.arena.allocF32(cfg.vocabSize, 'logits'), cfg.vocabSize);
     let mtp: MtpLayer | null = null;
     if (opts.mtp) {
-      if (schema.mtp.length === 0) fail(`${ckpt.dir}: this checkpoint has no MTP layer (num_nextn_predict_layers is 0 in config.json); draft with another model (--draft DIR)`);
-      mtp = MtpLayer.load(w, cfg, schema.mtp[0], places[where.layers.get(schema.mtp[0].block.layer)!], runtimeOf, maxSequences, contextLength);
+      const layer = mtpLayerOf(schema, ckpt.dir);
+      mtp = MtpLayer.load(w, cfg, layer, places[where.layers.get(layer.block.layer)!], runtimeOf, maxSequences, contextLength);
     }
     const memories = plan.memories.map((m) => ({ bytes: m.bytes, units: describeUnits(m.units, cfg) }));
     return new Model(cfg, places, contextLength, embed, blocks, head, caches, logits, w.mode, passTokens, bytes.weights, bytes.active, bytes.expert, w.placed, memories, mtp);

@@ -9,7 +9,7 @@ import { fail } from '../errors.js';
 import { Block, type Place } from './block.js';
 import type { Segment } from './attention.js';
 import { Moe } from './moe.js';
-import { kvRowBytes, type MtpSchema, type Weight } from './schema.js';
+import { kvRowBytes, type ModelSchema, type MtpSchema, type Weight } from './schema.js';
 import type { Runtime } from '../runtime/runtime.js';
 import type { Matrix, WeightReader } from './weights.js';
 
@@ -56,11 +56,7 @@ export class MtpLayer {
   forward(slot: number, position: number, tokens: ArrayLike<number>, hidden: Float32Array, out: Float32Array): Float32Array {
     const { hiddenSize: dim, rmsNormEps: eps } = this.cfg;
     const n = tokens.length;
-    if (n === 0 || hidden.length !== n * dim) fail(`the MTP layer needs one hidden state (${dim} floats) per token; got ${hidden.length} floats for ${n} tokens`);
-    if (out.length !== dim) fail(`the MTP layer's output state holds ${dim} floats, got a buffer of ${out.length}`);
-    if (!Number.isInteger(position) || position < 0 || position + n > this.contextLength) {
-      fail(`MTP positions ${position} to ${position + n - 1} are outside the context (${this.contextLength})`);
-    }
+    checkMtpCall(this.cfg, this.contextLength, position, n, hidden, out);
     const { rt } = this.place;
     const op = rt.ops;
     const mark = rt.arena.mark();
@@ -90,4 +86,20 @@ export class MtpLayer {
       rt.arena.release(mark);
     }
   }
+}
+
+/** The checks of MtpHead.forward's arguments, on every backend: a hidden state per token, an output state, positions in the context. */
+export function checkMtpCall(cfg: DeepSeekConfig, contextLength: number, position: number, n: number, hidden: Float32Array, out: Float32Array): void {
+  const dim = cfg.hiddenSize;
+  if (n === 0 || hidden.length !== n * dim) fail(`the MTP layer needs one hidden state (${dim} floats) per token; got ${hidden.length} floats for ${n} tokens`);
+  if (out.length !== dim) fail(`the MTP layer's output state holds ${dim} floats, got a buffer of ${out.length}`);
+  if (!Number.isInteger(position) || position < 0 || position + n > contextLength) {
+    fail(`MTP positions ${position} to ${position + n - 1} are outside the context (${contextLength})`);
+  }
+}
+
+/** The MTP layer a load with `mtp` runs (the first; DeepSeek-V3 has one), or an error naming the checkpoint that has none. */
+export function mtpLayerOf(schema: ModelSchema, dir: string): MtpSchema {
+  if (schema.mtp.length === 0) fail(`${dir}: this checkpoint has no MTP layer (num_nextn_predict_layers is 0 in config.json); draft with another model (--draft DIR)`);
+  return schema.mtp[0];
 }

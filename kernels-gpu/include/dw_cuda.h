@@ -28,10 +28,10 @@
 extern "C" {
 #endif
 
-#define DW_ABI_VERSION 3
+#define DW_ABI_VERSION 4
 
 /* The model's shape as config.json gives it, the pool's size and how the decode step runs. All
- * fields 4 bytes, no padding: 28 int32 then 4 float (128 bytes). */
+ * fields 4 bytes, no padding: 29 int32 then 4 float (132 bytes). */
 typedef struct dw_config {
   int32_t vocab, hidden, inter, moe_inter;
   int32_t layers, heads, q_lora_rank /* 0: one q_proj */, kv_lora_rank;
@@ -44,6 +44,7 @@ typedef struct dw_config {
       attn_splits /* splits of a decode step's attention, 1..32 (0: 2 x SMs / heads, at most 32) */,
       sync_launches /* 1: synchronise and check after every kernel (debug: names a faulting kernel) */,
       batch_no_pdl /* 1: the batched decode graphs without programmatic dependent launch */;
+  int32_t nextn /* 1: DeepSeek-V3's multi-token-prediction layer, layer index `layers`, its own latent cache per sequence */;
   float routed_scale, rms_eps, softmax_scale, reserved_f;
 } dw_config;
 
@@ -78,22 +79,33 @@ int dw_finalize(void *m);
 
 /* Runs n tokens of sequence seq at positions pos .. pos + n - 1 (chunks of max_prefill); the cache
  * rows before pos are the sequence's. logits (may be NULL) receives [n, vocab] when all_rows, else
- * [vocab] for the last token. Returns the argmax of the last row. */
-int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n, float *logits, int32_t all_rows);
+ * [vocab] for the last token; hidden (may be NULL) [n, hidden]: every token's state after the final
+ * norm, what the head reads (an MTP layer's input). Returns the argmax of the last row. */
+int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n, float *logits, int32_t all_rows,
+               float *hidden);
 /* One decode step (graph replay) of token at position pos of sequence seq; logits (may be NULL)
- * receives [vocab]. Returns the argmax. */
-int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits);
+ * receives [vocab], hidden (may be NULL) [hidden], the state after the final norm (a kernel after the
+ * replay, only when asked for). Returns the argmax. */
+int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits, float *hidden);
 /* Most tokens one batched decode step takes (at most 8; fewer when the model's top-k or widths need it). */
 int dw_decode_batch_max(void *m);
 /* One batched decode step (a graph replay per n, captured at its first use): token tokens[i] at
  * position pos[i] of sequence seqs[i] for i < n, in one pass over the weights (each routed expert
  * chosen by any of the tokens read once). Tokens of one sequence take consecutive positions (a
  * speculative verify, a short prompt): each attends to the rows before it, the step's earlier tokens'
- * included. next[i] receives each argmax; logits (may be NULL) receives [n, vocab]. Returns the
- * distinct routed experts the step read, summed over the MoE layers (the bytes model of a batched
- * step). */
+ * included. next[i] receives each argmax; logits (may be NULL) receives [n, vocab], hidden (may be
+ * NULL) [n, hidden] after the final norm. Returns the distinct routed experts the step read, summed
+ * over the MoE layers (the bytes model of a batched step). */
 int dw_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, float *logits,
-                    int32_t *next);
+                    int32_t *next, float *hidden);
+/* The MTP layer (dw_config.nextn) at MTP positions pos .. pos + n - 1 of sequence seq's MTP cache
+ * (chunks of max_prefill): position i takes tokens[i - pos] (the main model's token i + 1) and
+ * hidden_in's row [hidden] (the main model's state after the final norm at i, or this layer's own
+ * output to chain a draft): eh_proj([enorm(embed(t)); hnorm(h)]), then the layer's decoder block.
+ * hidden_out receives the last position's output [hidden] before the head norm, logits [vocab] its
+ * shared head's. hidden_in may be hidden_out. Returns 0. */
+int dw_mtp_forward(void *m, int32_t seq, int32_t pos, const int32_t *tokens, int32_t n, const float *hidden_in,
+                   float *hidden_out, float *logits);
 /* Greedy: feeds token at pos, then each argmax at the next positions, n steps without leaving the
  * device; out_ids gets the n ids. */
 int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, int32_t *out_ids);
@@ -103,7 +115,8 @@ int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, char *ou
 /* The same table for one batched decode step (dw_decode_batch's arguments); positions do not advance. */
 int dw_profile_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, char *out,
                             int32_t len);
-/* Copies the first n_positions cache rows of sequence src to sequence dst, every layer (fork). */
+/* Copies the first n_positions cache rows of sequence src to sequence dst, every layer (the MTP
+ * layer's too: fork). */
 int dw_seq_copy(void *m, int32_t dst, int32_t src, int32_t n_positions);
 /* Top k (k <= 256) of the most recent logits row (of whichever run came last), largest first. */
 int dw_topk(void *m, int32_t k, float *values, int32_t *ids);

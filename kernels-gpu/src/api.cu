@@ -7,6 +7,8 @@
 #include <vector>
 #include "model.cuh"
 
+static_assert(sizeof(dw_config) == 132, "dw_config is 29 int32 then 4 float: host/backends/cuda/ffi.ts's CONFIG_BYTES");
+
 namespace {
 
 thread_local std::string g_error;
@@ -190,7 +192,8 @@ int dw_finalize(void *m) {
   });
 }
 
-int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n, float *logits, int32_t all_rows) {
+int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n, float *logits, int32_t all_rows,
+               float *hidden) {
   return guarded([&]() -> int {
     Model &M = finalized(m);
     LaunchScope scope(M);
@@ -202,7 +205,7 @@ int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n,
       float *out = nullptr;
       if (logits && all_rows) out = logits + (int64_t)done * M.c.vocab;
       else if (logits && last) out = logits;
-      prefill_chunk(M, seq, ids + done, T, pos + done, all_rows != 0, out);
+      prefill_chunk(M, seq, ids + done, T, pos + done, all_rows != 0, out, hidden ? hidden + (int64_t)done * M.c.hidden : nullptr);
       // The ids and logits of this chunk must be consumed before the next chunk reuses the buffers.
       CK(cudaStreamSynchronize(M.st));
     }
@@ -210,7 +213,7 @@ int dw_prefill(void *m, int32_t seq, int32_t pos, const int32_t *ids, int32_t n,
   });
 }
 
-int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits) {
+int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits, float *hidden) {
   return guarded([&]() -> int {
     Model &M = finalized(m);
     LaunchScope scope(M);
@@ -223,6 +226,8 @@ int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, float *logits) {
     // Through pinned memory: with it (and the host reusing its arrays), forward() of one token on
     // the 16B shape went from 370 to 433 tok/s.
     if (logits) CK(cudaMemcpyAsync(M.host_logits, M.dlogits, bytes, cudaMemcpyDeviceToHost, M.st));
+    // Outside the graph: the final norm is fused into the head's gemv there, and a step without hidden does no more.
+    if (hidden) hidden_rows(M, M.dh, M.dx, M.c.hidden, 1, hidden);
     const int next = read_token(M);
     if (logits) memcpy(logits, M.host_logits, bytes);
     return next;
@@ -234,7 +239,7 @@ int dw_decode_batch_max(void *m) {
 }
 
 int dw_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos, const int32_t *tokens, float *logits,
-                    int32_t *next) {
+                    int32_t *next, float *hidden) {
   return guarded([&]() -> int {
     Model &M = finalized(m);
     LaunchScope scope(M);
@@ -247,12 +252,34 @@ int dw_decode_batch(void *m, int32_t n, const int32_t *seqs, const int32_t *pos,
     CK(cudaGraphLaunch(M.bgraph[n], M.st));
     const size_t bytes = sizeof(float) * n * M.c.vocab;
     if (logits) CK(cudaMemcpyAsync(M.host_blogits, M.blogits, bytes, cudaMemcpyDeviceToHost, M.st));
+    if (hidden) batch_hidden(M, n, hidden);
     CK(cudaMemcpyAsync(&h, M.bstate, sizeof h, cudaMemcpyDeviceToHost, M.st));
     CK(cudaStreamSynchronize(M.st));
     M.last_logits = M.blogits + (int64_t)(n - 1) * M.c.vocab;
     for (int i = 0; i < n; i++) next[i] = h.next[i];
     if (logits) memcpy(logits, M.host_blogits, bytes);
     return h.experts;
+  });
+}
+
+int dw_mtp_forward(void *m, int32_t seq, int32_t pos, const int32_t *tokens, int32_t n, const float *hidden_in,
+                   float *hidden_out, float *logits) {
+  return guarded([&]() -> int {
+    Model &M = finalized(m);
+    LaunchScope scope(M);
+    if (M.c.nextn == 0) dw_fail("this model was made without its MTP layer (dw_config.nextn 0)");
+    if (!tokens || !hidden_in || !hidden_out || !logits) dw_fail("dw_mtp_forward: null tokens, hidden_in, hidden_out or logits");
+    check_run(M, seq, pos, n);
+    for (int i = 0; i < n; i++) check_token(M, tokens[i]);
+    for (int done = 0; done < n; done += M.P) {
+      const int T = std::min(M.P, n - done);
+      const bool last = done + T == n;
+      mtp_chunk(M, seq, tokens + done, T, pos + done, hidden_in + (int64_t)done * M.c.hidden, last ? hidden_out : nullptr,
+                last ? logits : nullptr);
+      // The inputs of this chunk must be consumed before the next chunk reuses the buffers.
+      CK(cudaStreamSynchronize(M.st));
+    }
+    return 0;
   });
 }
 
@@ -341,10 +368,11 @@ int64_t dw_active_bytes(void *m) {
   if (!m) return -1;
   Model &M = *static_cast<Model *>(m);
   int64_t b = bytes_of(M.head) + (M.embed.ok() ? M.embed.ldb() : 0);
-  for (auto &ly : M.L)
+  for (int l = 0; l < M.c.layers; l++)  // a decode step does not run the MTP layer
     for (int s = 0; s < LAYER_SLOTS; s++) {
-      if (s == DW_ROLE_EXP_GATE_UP || s == DW_ROLE_EXP_DOWN) b += mat_bytes_one(ly.m[s]) * M.c.topk;
-      else b += bytes_of(ly.m[s]);
+      const DMat &W = M.L[l].m[s];
+      if (s == DW_ROLE_EXP_GATE_UP || s == DW_ROLE_EXP_DOWN) b += mat_bytes_one(W) * M.c.topk;
+      else b += bytes_of(W);
     }
   return b;
 }

@@ -118,3 +118,7 @@ void decode_batch_step(Model &M, int n) {
                      const_cast<int *>(bstate_field(M, offsetof(BState, next))));
   mark(M, "end", 0);
 }
+
+void batch_hidden(Model &M, int n, float *hidden_host) {
+  hidden_rows(M, M.bh, M.bx, strides(M).x, n, hidden_host);
+}

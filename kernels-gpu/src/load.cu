@@ -83,7 +83,7 @@ void fill_random(Model &M, uint64_t seed) {
     v = M.alloc<float>(n, false);
     launch_fill(M.st, v, n, 1.f);
   };
-  for (int l = 0; l < M.c.layers; l++) {
+  for (int l = 0; l < (int)M.L.size(); l++) {
     for (int r = 0; r < LAYER_SLOTS; r++) {
       const Shape s = layer_shape(M, l, r);
       if (s.rows == 0 || r == DW_ROLE_ROUTER_BIAS) continue;

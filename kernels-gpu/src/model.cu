@@ -21,6 +21,7 @@ Model *new_model(const dw_config &c) {
        "num_experts_per_tok must be 1..32 and at most n_routed_experts");
   need(c.n_routed == 0 || (c.n_group > 0 && c.n_routed % c.n_group == 0), "n_routed_experts divisible by n_group");
   need(c.attn_splits >= 0 && c.attn_splits <= 32, "attn_splits must be 0 (automatic) to 32");
+  need(c.nextn == 0 || c.nextn == 1, "nextn (the MTP layer) must be 0 or 1");
   Model *M = new Model();
   try {
     M->c = c;
@@ -33,8 +34,8 @@ Model *new_model(const dw_config &c) {
     CK(cudaGetDevice(&dev));
     CK(cudaDeviceGetAttribute(&M->nsm, cudaDevAttrMultiProcessorCount, dev));
     CK(cudaStreamCreateWithFlags(&M->st, cudaStreamNonBlocking));
-    M->L.resize(c.layers);
-    for (int l = 0; l < c.layers; l++) M->L[l].moe = is_moe(c, l);
+    M->L.resize(c.layers + c.nextn);
+    for (size_t l = 0; l < M->L.size(); l++) M->L[l].moe = is_moe(c, (int)l);
     M->nsplit = c.attn_splits > 0 ? c.attn_splits : std::max(1, std::min(32, 2 * M->nsm / c.heads));
     M->pdl = c.pdl != 0;
     M->batch_max = batch_max(*M);
@@ -63,6 +64,7 @@ void free_model(Model *M) {
 Shape layer_shape(const Model &M, int l, int role) {
   const dw_config &c = M.c;
   const bool moe = is_moe(c, l);
+  const bool mtp = l == c.layers;  // the MTP layer: a decoder block and the layer's own roles
   const int64_t qrows = (int64_t)c.heads * M.qdim;
   const int64_t sh = (int64_t)c.moe_inter * c.n_shared;
   Shape s;
@@ -97,6 +99,12 @@ Shape layer_shape(const Model &M, int l, int role) {
     case DW_ROLE_EXP_DOWN: if (moe) mat(c.hidden, c.moe_inter, true, c.n_routed); break;
     case DW_ROLE_SH_GATE_UP: if (moe && c.n_shared > 0) mat(2 * sh, c.hidden, true); break;
     case DW_ROLE_SH_DOWN: if (moe && c.n_shared > 0) mat(c.hidden, sh, true); break;
+    case DW_ROLE_MTP_ENORM:
+    case DW_ROLE_MTP_HNORM:
+    case DW_ROLE_MTP_HEAD_NORM: if (mtp) vec(c.hidden, true); break;
+    case DW_ROLE_MTP_EH_PROJ: if (mtp) mat(c.hidden, 2LL * c.hidden, true); break;
+    case DW_ROLE_MTP_HEAD:
+    case DW_ROLE_MTP_EMBED: if (mtp) mat(c.vocab, c.hidden, true); break;
   }
   return s;
 }
@@ -122,7 +130,9 @@ std::string role_name(int layer, int role) {
 
 Shape shape_of(const Model &M, int layer, int role) {
   if (layer < 0) return global_shape(M, role);
-  if (layer >= M.c.layers) dw_fail("layer " + std::to_string(layer) + " out of range (" + std::to_string(M.c.layers) + " layers)");
+  if (layer >= (int)M.L.size())
+    dw_fail("layer " + std::to_string(layer) + " out of range (" + std::to_string(M.c.layers) + " layers" +
+            (M.c.nextn ? ", then the MTP layer)" : "; the model was made without its MTP layer, dw_config.nextn 0)"));
   if (role < 0 || role >= LAYER_SLOTS) return Shape{};
   return layer_shape(M, layer, role);
 }
@@ -177,7 +187,7 @@ int64_t bytes_of(const DMat &W, int experts) {
 // Every role of the model that holds data: fn(layer, role, shape, matrix or null for vectors).
 template <typename Fn>
 static void each_role(const Model &M, Fn &&fn) {
-  for (int l = 0; l < M.c.layers; l++)
+  for (int l = 0; l < (int)M.L.size(); l++)
     for (int r = 0; r < LAYER_SLOTS; r++) {
       const Shape s = layer_shape(M, l, r);
       if (s.rows > 0) fn(l, r, s, s.vec ? nullptr : &M.L[l].m[r]);
@@ -202,7 +212,7 @@ int64_t planned_weight_bytes(const Model &M) {
 }
 
 int64_t kv_cache_bytes(const Model &M) {
-  return (int64_t)M.c.layers * M.c.max_sequences * M.c.max_context * M.latent * 4;
+  return (int64_t)M.L.size() * M.c.max_sequences * M.c.max_context * M.latent * 4;
 }
 
 // The prefill's f32 copy of the widest matrix that cuBLAS cannot read as it is (q8, fp8).
@@ -234,6 +244,7 @@ static void each_buffer(Model &M, A &&a) {
   a(M.act, (int64_t)P * maxI);
   a(M.sout, (int64_t)P * H);
   a(M.logits, (int64_t)P * c.vocab);
+  if (c.nextn > 0) a(M.mtp_in, (int64_t)P * 2 * H);
   a(M.ids, P);
   if (c.n_routed > 0) {
     a(M.rlog, (int64_t)P * E);
@@ -247,7 +258,7 @@ static void each_buffer(Model &M, A &&a) {
     a(M.ad, (int64_t)E * P * I);
     a(M.yd, (int64_t)E * P * H);
   }
-  const int64_t maxK = std::max({H, c.q_lora_rank, c.heads * c.v_dim, c.inter, S, 1});
+  const int64_t maxK = std::max({H, c.q_lora_rank, c.heads * c.v_dim, c.inter, S, c.nextn * 2 * H, 1});
   M.split_cap = std::max<int64_t>((int64_t)P * maxK, c.n_routed > 0 ? (int64_t)E * P * std::max(H, I) : 0);
   a(M.hi, M.split_cap);
   a(M.lo, M.split_cap);
@@ -316,7 +327,7 @@ void finalize_model(Model &M) {
     if (W->loaded != s.rows * s.experts)
       dw_fail(name + ": " + std::to_string(W->loaded) + " of " + std::to_string(s.rows * s.experts) + " rows loaded");
   });
-  for (int l = 0; l < c.layers; l++) {
+  for (int l = 0; l < (int)M.L.size(); l++) {
     const Layer &ly = M.L[l];
     auto same = [&](int a, int b) {
       if (ly.m[a].ok() && ly.m[b].ok() && ly.m[a].fmt != ly.m[b].fmt)
@@ -339,7 +350,7 @@ void finalize_model(Model &M) {
   }
   float *pool = M.alloc<float>(kv_cache_bytes(M) / 4);
   const int64_t per_layer = (int64_t)c.max_sequences * c.max_context * M.latent;
-  for (int l = 0; l < c.layers; l++) M.L[l].cache = pool + l * per_layer;
+  for (size_t l = 0; l < M.L.size(); l++) M.L[l].cache = pool + l * per_layer;
   each_buffer(M, [&](auto *&p, int64_t n) { p = M.alloc<std::remove_reference_t<decltype(*p)>>(n); });
   DState s0{0, 0, 0, 0, c.max_context + 1, M.log};
   CK(cudaMemcpyAsync(M.state, &s0, sizeof s0, cudaMemcpyHostToDevice, M.st));

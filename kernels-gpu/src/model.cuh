@@ -8,9 +8,9 @@
 #include <vector>
 #include "ops.cuh"
 
-// The per-layer roles the library holds (dw_constants.h numbers them; the MTP and wasm-only roles
-// after DW_ROLE_SH_DOWN are not loaded here).
-constexpr int LAYER_SLOTS = DW_ROLE_SH_DOWN + 1;
+// The per-layer roles the library holds (dw_constants.h numbers them): a decoder block's, then the MTP
+// layer's own (DW_ROLE_MTP_*, only in layer c.layers); the wasm-only roles after them are not loaded here.
+constexpr int LAYER_SLOTS = DW_ROLE_MTP_EMBED + 1;
 
 struct Layer {
   DMat m[LAYER_SLOTS];
@@ -31,7 +31,7 @@ struct Model {
   int qdim = 0, latent = 0, nsm = 0;
   int P = 0;       // tokens per prefill chunk
   int nsplit = 1;  // attention splits of a decode step
-  std::vector<Layer> L;
+  std::vector<Layer> L;  // the decoder layers, then the MTP layer when c.nextn is 1
   DMat embed, head;
   float *final_norm = nullptr, *rope_cos = nullptr, *rope_sin = nullptr;
   cudaStream_t st = nullptr;
@@ -45,6 +45,7 @@ struct Model {
   float *x = nullptr, *h = nullptr, *q = nullptr, *qa = nullptr, *kv = nullptr, *qabs = nullptr, *part = nullptr,
         *attn = nullptr, *gu = nullptr, *act = nullptr, *rlog = nullptr, *rw = nullptr, *xd = nullptr, *gud = nullptr,
         *ad = nullptr, *yd = nullptr, *sout = nullptr, *logits = nullptr, *deq = nullptr;
+  float *mtp_in = nullptr;  // the MTP layer's [enorm(embed(t)); hnorm(h)] (P rows of 2 x hidden)
   int *ids = nullptr, *chosen = nullptr, *counts = nullptr, *list = nullptr, *slot = nullptr;
   __nv_bfloat16 *hi = nullptr, *lo = nullptr;
   int64_t split_cap = 0, deq_cap = 0;
@@ -126,8 +127,22 @@ void load_tensor(Model &M, int layer, int role, int expert, int dtype, const voi
                  int64_t row_offset, const float *scales, int block_rows, int block_cols);
 void fill_random(Model &M, uint64_t seed);
 
-// prefill.cu: T tokens of sequence seq from position pos0; logits_host (if not null) receives [rows, vocab].
-void prefill_chunk(Model &M, int seq, const int32_t *ids_host, int T, int pos0, bool all_rows, float *logits_host);
+// prefill.cu: T tokens of sequence seq from position pos0; logits_host (if not null) receives [rows, vocab],
+// hidden_host (if not null) [T, hidden] after the final norm.
+void prefill_chunk(Model &M, int seq, const int32_t *ids_host, int T, int pos0, bool all_rows, float *logits_host,
+                   float *hidden_host);
+// One decoder layer over the chunk's T rows of M.x (their sequence and first position in M.state).
+void prefill_layer(Model &M, const Layer &ly, int T);
+// Y[b][M, rows] (ldy) (+)= X[b][M, cols] (ldx) . W[b]^T for the matrices of experts [e0, e0 + batch): cuBLAS.
+void gemm(Model &M, const DMat &W, int e0, int batch, const float *X, int ldx, int64_t strideX, float *Y, int ldy,
+          int64_t strideY, int tokens, float beta);
+// The final norm of n rows of x (ld apart) into out (hidden apart), then copied to hidden_host: forward's hidden.
+void hidden_rows(Model &M, float *out, const float *x, int ld, int n, float *hidden_host);
+
+// mtp.cu: T positions of the MTP layer from pos0 of sequence seq's MTP cache; with hidden_out (the last
+// chunk) the last position's output state and its logits [vocab] come back.
+void mtp_chunk(Model &M, int seq, const int32_t *ids_host, int T, int pos0, const float *hidden_in, float *hidden_out,
+               float *logits_host);
 
 // decode.cu: the step as kernels (captured once into M.graph), its replay, and its profile.
 void decode_step(Model &M);
@@ -156,6 +171,8 @@ struct PdlScope {
 // decode_batch.cu: n tokens of n sequences (the inputs in M.bstate), captured per n into M.bgraph[n].
 int batch_max(const Model &M);
 void decode_batch_step(Model &M, int n);
+// The last batched step's n hidden states after the final norm (M.bh is the step's scratch) to hidden_host.
+void batch_hidden(Model &M, int n, float *hidden_host);
 std::string profile_decode(Model &M, int seq, int pos, int token);
 // Runs arm(), step() (warm), arm(), then step() with events between its marks: the table of stages.
 std::string profile_step(Model &M, const std::function<void()> &arm, const std::function<void()> &step);

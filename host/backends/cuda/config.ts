@@ -22,7 +22,8 @@ export interface DecodeTuning {
   syncLaunches?: boolean;
 }
 
-export function packConfig(cfg: DeepSeekConfig, pool: PoolShape, tuning: DecodeTuning = {}): ArrayBuffer {
+/** mtp: the model holds its MTP layer (dw_config.nextn). */
+export function packConfig(cfg: DeepSeekConfig, pool: PoolShape, tuning: DecodeTuning = {}, mtp = false): ArrayBuffer {
   const buf = new ArrayBuffer(CONFIG_BYTES);
   const ints = new Int32Array(buf, 0, CONFIG_INTS);
   const floats = new Float32Array(buf, CONFIG_INTS * 4, 4);
@@ -35,6 +36,7 @@ export function packConfig(cfg: DeepSeekConfig, pool: PoolShape, tuning: DecodeT
     cfg.nGroup, cfg.topkGroup, TOPK_METHOD[cfg.topkMethod], cfg.scoringFunc === 'sigmoid' ? SCORE_SIGMOID : SCORE_SOFTMAX,
     cfg.normTopkProb ? 1 : 0, pool.contextLength, pool.maxSequences, pool.passTokens,
     tuning.pdl === false ? 0 : 1, tuning.attnSplits ?? 0, sync ? 1 : 0, tuning.batchPdl === false ? 1 : 0,
+    mtp ? 1 : 0,
   ]);
   floats.set([cfg.routedScalingFactor, cfg.rmsNormEps, softmaxScale(cfg), 0]);
   return buf;

@@ -9,9 +9,9 @@ import { fail } from '../../errors.js';
 export type Handle = unknown;
 
 /** DW_ABI_VERSION of dw_cuda.h. */
-export const ABI_VERSION = 3;
-/** dw_config: 28 int32 then 4 float32. */
-export const CONFIG_INTS = 28;
+export const ABI_VERSION = 4;
+/** dw_config: 29 int32 then 4 float32. */
+export const CONFIG_INTS = 29;
 export const CONFIG_BYTES = (CONFIG_INTS + 4) * 4;
 
 export interface MemoryPlan {
@@ -36,12 +36,15 @@ export interface DwLib {
     rowOffset: number, scales: Float32Array | null, blockRows: number, blockCols: number): number;
   fillRandom(m: Handle, seed: number): number;
   finalize(m: Handle): number;
-  prefill(m: Handle, seq: number, pos: number, ids: Int32Array, logits: Float32Array | null, allRows: boolean): number;
-  decode(m: Handle, seq: number, pos: number, token: number, logits: Float32Array | null): number;
+  /** hidden (when not null): every token's state after the final norm, [ids, hidden_size]. */
+  prefill(m: Handle, seq: number, pos: number, ids: Int32Array, logits: Float32Array | null, allRows: boolean, hidden: Float32Array | null): number;
+  decode(m: Handle, seq: number, pos: number, token: number, logits: Float32Array | null, hidden: Float32Array | null): number;
   /** Most tokens one batched decode step takes. */
   decodeBatchMax(m: Handle): number;
   /** One batched decode step: tokens[i] at pos[i] of seqs[i]; next gets the argmaxes; returns the distinct routed experts read (or < 0). */
-  decodeBatch(m: Handle, seqs: Int32Array, pos: Int32Array, tokens: Int32Array, logits: Float32Array | null, next: Int32Array): number;
+  decodeBatch(m: Handle, seqs: Int32Array, pos: Int32Array, tokens: Int32Array, logits: Float32Array | null, next: Int32Array, hidden: Float32Array | null): number;
+  /** The MTP layer at MTP positions pos .. pos + tokens.length - 1 of seq: the last one's output state into hiddenOut, its logits into logits. */
+  mtpForward(m: Handle, seq: number, pos: number, tokens: Int32Array, hiddenIn: Float32Array, hiddenOut: Float32Array, logits: Float32Array): number;
   generate(m: Handle, seq: number, pos: number, token: number, out: Int32Array): number;
   /** One decode step timed stage by stage (a table), or null on failure. */
   profileDecode(m: Handle, seq: number, pos: number, token: number): string | null;
@@ -113,10 +116,11 @@ function bindKoffi(path: string): DwLib {
     ),
     fill: lib.func('int dw_fill_random(void *m, uint64_t seed)'),
     finalize: lib.func('int dw_finalize(void *m)'),
-    prefill: lib.func('int dw_prefill(void *m, int32_t seq, int32_t pos, const void *ids, int32_t n, void *logits, int32_t all_rows)'),
-    decode: lib.func('int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, void *logits)'),
+    prefill: lib.func('int dw_prefill(void *m, int32_t seq, int32_t pos, const void *ids, int32_t n, void *logits, int32_t all_rows, void *hidden)'),
+    decode: lib.func('int dw_decode(void *m, int32_t seq, int32_t pos, int32_t token, void *logits, void *hidden)'),
     batchMax: lib.func('int dw_decode_batch_max(void *m)'),
-    batch: lib.func('int dw_decode_batch(void *m, int32_t n, const void *seqs, const void *pos, const void *tokens, void *logits, void *next)'),
+    batch: lib.func('int dw_decode_batch(void *m, int32_t n, const void *seqs, const void *pos, const void *tokens, void *logits, void *next, void *hidden)'),
+    mtp: lib.func('int dw_mtp_forward(void *m, int32_t seq, int32_t pos, const void *tokens, int32_t n, const void *hidden_in, void *hidden_out, void *logits)'),
     generate: lib.func('int dw_generate(void *m, int32_t seq, int32_t pos, int32_t token, int32_t n, void *out_ids)'),
     profile: lib.func('int dw_profile_decode(void *m, int32_t seq, int32_t pos, int32_t token, void *out, int32_t len)'),
     profileBatch: lib.func('int dw_profile_decode_batch(void *m, int32_t n, const void *seqs, const void *pos, const void *tokens, void *out, int32_t len)'),
@@ -152,10 +156,11 @@ function bindKoffi(path: string): DwLib {
       f.load(m, layer, role, expert, dtype, data, rows, cols, rowOffset, scales, br, bc) as number,
     fillRandom: (m, seed) => f.fill(m, seed) as number,
     finalize: (m) => f.finalize(m) as number,
-    prefill: (m, seq, pos, ids, logits, all) => f.prefill(m, seq, pos, ids, ids.length, logits, all ? 1 : 0) as number,
-    decode: (m, seq, pos, token, logits) => f.decode(m, seq, pos, token, logits) as number,
+    prefill: (m, seq, pos, ids, logits, all, hidden) => f.prefill(m, seq, pos, ids, ids.length, logits, all ? 1 : 0, hidden) as number,
+    decode: (m, seq, pos, token, logits, hidden) => f.decode(m, seq, pos, token, logits, hidden) as number,
     decodeBatchMax: (m) => f.batchMax(m) as number,
-    decodeBatch: (m, seqs, pos, tokens, logits, next) => f.batch(m, seqs.length, seqs, pos, tokens, logits, next) as number,
+    decodeBatch: (m, seqs, pos, tokens, logits, next, hidden) => f.batch(m, seqs.length, seqs, pos, tokens, logits, next, hidden) as number,
+    mtpForward: (m, seq, pos, tokens, hiddenIn, hiddenOut, logits) => f.mtp(m, seq, pos, tokens, tokens.length, hiddenIn, hiddenOut, logits) as number,
     generate: (m, seq, pos, token, out) => f.generate(m, seq, pos, token, out.length, out) as number,
     profileDecode(m, seq, pos, token) {
       const buf = new Uint8Array(PROFILE_BYTES);
@@ -196,10 +201,11 @@ function bindDeno(deno: DenoFfi, path: string): DwLib {
     dw_load: { parameters: [p, i32, i32, i32, i32, b, i64, i64, i64, b, i32, i32], result: i32 },
     dw_fill_random: { parameters: [p, 'u64'], result: i32 },
     dw_finalize: { parameters: [p], result: i32 },
-    dw_prefill: { parameters: [p, i32, i32, b, i32, b, i32], result: i32 },
-    dw_decode: { parameters: [p, i32, i32, i32, b], result: i32 },
+    dw_prefill: { parameters: [p, i32, i32, b, i32, b, i32, b], result: i32 },
+    dw_decode: { parameters: [p, i32, i32, i32, b, b], result: i32 },
     dw_decode_batch_max: { parameters: [p], result: i32 },
-    dw_decode_batch: { parameters: [p, i32, b, b, b, b, b], result: i32 },
+    dw_decode_batch: { parameters: [p, i32, b, b, b, b, b, b], result: i32 },
+    dw_mtp_forward: { parameters: [p, i32, i32, b, i32, b, b, b], result: i32 },
     dw_generate: { parameters: [p, i32, i32, i32, i32, b], result: i32 },
     dw_profile_decode: { parameters: [p, i32, i32, i32, b, i32], result: i32 },
     dw_profile_decode_batch: { parameters: [p, i32, b, b, b, b, i32], result: i32 },
@@ -240,10 +246,11 @@ function bindDeno(deno: DenoFfi, path: string): DwLib {
       s.dw_load(m, layer, role, expert, dtype, data, big(rows), big(cols), big(rowOffset), scales, br, bc) as number,
     fillRandom: (m, seed) => s.dw_fill_random(m, big(seed)) as number,
     finalize: (m) => s.dw_finalize(m) as number,
-    prefill: (m, seq, pos, ids, logits, all) => s.dw_prefill(m, seq, pos, ids, ids.length, logits, all ? 1 : 0) as number,
-    decode: (m, seq, pos, token, logits) => s.dw_decode(m, seq, pos, token, logits) as number,
+    prefill: (m, seq, pos, ids, logits, all, hidden) => s.dw_prefill(m, seq, pos, ids, ids.length, logits, all ? 1 : 0, hidden) as number,
+    decode: (m, seq, pos, token, logits, hidden) => s.dw_decode(m, seq, pos, token, logits, hidden) as number,
     decodeBatchMax: (m) => s.dw_decode_batch_max(m) as number,
-    decodeBatch: (m, seqs, pos, tokens, logits, next) => s.dw_decode_batch(m, seqs.length, seqs, pos, tokens, logits, next) as number,
+    decodeBatch: (m, seqs, pos, tokens, logits, next, hidden) => s.dw_decode_batch(m, seqs.length, seqs, pos, tokens, logits, next, hidden) as number,
+    mtpForward: (m, seq, pos, tokens, hiddenIn, hiddenOut, logits) => s.dw_mtp_forward(m, seq, pos, tokens, tokens.length, hiddenIn, hiddenOut, logits) as number,
     generate: (m, seq, pos, token, out) => s.dw_generate(m, seq, pos, token, out.length, out) as number,
     profileDecode(m, seq, pos, token) {
       const buf = new Uint8Array(PROFILE_BYTES);

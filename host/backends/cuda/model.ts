@@ -6,7 +6,8 @@
 import { openCheckpoint } from '../../checkpoint/checkpoint.js';
 import type { DeepSeekConfig } from '../../checkpoint/config.js';
 import { fail } from '../../errors.js';
-import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, Sequence } from '../../model/backend.js';
+import type { BatchEntry, LoadOptions, LogitsRows, ModelBackend, MtpHead, Sequence } from '../../model/backend.js';
+import { checkMtpCall, mtpLayerOf } from '../../model/mtp.js';
 import { ropeTables } from '../../model/rope.js';
 import { modelSchema, schemaWeights } from '../../model/schema.js';
 import { SequencePool, poolShape } from '../../model/sequences.js';
@@ -79,7 +80,11 @@ export class CudaModel implements ModelBackend {
   /** forward()'s one-row results, one array per batch position; the batched steps' rows, one array per step of a call. */
   private readonly rows: Float32Array[] = [];
   private readonly batchRows: Float32Array[] = [];
+  /** A batched step's hidden states, [batchMax, hidden_size], scattered into the entries' buffers. */
+  private batchHidden: Float32Array | undefined;
   private closed = false;
+  /** The MTP layer (layer num_hidden_layers on the device) when loaded with `mtp`. */
+  readonly mtp?: MtpHead;
 
   private constructor(
     readonly config: DeepSeekConfig,
@@ -89,8 +94,13 @@ export class CudaModel implements ModelBackend {
     readonly device: string,
     private readonly lib: DwLib,
     private readonly handle: Handle,
+    mtp: boolean,
   ) {
     this.pool = new SequencePool(config, contextLength, maxSequences);
+    if (mtp) {
+      const logits = new Float32Array(config.vocabSize);
+      this.mtp = { forward: (sequence, position, tokens, hidden, out) => this.mtpForward(sequence, position, tokens, hidden, out, logits) };
+    }
   }
 
   static async load(dir: string, opts: CudaLoadOptions = {}): Promise<CudaModel> {
@@ -99,7 +109,8 @@ export class CudaModel implements ModelBackend {
     try {
       const quant = cudaQuant(ckpt, opts.quant);
       const schema = modelSchema(ckpt.config, { hasLmHead: ckpt.has('lm_head.weight') });
-      const upload = new CheckpointUpload(ckpt, schemaWeights(schema), quant);
+      if (opts.mtp) mtpLayerOf(schema, ckpt.dir);
+      const upload = new CheckpointUpload(ckpt, schemaWeights(schema, { mtp: opts.mtp }), quant);
       return await CudaModel.build(lib, ckpt.config, quant, opts, (m) => {
         upload.declare(lib, m.handle);
         m.requireFits();
@@ -116,8 +127,10 @@ export class CudaModel implements ModelBackend {
       fail(`random weights are made as bf16, q8 or f32, not ${opts.quant}`);
     }
     const quant: CudaQuant = opts.quant ?? 'stored';
+    const schema = modelSchema(cfg, { hasLmHead: true });
+    if (opts.mtp) mtpLayerOf(schema, 'random weights');
     return CudaModel.build(lib, cfg, quant, opts, (m) => {
-      for (const w of schemaWeights(modelSchema(cfg, { hasLmHead: true }))) {
+      for (const w of schemaWeights(schema, { mtp: opts.mtp })) {
         if (w.kind !== 'vector') m.check(lib.declare(m.handle, w.layer, w.role, deviceFormat(w, ['BF16'], quant, 0)), 'declare');
       }
       m.requireFits();
@@ -128,9 +141,10 @@ export class CudaModel implements ModelBackend {
   /** Makes the model, runs fill (declare, check the memory, load), uploads the rope tables, finalizes. */
   private static async build(lib: DwLib, cfg: DeepSeekConfig, quant: CudaQuant, opts: CudaLoadOptions, fill: (m: CudaModel) => void): Promise<CudaModel> {
     const pool = poolShape(cfg, opts);
-    const handle = lib.create(packConfig(cfg, pool, opts.decode));
+    const mtp = opts.mtp === true;
+    const handle = lib.create(packConfig(cfg, pool, opts.decode, mtp));
     if (!handle) fail(`CUDA backend: ${lib.lastError()}`);
-    const model = new CudaModel(cfg, pool.contextLength, pool.maxSequences, quant, lib.deviceInfo().info, lib, handle);
+    const model = new CudaModel(cfg, pool.contextLength, pool.maxSequences, quant, lib.deviceInfo().info, lib, handle, mtp);
     try {
       fill(model);
       model.uploadRope();
@@ -205,13 +219,12 @@ export class CudaModel implements ModelBackend {
     const out: Float32Array[] = new Array(batch.length);
     const toks: { b: number; i: number }[] = [];
     batch.forEach((entry, b) => {
-      if (entry.hidden) fail("the cuda backend does not return hidden states (forward's hidden): the MTP draft runs on the cpu backend");
-      if (entry.tokens.length > max) out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(entry.tokens), entry.logits ?? 'last');
+      if (entry.tokens.length > max) out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(entry.tokens), entry.logits ?? 'last', entry.hidden);
       else for (let i = 0; i < entry.tokens.length; i++) toks.push({ b, i });
     });
     if (toks.length === 1) {
       const { b } = toks[0];
-      out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(batch[b].tokens), batch[b].logits ?? 'last');
+      out[b] = this.run(b, slots[b].slot, slots[b].position, Int32Array.from(batch[b].tokens), batch[b].logits ?? 'last', batch[b].hidden);
     }
     for (let c = 0; toks.length > 1 && c * max < toks.length; c++) {
       const chunk = toks.slice(c * max, (c + 1) * max);
@@ -219,14 +232,18 @@ export class CudaModel implements ModelBackend {
         const rows = batch[b].logits ?? 'last';
         return rows === 'all' || (rows === 'last' && i === batch[b].tokens.length - 1);
       };
+      const H = this.config.hiddenSize;
+      const hidden = chunk.some(({ b }) => batch[b].hidden) ? (this.batchHidden ??= new Float32Array(max * H)).subarray(0, chunk.length * H) : null;
       const rows = this.decodeBatch(
         c,
         Int32Array.from(chunk, ({ b }) => slots[b].slot),
         Int32Array.from(chunk, ({ b, i }) => slots[b].position + i),
         Int32Array.from(chunk, ({ b, i }) => batch[b].tokens[i]),
         chunk.some(wants),
+        hidden,
       );
       chunk.forEach(({ b, i }, j) => {
+        if (hidden) batch[b].hidden?.set(hidden.subarray(j * H, (j + 1) * H), i * H);
         const rows1 = batch[b].logits ?? 'last';
         const row = rows ? rows.subarray(j * V, (j + 1) * V) : null;
         if (rows1 === 'none') out[b] = new Float32Array(0);
@@ -247,28 +264,36 @@ export class CudaModel implements ModelBackend {
   /** Distinct routed experts the last batched decode step read, summed over the MoE layers (the bytes model's count). */
   lastStepExperts = 0;
 
-  /** One batched decode step of chunk c of a forward(): tokens[j] at pos[j] of seqs[j]; their logits rows when asked for. */
-  private decodeBatch(c: number, seqs: Int32Array, pos: Int32Array, tokens: Int32Array, logits: boolean): Float32Array | null {
+  /** One batched decode step of chunk c of a forward(): tokens[j] at pos[j] of seqs[j]; their logits rows when asked for, their hidden states into `hidden`. */
+  private decodeBatch(c: number, seqs: Int32Array, pos: Int32Array, tokens: Int32Array, logits: boolean, hidden: Float32Array | null): Float32Array | null {
     const n = seqs.length;
     while (this.batchRows.length <= c) this.batchRows.push(new Float32Array(this.batchMax * this.config.vocabSize));
     const rows = logits ? this.batchRows[c] : null;
-    this.lastStepExperts = this.check(this.lib.decodeBatch(this.h, seqs, pos, tokens, rows ? rows.subarray(0, n * this.config.vocabSize) : null, new Int32Array(n)), 'decode batch');
+    this.lastStepExperts = this.check(this.lib.decodeBatch(this.h, seqs, pos, tokens, rows ? rows.subarray(0, n * this.config.vocabSize) : null, new Int32Array(n), hidden), 'decode batch');
     return rows;
   }
 
-  /** One entry: a graph-replayed decode step for one token, a prefill for more. */
-  private run(b: number, slot: number, pos: number, ids: Int32Array, rows: LogitsRows): Float32Array {
+  /** One entry: a graph-replayed decode step for one token, a prefill for more; hidden states into `hidden` when given. */
+  private run(b: number, slot: number, pos: number, ids: Int32Array, rows: LogitsRows, hidden: Float32Array | undefined): Float32Array {
     const n = rows === 'none' ? 0 : rows === 'all' ? ids.length : 1;
     // One row (a decode step, a prompt's last) into this entry's array; all rows into a new one.
     const logits = n === 0 ? null : n === 1 ? this.row(b) : new Float32Array(n * this.config.vocabSize);
-    if (ids.length === 1) this.check(this.lib.decode(this.h, slot, pos, ids[0], logits), 'decode');
-    else this.check(this.lib.prefill(this.h, slot, pos, ids, logits, rows === 'all'), 'prefill');
+    if (ids.length === 1) this.check(this.lib.decode(this.h, slot, pos, ids[0], logits, hidden ?? null), 'decode');
+    else this.check(this.lib.prefill(this.h, slot, pos, ids, logits, rows === 'all', hidden ?? null), 'prefill');
     return logits ?? new Float32Array(0);
   }
 
   private row(b: number): Float32Array {
     while (this.rows.length <= b) this.rows.push(new Float32Array(this.config.vocabSize));
     return this.rows[b];
+  }
+
+  /** MtpHead.forward (host/model/backend.ts) on the device; the logits come back in `logits`, one array per model. */
+  private mtpForward(sequence: Sequence, position: number, tokens: ArrayLike<number>, hidden: Float32Array, out: Float32Array, logits: Float32Array): Float32Array {
+    checkMtpCall(this.config, this.contextLength, position, tokens.length, hidden, out);
+    const { slot } = this.pool.own(sequence);
+    this.check(this.lib.mtpForward(this.h, slot, position, Int32Array.from(tokens), hidden, out, logits), 'MTP layer');
+    return logits;
   }
 
   truncate(sequence: Sequence, position: number): void {
@@ -292,8 +317,8 @@ export class CudaModel implements ModelBackend {
     const ids = Int32Array.from(tokens);
     const next =
       ids.length === 1
-        ? this.check(this.lib.decode(this.h, s.slot, s.position, ids[0], null), 'decode')
-        : this.check(this.lib.prefill(this.h, s.slot, s.position, ids, null, false), 'prefill');
+        ? this.check(this.lib.decode(this.h, s.slot, s.position, ids[0], null, null), 'decode')
+        : this.check(this.lib.prefill(this.h, s.slot, s.position, ids, null, false, null), 'prefill');
     s.position += ids.length;
     return next;
   }
