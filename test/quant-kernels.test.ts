@@ -206,13 +206,14 @@ for (const build of BUILDS) {
 }
 
 for (const build of BUILDS) {
-  test(`q8 and q4 matmuls of T = 2..8 tokens (${build} build) are bit-identical to T one-token matmuls: a batched step or a verify gives each token what decode gives it`, async () => {
+  test(`f32, bf16, q8 and q4 matmuls of T = 2..8 tokens (${build} build) are bit-identical to T one-token matmuls: a batched step or a verify gives each token what decode gives it`, async () => {
     const rt = await rtFor(build, 2);
     const mark = rt.arena.mark();
     const rng = new Rng(41);
-    for (const fmt of [FMT_Q8, FMT_Q4]) {
+    for (const fmt of [FMT_F32, FMT_BF16, FMT_Q8, FMT_Q4]) {
       for (const [rows, cols] of SHAPES) {
-        const { blob } = quantizeInWasm(rt, fmt, weights(rng, rows, cols), FMT_F32, rows, cols);
+        const w = weights(rng, rows, cols);
+        const blob = fmt === FMT_F32 ? put(rt, u8(w)) : fmt === FMT_BF16 ? put(rt, u8(toBf16(w))) : quantizeInWasm(rt, fmt, w, FMT_F32, rows, cols).blob;
         // More than 8 tokens (a prefill) take the 4-token tiles, in their own float order.
         for (const tokens of TOKENS.slice(1, 8)) {
           const x = activations(rng, tokens, cols);

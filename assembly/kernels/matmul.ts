@@ -160,7 +160,7 @@ export function matmulTask(begin: i32, end: i32): void {
         const x0 = x + <usize>t * xStride;
         const o0 = o + <usize>t * outStride;
         if (fmt == FMT_BF16) dotTwoBF16(wr, x0, x0 + xStride, cols, o0, o0 + outStride);
-        else dotTwoF32(wr, x0, x0 + xStride, cols, o0, o0 + outStride);
+        else dotPairF32(x0, x0 + xStride, wr, cols, o0, o0 + outStride);  // f32 products commute: two tokens are two rows
       }
       if (t < tokens) store<f32>(o + <usize>t * outStride, dotRow(fmt, wr, x + <usize>t * xStride, cols));
     }
@@ -278,51 +278,8 @@ function dotPairBF16(a: usize, b: usize, x: usize, n: i32, outA: usize, outB: us
   store<f32>(outB, sb);
 }
 
-// One weight row against two token vectors, each token with exactly dotF32's / dotBF16's arithmetic,
-// the weights loaded once for both.
-function dotTwoF32(w: usize, x: usize, y: usize, n: i32, outX: usize, outY: usize): void {
-  let a0 = f32x4.splat(0);
-  let a1 = a0;
-  let a2 = a0;
-  let a3 = a0;
-  let b0 = a0;
-  let b1 = a0;
-  let b2 = a0;
-  let b3 = a0;
-  let i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const o = <usize>i << 2;
-    const w0 = v128.load(w + o);
-    const w1 = v128.load(w + o, 16);
-    const w2 = v128.load(w + o, 32);
-    const w3 = v128.load(w + o, 48);
-    a0 = f32x4.add(a0, f32x4.mul(v128.load(x + o), w0));
-    b0 = f32x4.add(b0, f32x4.mul(v128.load(y + o), w0));
-    a1 = f32x4.add(a1, f32x4.mul(v128.load(x + o, 16), w1));
-    b1 = f32x4.add(b1, f32x4.mul(v128.load(y + o, 16), w1));
-    a2 = f32x4.add(a2, f32x4.mul(v128.load(x + o, 32), w2));
-    b2 = f32x4.add(b2, f32x4.mul(v128.load(y + o, 32), w2));
-    a3 = f32x4.add(a3, f32x4.mul(v128.load(x + o, 48), w3));
-    b3 = f32x4.add(b3, f32x4.mul(v128.load(y + o, 48), w3));
-  }
-  for (; i + 4 <= n; i += 4) {
-    const o = <usize>i << 2;
-    const wv = v128.load(w + o);
-    a0 = f32x4.add(a0, f32x4.mul(v128.load(x + o), wv));
-    b0 = f32x4.add(b0, f32x4.mul(v128.load(y + o), wv));
-  }
-  let sa = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
-  let sb = hsum(f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
-  for (; i < n; i++) {
-    const o = <usize>i << 2;
-    const wv = load<f32>(w + o);
-    sa += wv * load<f32>(x + o);
-    sb += wv * load<f32>(y + o);
-  }
-  store<f32>(outX, sa);
-  store<f32>(outY, sb);
-}
-
+// One bf16 weight row against two token vectors, each token with exactly dotBF16's arithmetic, the weights
+// loaded and widened once for both (the f32 case is dotPairF32 with the tokens as its rows).
 function dotTwoBF16(w: usize, x: usize, y: usize, n: i32, outX: usize, outY: usize): void {
   let a0 = f32x4.splat(0);
   let a1 = a0;
