@@ -11,9 +11,16 @@ export interface Run {
   stderr: string;
 }
 
-export function cli(args: string[], input: string | Uint8Array = ''): Run {
-  const r = spawnSync(process.execPath, [MAIN, ...args], { input, encoding: 'utf8', timeout: 60_000 });
+export function cli(args: string[], input: string | Uint8Array = '', timeout = 60_000): Run {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { input, encoding: 'utf8', timeout });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A command that must succeed: its stdout (a GPU run's first load may take a while, hence 120 s). */
+export function cliOut(args: string[], input = ''): string {
+  const r = cli(args, input, 120_000);
+  assert.is(r.status, 0, `deepwasm ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
 }
 
 /** A user error: exit 1, the message on stderr, nothing on stdout and no stack trace. */

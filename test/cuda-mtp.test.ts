@@ -7,30 +7,23 @@
 // mtp --backend cuda` writes the reference's greedy ids and logits, and the server with draft 'mtp' on CUDA gives
 // two concurrent greedy completions the text it gives without a draft. Where there is no GPU (or the library is
 // not built) it prints why and registers no test.
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cudaStatus, loadCudaModel } from '../host/backends/cuda/model.js';
 import { DEFAULT_MODEL_DIR, DeepWasmError, Model, loadModel } from '../host/index.js';
 import { DeepWasmServer, type ServerOptions } from '../host/server/server.js';
 import type { BatchEntry, ModelBackend } from '../host/model/backend.js';
+import { cliOut } from './cli-process.js';
 import { FIXTURES, maxAbsDiff, mtpRows, readExpected, readTensors } from './helpers.js';
 import { metric, post } from './serve-helpers.js';
 
 const TOL = 2e-3;
 const DIR = `${FIXTURES}models/v3-tiny-mtp`;
 const status = cudaStatus();
-const MAIN = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 
-function cli(args: string[], input = ''): string {
-  const r = spawnSync(process.execPath, [MAIN, ...args], { input, encoding: 'utf8', timeout: 120_000 });
-  assert.is(r.status, 0, `deepwasm ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
 
 if (!status.ok) {
   console.log(`skipped: no CUDA device (${status.reason})`);
@@ -96,12 +89,12 @@ if (!status.ok) {
   test('embedded model: run and chat with --draft mtp --backend cuda print the plain greedy text of the cpu', () => {
     const run = ['run', '--model', DEFAULT_MODEL_DIR, '--prompt', 'Once upon a time', '--max-tokens', '32', '--context', '128'];
     const chat = ['chat', '--model', DEFAULT_MODEL_DIR, '--max-tokens', '24', '--context', '256'];
-    const plain = { run: cli([...run, '--threads', '2']), chat: cli([...chat, '--threads', '2'], 'Hello there\n') };
+    const plain = { run: cliOut([...run, '--threads', '2']), chat: cliOut([...chat, '--threads', '2'], 'Hello there\n') };
     assert.ok(plain.run.length > 0, 'the CPU wrote text');
     for (const k of ['1', '2']) {
       const draft = ['--backend', 'cuda', '--draft', 'mtp', '--draft-tokens', k];
-      assert.is(cli([...run, ...draft]), plain.run, `run, ${k} a step`);
-      assert.is(cli([...chat, ...draft], 'Hello there\n'), plain.chat, `chat, ${k} a step`);
+      assert.is(cliOut([...run, ...draft]), plain.run, `run, ${k} a step`);
+      assert.is(cliOut([...chat, ...draft], 'Hello there\n'), plain.chat, `chat, ${k} a step`);
     }
   });
 
@@ -111,7 +104,7 @@ if (!status.ok) {
     try {
       const out = join(tmp, 'gen.safetensors');
       const n = ref.genIds.length;
-      cli(['logits', '--model', DIR, '--ids', Array.from(ref.inputIds).join(','), '--gen', String(n), '--draft', 'mtp', '--draft-tokens', '2', '--backend', 'cuda', '--out', out]);
+      cliOut(['logits', '--model', DIR, '--ids', Array.from(ref.inputIds).join(','), '--gen', String(n), '--draft', 'mtp', '--draft-tokens', '2', '--backend', 'cuda', '--out', out]);
       const got = readTensors(out);
       assert.equal(Array.from(got.get('gen_ids')!), Array.from(ref.genIds), 'greedy ids');
       const diff = maxAbsDiff(got.get('gen_logits')!, ref.genLogits);

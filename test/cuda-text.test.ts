@@ -2,25 +2,18 @@
 // --backend cuda as on the CPU, for the embedded model and every reference fixture (each given the v3-format
 // tokenizer cut to its vocabulary). Where there is no GPU it prints why and registers no test. The texts are
 // written to $DW_RESULTS_TEXT (JSON) when set, for bench/RESULTS.md.
-import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cudaStatus } from '../host/backends/cuda/model.js';
 import { DEFAULT_MODEL_DIR } from '../host/index.js';
+import { cliOut } from './cli-process.js';
 import { MODEL_FIXTURES } from './helpers.js';
 import { fixtureTextDir } from './text-fixture.js';
 
-const MAIN = fileURLToPath(new URL('../host/cli/main.js', import.meta.url));
 const status = cudaStatus();
 const results: Record<string, unknown> = {};
 
-function cli(args: string[], input = ''): string {
-  const r = spawnSync(process.execPath, [MAIN, ...args], { input, encoding: 'utf8', timeout: 120_000 });
-  assert.is(r.status, 0, `deepwasm ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
 
 if (!status.ok) {
   console.log(`skipped: no CUDA device (${status.reason})`);
@@ -36,8 +29,8 @@ if (!status.ok) {
         const run = ['run', '--model', m.dir, '--prompt', 'Once upon a time', '--max-tokens', '32', '--context', '128'];
         const chat = ['chat', '--model', m.dir, '--max-tokens', '24', '--context', '256'];
         const text = {
-          run: { cpu: cli([...run, '--backend', 'cpu', '--threads', '2']), cuda: cli([...run, '--backend', 'cuda']) },
-          chat: { cpu: cli([...chat, '--backend', 'cpu', '--threads', '2'], 'Hello there\n'), cuda: cli([...chat, '--backend', 'cuda'], 'Hello there\n') },
+          run: { cpu: cliOut([...run, '--backend', 'cpu', '--threads', '2']), cuda: cliOut([...run, '--backend', 'cuda']) },
+          chat: { cpu: cliOut([...chat, '--backend', 'cpu', '--threads', '2'], 'Hello there\n'), cuda: cliOut([...chat, '--backend', 'cuda'], 'Hello there\n') },
         };
         results[name] = text;
         if (process.env.DW_RESULTS_TEXT) writeFileSync(process.env.DW_RESULTS_TEXT, JSON.stringify(results, null, 2) + '\n');
